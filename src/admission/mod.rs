@@ -1,0 +1,255 @@
+//! The AdmissionReview protocol: decode a review, dispatch on its kind, evaluate, and answer
+//! with `kube::core::admission` types (never hand-built JSON).
+//!
+//! Decoding is two cheap passes: a peek at `request.kind` (everything else skipped), then a
+//! typed decode straight into the k8s-openapi object. Only when the typed decode fails (the
+//! object does not match its kind's schema) is the review decoded a third time, generically,
+//! to answer with its uid.
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::core::admission::{self as kadm, AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::{DynamicObject, GroupVersionKind, Resource};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::cluster::cache::ClusterCache;
+use crate::cluster::{ClusterView, WithLivePdbs};
+use crate::engine::{self, Evaluation, Object, Phase, Subject};
+use crate::policy::PolicySet;
+use crate::rules::{Operation, RuleId, display_name};
+
+pub mod response;
+
+/// What to answer for a review the webhook cannot interpret (a kind it does not handle, or an
+/// object that does not decode as its kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Uninterpretable {
+    /// Admit, with a warning (fail open: the webhook is not a schema validator).
+    #[default]
+    Allow,
+    /// Deny with the reason.
+    Deny,
+}
+
+/// A body that is not an AdmissionReview at all: answered with HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum BadReview {
+    #[error("request body is not a JSON AdmissionReview: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported AdmissionReview apiVersion {0:?}: only admission.k8s.io/v1 is served")]
+    Version(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// Everything a review needs besides its body.
+pub struct Reviewer<'a> {
+    pub policies: &'a PolicySet,
+    pub cluster: &'a dyn ClusterView,
+    /// For the one live list of PDBs before a `require-pdb` denial.
+    pub live: Option<&'a ClusterCache>,
+    pub uninterpretable: Uninterpretable,
+}
+
+/// What a review decided, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub uid: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub operation: String,
+    /// `allowed`, `patched`, `denied`, `skipped`, `uninterpretable`
+    pub decision: &'static str,
+    pub evaluation: Option<Evaluation>,
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    request: Option<PeekRequest>,
+}
+
+#[derive(Deserialize)]
+struct PeekRequest {
+    kind: GroupVersionKind,
+    #[serde(rename = "subResource", default)]
+    sub_resource: Option<String>,
+}
+
+const STATEFULSET: (&str, &str, &str) = ("apps", "v1", "StatefulSet");
+const PVC: (&str, &str, &str) = ("", "v1", "PersistentVolumeClaim");
+
+fn is(gvk: &GroupVersionKind, (g, v, k): (&str, &str, &str)) -> bool {
+    gvk.group == g && gvk.version == v && gvk.kind == k
+}
+
+impl Reviewer<'_> {
+    /// Answers one review body. `Err` only for bodies that are not an AdmissionReview.
+    pub async fn review(
+        &self,
+        phase: Phase,
+        body: &[u8],
+    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+        let peek: Peek = serde_json::from_slice(body)?;
+        if peek.api_version != kadm::META_API_VERSION_V1 {
+            return Err(BadReview::Version(peek.api_version));
+        }
+        let Some(head) = peek.request else {
+            return Err(BadReview::NoRequest);
+        };
+        let kind = head.kind;
+        if head.sub_resource.is_some_and(|s| !s.is_empty()) {
+            // Subresources (status, scale) carry other kinds of objects; nothing to check.
+            return self.passthrough(body, "subresource: not evaluated");
+        }
+        if is(&kind, STATEFULSET) {
+            self.typed::<StatefulSet>(phase, body, |o| Object::StatefulSet(o))
+                .await
+        } else if is(&kind, PVC) {
+            self.typed::<PersistentVolumeClaim>(phase, body, |o| Object::Pvc(o))
+                .await
+        } else {
+            let reason = format!(
+                "stateful-guard does not handle {}/{} {}",
+                kind.group, kind.version, kind.kind
+            );
+            self.uninterpretable(body, reason)
+        }
+    }
+
+    async fn typed<K>(
+        &self,
+        phase: Phase,
+        body: &[u8],
+        wrap: fn(&K) -> Object<'_>,
+    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview>
+    where
+        K: Resource + DeserializeOwned + Clone,
+    {
+        let review: AdmissionReview<K> = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(error) => {
+                return self.uninterpretable(
+                    body,
+                    format!("the object does not decode as its kind: {error}"),
+                );
+            }
+        };
+        let req: AdmissionRequest<K> = review.try_into().map_err(|_| BadReview::NoRequest)?;
+        let namespace = req.namespace.clone().unwrap_or_default();
+        let mut outcome = Outcome {
+            uid: req.uid.clone(),
+            kind: req.kind.kind.clone(),
+            namespace: namespace.clone(),
+            name: req.name.clone(),
+            operation: format!("{:?}", req.operation).to_uppercase(),
+            decision: "allowed",
+            evaluation: None,
+        };
+        let operation = match req.operation {
+            kadm::Operation::Create => Operation::Create,
+            kadm::Operation::Update => Operation::Update,
+            _ => return Ok((AdmissionResponse::from(&req).into_review(), outcome)),
+        };
+        let Some(object) = req.object.as_ref() else {
+            return Ok((AdmissionResponse::from(&req).into_review(), outcome));
+        };
+        if outcome.name.is_empty() {
+            outcome.name = display_name(object.meta(), &namespace);
+        }
+        let subject = Subject {
+            operation,
+            namespace: &namespace,
+            object: wrap(object),
+            old: req.old_object.as_ref().map(wrap),
+        };
+        let mut eval = engine::evaluate(phase, &subject, self.policies, self.cluster);
+        if let Some(live) = self.live
+            && eval
+                .findings
+                .iter()
+                .any(|r| r.finding.rule == RuleId::RequirePdb && !r.finding.unverified)
+        {
+            // The cache may lag a PDB created a moment ago: one live list before denying.
+            match live.live_pdbs(&namespace).await {
+                Ok(pdbs) => {
+                    let fresh = WithLivePdbs {
+                        base: self.cluster,
+                        namespace: &namespace,
+                        pdbs,
+                    };
+                    eval = engine::evaluate(phase, &subject, self.policies, &fresh);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "live PodDisruptionBudget list failed; using the cache")
+                }
+            }
+        }
+        let resp = response::build(AdmissionResponse::from(&req), &eval, object.meta());
+        outcome.decision = if eval.skipped.is_some() {
+            "skipped"
+        } else if !resp.allowed {
+            "denied"
+        } else if resp.patch.is_some() {
+            "patched"
+        } else {
+            "allowed"
+        };
+        outcome.evaluation = Some(eval);
+        Ok((resp.into_review(), outcome))
+    }
+
+    fn passthrough(
+        &self,
+        body: &[u8],
+        why: &str,
+    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+        let req = generic_request(body)?;
+        let outcome = outcome_of(&req, "skipped");
+        tracing::debug!(uid = %req.uid, why, "not evaluated");
+        Ok((AdmissionResponse::from(&req).into_review(), outcome))
+    }
+
+    fn uninterpretable(
+        &self,
+        body: &[u8],
+        reason: String,
+    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+        let req = generic_request(body)?;
+        let outcome = outcome_of(&req, "uninterpretable");
+        let resp = AdmissionResponse::from(&req);
+        let resp = match self.uninterpretable {
+            Uninterpretable::Allow => {
+                let mut resp = resp;
+                resp.warnings = Some(vec![format!(
+                    "stateful-guard: {reason}; admitted unchecked (--uninterpretable=allow)"
+                )]);
+                resp
+            }
+            Uninterpretable::Deny => {
+                resp.deny(format!("stateful-guard: {reason} (--uninterpretable=deny)"))
+            }
+        };
+        tracing::warn!(uid = %req.uid, %reason, "uninterpretable review");
+        Ok((resp.into_review(), outcome))
+    }
+}
+
+fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    review.try_into().map_err(|_| BadReview::NoRequest)
+}
+
+fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: &'static str) -> Outcome {
+    Outcome {
+        uid: req.uid.clone(),
+        kind: req.kind.kind.clone(),
+        namespace: req.namespace.clone().unwrap_or_default(),
+        name: req.name.clone(),
+        operation: format!("{:?}", req.operation).to_uppercase(),
+        decision,
+        evaluation: None,
+    }
+}

@@ -1,0 +1,554 @@
+//! `stateful-guard check`: the webhook's engine over manifests, offline.
+//!
+//! Each StatefulSet and PVC is evaluated as a CREATE after the defaults kube-apiserver would
+//! apply, first by the mutation rules, then (on the mutated object, as the validating webhook
+//! sees it) by the validation rules. PodDisruptionBudgets, StorageClasses and Namespaces in the
+//! input are the cluster state: the input is taken as the whole of its namespaces' PDBs, and
+//! StorageClass questions are answered only when the input holds StorageClasses.
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use json_patch::PatchOperation;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::cluster::{ClusterView, Snapshot};
+use crate::engine::{self, Evaluation, Object, Phase, Subject};
+use crate::policy::source::{FileSource, PolicyStore};
+use crate::policy::{Mode, PolicySet, ValidateAction};
+use crate::rules::Operation;
+
+/// Why `check` could not run: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{path}: cannot read: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: document {document}: invalid YAML: {message}")]
+    Yaml {
+        path: String,
+        document: usize,
+        message: String,
+    },
+    #[error("{path}: document {document}: {kind} {name} does not decode: {message}")]
+    Object {
+        path: String,
+        document: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error("invalid policy: {0}")]
+    Policy(String),
+}
+
+/// One input document and where it came from.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub path: String,
+    pub index: usize,
+    pub value: Value,
+}
+
+/// Reads files, directories (recursively, `*.yaml`, `*.yml`, `*.json`) and `-` (stdin).
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Document>, InputError> {
+    let mut docs = Vec::new();
+    for path in paths {
+        if path == Path::new("-") {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| InputError::Read {
+                    path: "<stdin>".into(),
+                    message: e.to_string(),
+                })?;
+            docs.extend(parse_stream(&text, "<stdin>")?);
+        } else {
+            for file in expand(path)? {
+                let text = std::fs::read_to_string(&file).map_err(|e| InputError::Read {
+                    path: file.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                docs.extend(parse_stream(&text, &file.display().to_string())?);
+            }
+        }
+    }
+    Ok(docs)
+}
+
+fn expand(path: &Path) -> Result<Vec<PathBuf>, InputError> {
+    let meta = std::fs::metadata(path).map_err(|e| InputError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(path).map_err(|e| InputError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for entry in entries {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry.is_dir() {
+            out.extend(expand(&entry)?);
+        } else if [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e)) {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+/// Multi-document YAML (JSON is YAML); `List` kinds are flattened into their items.
+pub fn parse_stream(text: &str, path: &str) -> Result<Vec<Document>, InputError> {
+    let mut out = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let value = Value::deserialize(de).map_err(|e| InputError::Yaml {
+            path: path.to_owned(),
+            document: index,
+            message: e.to_string(),
+        })?;
+        match value {
+            Value::Null => {}
+            Value::Object(ref map)
+                if map
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.ends_with("List")) =>
+            {
+                for item in map
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    out.push(Document {
+                        path: path.to_owned(),
+                        index,
+                        value: item.clone(),
+                    });
+                }
+            }
+            value => out.push(Document {
+                path: path.to_owned(),
+                index,
+                value,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn type_of(v: &Value) -> (&str, &str) {
+    (
+        v.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
+        v.get("kind").and_then(Value::as_str).unwrap_or(""),
+    )
+}
+
+fn decode<T: serde::de::DeserializeOwned>(doc: &Document, value: Value) -> Result<T, InputError> {
+    serde_json::from_value(value).map_err(|e| InputError::Object {
+        path: doc.path.clone(),
+        document: doc.index,
+        kind: type_of(&doc.value).1.to_owned(),
+        name: doc
+            .value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The cluster state the input describes.
+pub fn snapshot(docs: &[Document]) -> Result<Snapshot, InputError> {
+    let (mut pdbs, mut classes, mut namespaces) = (Vec::new(), Vec::new(), Vec::new());
+    for doc in docs {
+        match type_of(&doc.value) {
+            ("policy/v1", "PodDisruptionBudget") => {
+                let mut pdb: PodDisruptionBudget = decode(doc, doc.value.clone())?;
+                pdb.metadata
+                    .namespace
+                    .get_or_insert_with(|| "default".into());
+                pdbs.push(pdb);
+            }
+            ("storage.k8s.io/v1", "StorageClass") => {
+                classes.push(decode::<StorageClass>(doc, doc.value.clone())?)
+            }
+            ("v1", "Namespace") => namespaces.push(decode::<Namespace>(doc, doc.value.clone())?),
+            _ => {}
+        }
+    }
+    Ok(Snapshot::known(pdbs, classes, namespaces))
+}
+
+/// One finding in the report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportFinding {
+    pub rule: String,
+    pub action: String,
+    pub message: String,
+}
+
+/// One mutation in the report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportMutation {
+    pub rule: String,
+    pub applied: bool,
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// The verdict on one object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ObjectReport {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub file: String,
+    pub document: usize,
+    pub policy: String,
+    pub mode: String,
+    pub allowed: bool,
+    /// The JSON Patch the mutating webhook would return.
+    pub patch: Vec<PatchOperation>,
+    pub mutations: Vec<ReportMutation>,
+    pub findings: Vec<ReportFinding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Summary {
+    pub objects: usize,
+    pub denied: usize,
+    pub mutated: usize,
+    pub findings: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub objects: Vec<ObjectReport>,
+    pub summary: Summary,
+}
+
+/// A document as kube-apiserver would store it before admission: the defaults the rules can
+/// tell apart.
+fn apply_defaults(value: &mut Value, namespace: &str, cluster: &dyn ClusterView) {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
+        && !meta.contains_key("namespace")
+    {
+        meta.insert("namespace".into(), Value::String(namespace.into()));
+    }
+    match type_of(value) {
+        ("apps/v1", "StatefulSet") => {
+            if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.entry("podManagementPolicy")
+                    .or_insert_with(|| "OrderedReady".into());
+                spec.entry("replicas").or_insert_with(|| 1.into());
+            }
+        }
+        ("v1", "PersistentVolumeClaim") => {
+            // The DefaultStorageClass admission plugin.
+            if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut)
+                && !spec.contains_key("storageClassName")
+                && let Some(default) = cluster.default_storage_class()
+                && let Some(name) = &default.metadata.name
+            {
+                spec.insert("storageClassName".into(), Value::String(name.clone()));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Evaluates one defaulted object: the mutating pass, then the validating pass on its result.
+fn evaluate_value(
+    value: &Value,
+    policies: &PolicySet,
+    cluster: &dyn ClusterView,
+    doc: &Document,
+) -> Result<(Evaluation, Evaluation, Value), InputError> {
+    let ns = value
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_owned();
+    let kind = type_of(value).1;
+    let mutate = |object: Object| {
+        let subject = Subject {
+            operation: Operation::Create,
+            namespace: &ns,
+            object,
+            old: None,
+        };
+        engine::evaluate(Phase::Mutate, &subject, policies, cluster)
+    };
+    let validate = |object: Object| {
+        let subject = Subject {
+            operation: Operation::Create,
+            namespace: &ns,
+            object,
+            old: None,
+        };
+        engine::evaluate(Phase::Validate, &subject, policies, cluster)
+    };
+    let (m, meta) = if kind == "StatefulSet" {
+        let sts: StatefulSet = decode(doc, value.clone())?;
+        (mutate(Object::StatefulSet(&sts)), sts.metadata.clone())
+    } else {
+        let pvc: PersistentVolumeClaim = decode(doc, value.clone())?;
+        (mutate(Object::Pvc(&pvc)), pvc.metadata.clone())
+    };
+    let mut mutated = value.clone();
+    let ops = m.patch(&meta);
+    json_patch::patch(&mut mutated, &ops).map_err(|e| InputError::Object {
+        path: doc.path.clone(),
+        document: doc.index,
+        kind: kind.to_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        message: format!("internal error: the patch does not apply: {e}"),
+    })?;
+    let v = if kind == "StatefulSet" {
+        let sts: StatefulSet = decode(doc, mutated.clone())?;
+        validate(Object::StatefulSet(&sts))
+    } else {
+        let pvc: PersistentVolumeClaim = decode(doc, mutated.clone())?;
+        validate(Object::Pvc(&pvc))
+    };
+    Ok((m, v, mutated))
+}
+
+/// Evaluates every StatefulSet and PVC of `docs`. Returns the report and the documents with
+/// the mutations applied (for `--fix`).
+pub fn check(
+    docs: &[Document],
+    policies: &PolicySet,
+    namespace: &str,
+) -> Result<(Report, Vec<Value>), InputError> {
+    let cluster = snapshot(docs)?;
+    let mut objects = Vec::new();
+    let mut fixed = Vec::new();
+    for doc in docs {
+        let is_subject = matches!(
+            type_of(&doc.value),
+            ("apps/v1", "StatefulSet") | ("v1", "PersistentVolumeClaim")
+        );
+        if !is_subject {
+            fixed.push(doc.value.clone());
+            continue;
+        }
+        let mut value = doc.value.clone();
+        apply_defaults(&mut value, namespace, &cluster);
+        let (m, v, mutated) = evaluate_value(&value, policies, &cluster, doc)?;
+        let meta = value.get("metadata");
+        let text = |k: &str| {
+            meta.and_then(|m| m.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let name = if text("name").is_empty() {
+            format!("{}*", text("generateName"))
+        } else {
+            text("name")
+        };
+        let patch = serde_json::from_value::<
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        >(meta.cloned().unwrap_or_default())
+        .map(|meta| m.patch(&meta))
+        .unwrap_or_default();
+        let denied = v.denials().next().is_some();
+        objects.push(ObjectReport {
+            kind: type_of(&value).1.to_owned(),
+            namespace: text("namespace"),
+            name,
+            file: doc.path.clone(),
+            document: doc.index,
+            policy: m.policy_name().to_owned(),
+            mode: m.mode.as_str().to_owned(),
+            allowed: !denied,
+            patch,
+            mutations: m
+                .mutations
+                .iter()
+                .map(|r| ReportMutation {
+                    rule: r.rule.as_str().into(),
+                    applied: r.applied && !r.mutation.ops.is_empty(),
+                    summary: r.mutation.summary.clone(),
+                    notes: r.mutation.notes.clone(),
+                })
+                .collect(),
+            findings: v
+                .findings
+                .iter()
+                .map(|r| ReportFinding {
+                    rule: r.finding.rule.as_str().into(),
+                    action: r.action.as_str().into(),
+                    message: r.finding.message.trim_end().to_owned(),
+                })
+                .collect(),
+            skipped: m.skipped.clone(),
+        });
+        fixed.push(mutated);
+    }
+    let summary = Summary {
+        objects: objects.len(),
+        denied: objects.iter().filter(|o| !o.allowed).count(),
+        mutated: objects.iter().filter(|o| !o.patch.is_empty()).count(),
+        findings: objects.iter().map(|o| o.findings.len()).sum(),
+    };
+    Ok((Report { objects, summary }, fixed))
+}
+
+/// The report for people.
+pub fn render_text(report: &Report) -> String {
+    let mut out = String::new();
+    for o in &report.objects {
+        let verdict = if o.allowed { "allowed" } else { "DENIED" };
+        out.push_str(&format!(
+            "{} {}/{} ({}, document {}): {verdict}, policy {} ({})\n",
+            o.kind, o.namespace, o.name, o.file, o.document, o.policy, o.mode
+        ));
+        if let Some(why) = &o.skipped {
+            out.push_str(&format!("  skipped: {why}\n"));
+        }
+        for m in &o.mutations {
+            if !m.summary.is_empty() {
+                let tag = if m.applied { "mutate" } else { "would mutate" };
+                out.push_str(&format!("  {tag:<7} {}: {}\n", m.rule, m.summary));
+            }
+            for note in &m.notes {
+                out.push_str(&format!("  {:<7} {}: {note}\n", "note", m.rule));
+            }
+        }
+        for f in &o.findings {
+            let tag = if f.action == "enforce" && o.mode == "enforce" {
+                "DENY"
+            } else {
+                f.action.as_str()
+            };
+            let mut lines = f.message.lines();
+            out.push_str(&format!(
+                "  {tag:<7} {}: {}\n",
+                f.rule,
+                lines.next().unwrap_or("")
+            ));
+            for line in lines {
+                out.push_str(&format!("          {line}\n"));
+            }
+        }
+    }
+    let s = &report.summary;
+    out.push_str(&format!(
+        "{} objects checked: {} denied, {} would be mutated, {} findings\n",
+        s.objects, s.denied, s.mutated, s.findings
+    ));
+    out
+}
+
+fn load_policies(path: Option<&Path>) -> Result<PolicySet, InputError> {
+    let Some(path) = path else {
+        return PolicySet::embedded_default(vec![]).map_err(|e| InputError::Policy(e.to_string()));
+    };
+    let store = PolicyStore::new(vec![], std::sync::Arc::new(crate::metrics::Metrics::new()));
+    let mut source = FileSource::new(path.to_owned());
+    if let Some(error) = source.sync(&store).into_iter().next() {
+        return Err(InputError::Policy(error.to_string()));
+    }
+    let set = store.current();
+    if set.is_empty() {
+        return Err(InputError::Policy(format!(
+            "no policy document in {}",
+            path.display()
+        )));
+    }
+    // The store's set is shared; rebuild an owned one from the same documents.
+    Ok(std::sync::Arc::try_unwrap(set).unwrap_or_else(|shared| {
+        let docs = shared
+            .policies()
+            .iter()
+            .map(|p| {
+                (
+                    p.source.clone(),
+                    crate::policy::PolicyDocument {
+                        api_version: crate::policy::API_VERSION.into(),
+                        kind: crate::policy::KIND.into(),
+                        metadata: crate::policy::PolicyMeta {
+                            name: p.name.clone(),
+                            labels: Default::default(),
+                            annotations: Default::default(),
+                        },
+                        spec: p.spec.clone(),
+                    },
+                )
+            })
+            .collect::<Vec<_>>();
+        PolicySet::compile(docs, vec![]).0
+    }))
+}
+
+/// `stateful-guard check`: exit 0 when nothing enforced is violated, 1 when something is, 2 on
+/// usage or input errors.
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let result = (|| {
+        let policies = load_policies(args.policy.as_deref())?;
+        let docs = read_inputs(&args.files)?;
+        check(&docs, &policies, &args.namespace)
+    })();
+    let (report, fixed) = match result {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.fix {
+        for value in &fixed {
+            match serde_yaml_ng::to_string(value) {
+                Ok(yaml) => print!("---\n{yaml}"),
+                Err(error) => {
+                    eprintln!("error: cannot render YAML: {error}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        eprint!("{}", render_text(&report));
+    } else {
+        let rendered = match args.output {
+            OutputFormat::Text => Ok(render_text(&report)),
+            OutputFormat::Json => serde_json::to_string_pretty(&report)
+                .map(|s| s + "\n")
+                .map_err(|e| e.to_string()),
+            OutputFormat::Yaml => serde_yaml_ng::to_string(&report).map_err(|e| e.to_string()),
+        };
+        match rendered {
+            Ok(text) => print!("{text}"),
+            Err(error) => {
+                eprintln!("error: cannot render the report: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let enforced_violation = report.objects.iter().any(|o| !o.allowed);
+    let _ = (Mode::Enforce, ValidateAction::Enforce);
+    if enforced_violation {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,170 @@
+//! Command-line interface. Every flag of `serve` also reads an environment variable.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::admission::Uninterpretable;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stateful-guard",
+    version,
+    about = "Admission webhook that makes stateful workloads (StatefulSets, PVCs) safe by default"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the mutating (/mutate) and validating (/validate) webhooks over HTTPS.
+    Serve(Box<ServeArgs>),
+    /// Write a CA and a serving certificate for the webhook's Service.
+    Certs(CertsArgs),
+    /// Evaluate manifests against the policies, offline (exit 1 when an enforced rule fails).
+    Check(CheckArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1m)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterMode {
+    /// Use in-cluster config or a kubeconfig when one is found; run without cluster otherwise.
+    Auto,
+    /// Never talk to a cluster (rules needing cluster state warn instead of denying).
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS listener (webhooks, /healthz, /readyz, /metrics).
+    #[arg(long, env = "SG_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain (leaf first). Without it, a CA and a localhost certificate are
+    /// generated at start.
+    #[arg(long, env = "SG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "SG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Where to write the generated CA certificate when no --tls-cert is given.
+    #[arg(long, env = "SG_GENERATED_CA", default_value_os_t = std::env::temp_dir().join("stateful-guard-ca.crt"))]
+    pub generated_ca: PathBuf,
+
+    /// How often certificate and policy files are checked for changes (Secret and ConfigMap
+    /// volumes change by an atomic `..data` symlink swap, which polling always sees).
+    #[arg(long, env = "SG_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub reload_interval: Duration,
+
+    /// Policy file or directory. Default: policies/default.yaml when present, else the
+    /// embedded default policy.
+    #[arg(long, env = "SG_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Also load policies from ConfigMaps in --namespace labelled stateful-guard.io/policy=true.
+    #[arg(long, env = "SG_POLICY_CONFIGMAPS")]
+    pub policy_configmaps: bool,
+
+    /// The webhook's own namespace: never evaluated, and where policy ConfigMaps live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "stateful-guard")]
+    pub namespace: String,
+
+    /// Whether to connect to a cluster for PodDisruptionBudgets, StorageClasses and Namespaces.
+    #[arg(long, env = "SG_CLUSTER", value_enum, default_value = "auto")]
+    pub cluster: ClusterMode,
+
+    /// Answer for a review the webhook cannot interpret (unknown kind, undecodable object).
+    #[arg(long, env = "SG_UNINTERPRETABLE", value_enum, default_value = "allow")]
+    pub uninterpretable: Uninterpretable,
+
+    /// Largest accepted request body; larger ones get HTTP 413.
+    #[arg(long, env = "SG_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time a client has to send its request headers (TLS handshake included) before the
+    /// connection is closed.
+    #[arg(long, env = "SG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// After SIGTERM, how long /readyz reports not-ready before the listener closes, so that
+    /// endpoints stop routing here.
+    #[arg(long, env = "SG_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+
+    /// After the listener closes, how long in-flight requests may take to finish.
+    #[arg(long, env = "SG_SHUTDOWN_GRACE", default_value = "25s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "SG_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `stateful_guard=debug`.
+    #[arg(long, env = "SG_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Name of the webhook's Service.
+    #[arg(long, default_value = "stateful-guard")]
+    pub service: String,
+    /// Namespace of the webhook's Service.
+    #[arg(long, default_value = "stateful-guard")]
+    pub namespace: String,
+    /// Directory to write ca.crt, ca.key, tls.crt and tls.key to (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Validity of the serving certificate, in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// Validity of the CA certificate, in days.
+    #[arg(long, default_value_t = 3650)]
+    pub ca_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Files or directories (recursive) of YAML/JSON manifests; `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Policy file or directory (default: the embedded default policy).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Namespace of objects that name none.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Report format.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// Print the input objects with the mutations applied (YAML), ready for `kubectl apply -f -`.
+    #[arg(long)]
+    pub fix: bool,
+}

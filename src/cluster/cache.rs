@@ -1,0 +1,125 @@
+//! Cluster state cached by kube-runtime reflectors: one watch per kind, no API call per request.
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::ClusterView;
+
+/// Reflector-backed [`ClusterView`]. Cheap to clone; all clones share the same stores.
+#[derive(Clone)]
+pub struct ClusterCache {
+    client: Client,
+    pdbs: Store<PodDisruptionBudget>,
+    storage_classes: Store<StorageClass>,
+    namespaces: Store<Namespace>,
+    synced: Arc<AtomicBool>,
+}
+
+impl ClusterCache {
+    /// Starts the watches on the current tokio runtime. The cache reports `is_known() == false`
+    /// (and `/readyz` stays false) until every store has received its initial list.
+    pub fn start(client: Client) -> Self {
+        let pdbs = spawn_reflector::<PodDisruptionBudget>(Api::all(client.clone()));
+        let storage_classes = spawn_reflector::<StorageClass>(Api::all(client.clone()));
+        let namespaces = spawn_reflector::<Namespace>(Api::all(client.clone()));
+        let synced = Arc::new(AtomicBool::new(false));
+        {
+            let (pdbs, classes, namespaces, synced) = (
+                pdbs.clone(),
+                storage_classes.clone(),
+                namespaces.clone(),
+                synced.clone(),
+            );
+            tokio::spawn(async move {
+                let ready = futures::future::try_join3(
+                    pdbs.wait_until_ready(),
+                    classes.wait_until_ready(),
+                    namespaces.wait_until_ready(),
+                )
+                .await;
+                match ready {
+                    Ok(_) => {
+                        synced.store(true, Ordering::Release);
+                        tracing::info!("cluster caches synced");
+                    }
+                    Err(error) => tracing::error!(%error, "a cluster cache stopped before syncing"),
+                }
+            });
+        }
+        Self {
+            client,
+            pdbs,
+            storage_classes,
+            namespaces,
+            synced,
+        }
+    }
+
+    /// Whether every reflector has completed its initial list.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// One live list of a namespace's PDBs: the cache-miss check before a denial.
+    pub async fn live_pdbs(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<Arc<PodDisruptionBudget>>, kube::Error> {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), namespace);
+        let list = api.list(&ListParams::default()).await?;
+        Ok(list.items.into_iter().map(Arc::new).collect())
+    }
+}
+
+fn spawn_reflector<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&());
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(error) = item {
+                tracing::warn!(%kind, %error, "watch error; retrying with backoff");
+            }
+        }
+    });
+    reader
+}
+
+impl ClusterView for ClusterCache {
+    fn is_known(&self) -> bool {
+        self.is_synced()
+    }
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+        self.pdbs
+            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+    }
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.storage_classes.get(&ObjectRef::new(name))
+    }
+    fn storage_classes(&self) -> Vec<Arc<StorageClass>> {
+        self.storage_classes.state()
+    }
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
+    }
+}

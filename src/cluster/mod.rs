@@ -1,0 +1,199 @@
+//! The read-only view of cluster state the rules consult.
+//!
+//! Rules never call the API: they read a [`ClusterView`]. In a cluster it is backed by
+//! kube-runtime reflectors ([`cache::ClusterCache`]); offline (the embedded default, `check`, tests)
+//! by a [`Snapshot`] of the objects at hand, or by [`Snapshot::unknown`] when nothing is known.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+
+pub mod cache;
+
+/// The annotations that mark a StorageClass as the cluster default (GA and the older beta one).
+const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
+    "storageclass.kubernetes.io/is-default-class",
+    "storageclass.beta.kubernetes.io/is-default-class",
+];
+
+/// What the rules may ask about the cluster.
+pub trait ClusterView: Send + Sync {
+    /// True when this view reflects the cluster (caches synced, or objects supplied by the user).
+    /// When false, rules that depend on cluster state say so in a warning instead of denying.
+    fn is_known(&self) -> bool;
+    /// True when StorageClass questions have answers (a snapshot may know PDBs but no classes).
+    fn storage_classes_known(&self) -> bool {
+        self.is_known()
+    }
+    /// PodDisruptionBudgets of one namespace.
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>>;
+    /// A StorageClass by name.
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>>;
+    /// All StorageClasses (to find the default one).
+    fn storage_classes(&self) -> Vec<Arc<StorageClass>>;
+    /// The labels of a namespace, when the namespace is known.
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+
+    /// The class the DefaultStorageClass admission plugin would choose: among classes marked
+    /// default, the newest (as kube-apiserver does since 1.26), then by name.
+    fn default_storage_class(&self) -> Option<Arc<StorageClass>> {
+        self.storage_classes()
+            .into_iter()
+            .filter(|sc| is_default_class(sc))
+            .max_by(|a, b| {
+                let created = |sc: &StorageClass| sc.metadata.creation_timestamp.clone();
+                created(a)
+                    .cmp(&created(b))
+                    .then_with(|| b.metadata.name.cmp(&a.metadata.name))
+            })
+    }
+}
+
+/// Whether a StorageClass carries the default-class annotation.
+pub fn is_default_class(sc: &StorageClass) -> bool {
+    sc.metadata.annotations.as_ref().is_some_and(|a| {
+        DEFAULT_CLASS_ANNOTATIONS
+            .iter()
+            .any(|key| a.get(*key).is_some_and(|v| v == "true"))
+    })
+}
+
+/// A fixed set of objects: what `check` reads from its input, what tests build.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    known: bool,
+    pdbs: Vec<Arc<PodDisruptionBudget>>,
+    storage_classes: Vec<Arc<StorageClass>>,
+    namespaces: Vec<Arc<Namespace>>,
+}
+
+impl Snapshot {
+    /// Nothing is known about the cluster (no cluster connection).
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+
+    /// A known cluster holding exactly these objects.
+    pub fn known(
+        pdbs: Vec<PodDisruptionBudget>,
+        storage_classes: Vec<StorageClass>,
+        namespaces: Vec<Namespace>,
+    ) -> Self {
+        Self {
+            known: true,
+            pdbs: pdbs.into_iter().map(Arc::new).collect(),
+            storage_classes: storage_classes.into_iter().map(Arc::new).collect(),
+            namespaces: namespaces.into_iter().map(Arc::new).collect(),
+        }
+    }
+}
+
+impl ClusterView for Snapshot {
+    fn is_known(&self) -> bool {
+        self.known
+    }
+    fn storage_classes_known(&self) -> bool {
+        self.known && !self.storage_classes.is_empty()
+    }
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+        self.pdbs
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+            .cloned()
+            .collect()
+    }
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.storage_classes
+            .iter()
+            .find(|sc| sc.metadata.name.as_deref() == Some(name))
+            .cloned()
+    }
+    fn storage_classes(&self) -> Vec<Arc<StorageClass>> {
+        self.storage_classes.clone()
+    }
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces
+            .iter()
+            .find(|ns| ns.metadata.name.as_deref() == Some(namespace))
+            .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
+    }
+}
+
+/// A view that adds freshly listed PDBs of one namespace on top of another view: used once, on a
+/// cache miss, so a PDB created a moment before its StatefulSet never causes a false denial.
+pub struct WithLivePdbs<'a> {
+    pub base: &'a dyn ClusterView,
+    pub namespace: &'a str,
+    pub pdbs: Vec<Arc<PodDisruptionBudget>>,
+}
+
+impl ClusterView for WithLivePdbs<'_> {
+    fn is_known(&self) -> bool {
+        self.base.is_known()
+    }
+    fn storage_classes_known(&self) -> bool {
+        self.base.storage_classes_known()
+    }
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+        if namespace == self.namespace {
+            self.pdbs.clone()
+        } else {
+            self.base.pdbs(namespace)
+        }
+    }
+    fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
+        self.base.storage_class(name)
+    }
+    fn storage_classes(&self) -> Vec<Arc<StorageClass>> {
+        self.base.storage_classes()
+    }
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.base.namespace_labels(namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn class(name: &str, default: bool, created_secs: i64) -> StorageClass {
+        StorageClass {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: default.then(|| {
+                    [(DEFAULT_CLASS_ANNOTATIONS[0].to_string(), "true".to_string())].into()
+                }),
+                creation_timestamp: Some(Time(
+                    k8s_openapi::jiff::Timestamp::from_second(created_secs).unwrap(),
+                )),
+                ..Default::default()
+            },
+            provisioner: "x".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn default_class_is_the_newest_marked_one() {
+        let snap = Snapshot::known(
+            vec![],
+            vec![
+                class("old-default", true, 100),
+                class("new-default", true, 200),
+                class("fast", false, 300),
+            ],
+            vec![],
+        );
+        let default = snap.default_storage_class().unwrap();
+        assert_eq!(default.metadata.name.as_deref(), Some("new-default"));
+    }
+
+    #[test]
+    fn no_default_class_when_none_is_marked() {
+        let snap = Snapshot::known(vec![], vec![class("fast", false, 1)], vec![]);
+        assert!(snap.default_storage_class().is_none());
+    }
+}

@@ -1,0 +1,386 @@
+//! The engine: for one object, choose the policy, run its rules, and decide what each outcome
+//! does under the rule's action and the policy's mode. The webhook and `check` share it.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use json_patch::PatchOperation;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::cluster::ClusterView;
+use crate::policy::{
+    Mode, MutateAction, Policy, PolicySet, Selection, UpdateValidation, ValidateAction,
+};
+use crate::rules::{
+    self, Context, Finding, Mutation, Operation, RuleId, fast_storage_class, patch,
+};
+
+/// The annotation listing the mutation rules applied to an object.
+pub const MUTATED_ANNOTATION: &str = "stateful-guard.io/mutated";
+
+/// An object the rules know.
+#[derive(Debug, Clone, Copy)]
+pub enum Object<'a> {
+    StatefulSet(&'a StatefulSet),
+    Pvc(&'a PersistentVolumeClaim),
+}
+
+impl Object<'_> {
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::StatefulSet(s) => &s.metadata,
+            Object::Pvc(p) => &p.metadata,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::StatefulSet(_) => "StatefulSet",
+            Object::Pvc(_) => "PersistentVolumeClaim",
+        }
+    }
+}
+
+/// Which webhook is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Mutate,
+    Validate,
+}
+
+/// One request to evaluate.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub operation: Operation,
+    pub namespace: &'a str,
+    pub object: Object<'a>,
+    /// The stored object, on UPDATE.
+    pub old: Option<Object<'a>>,
+}
+
+/// A mutation rule's outcome and whether it is applied.
+#[derive(Debug, Clone)]
+pub struct RuleMutation {
+    pub rule: RuleId,
+    pub action: MutateAction,
+    /// True when the patch is sent to the apiserver (action `mutate`, mode `enforce`).
+    pub applied: bool,
+    pub mutation: Mutation,
+}
+
+/// A validation finding and the action it takes.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub finding: Finding,
+    /// The rule's action; `enforce` becomes `warn` when the rule could not verify.
+    pub action: ValidateAction,
+}
+
+/// Everything the engine decided about one object.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub policy: Option<Arc<Policy>>,
+    pub mode: Mode,
+    /// Why nothing was evaluated (exempt namespace, no policy), if so.
+    pub skipped: Option<String>,
+    /// Rules the object exempted itself from.
+    pub exempted: Vec<RuleId>,
+    pub mutations: Vec<RuleMutation>,
+    pub findings: Vec<Reported>,
+}
+
+impl Evaluation {
+    pub fn policy_name(&self) -> &str {
+        self.policy.as_deref().map_or("", |p| p.name.as_str())
+    }
+
+    /// Findings that deny the request.
+    pub fn denials(&self) -> impl Iterator<Item = &Reported> {
+        let enforcing = self.mode == Mode::Enforce;
+        self.findings
+            .iter()
+            .filter(move |r| enforcing && r.action == ValidateAction::Enforce)
+    }
+
+    /// Findings that would deny the request if the policy were enforcing (audit mode).
+    pub fn would_deny(&self) -> impl Iterator<Item = &Reported> {
+        let auditing = self.mode == Mode::Audit;
+        self.findings
+            .iter()
+            .filter(move |r| auditing && r.action == ValidateAction::Enforce)
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.denials().next().is_none()
+    }
+
+    /// The JSON Patch sent to the apiserver: applied mutations plus the annotation listing them.
+    pub fn patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
+        self.build_patch(meta, |m| m.applied)
+    }
+
+    /// The patch that would be sent if every mutation rule in `mutate` or `audit` were applied
+    /// in enforce mode: what audit mode reports.
+    pub fn would_be_patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
+        self.build_patch(meta, |m| !m.applied)
+    }
+
+    fn build_patch(
+        &self,
+        meta: &ObjectMeta,
+        pick: impl Fn(&RuleMutation) -> bool,
+    ) -> Vec<PatchOperation> {
+        let chosen: Vec<&RuleMutation> = self
+            .mutations
+            .iter()
+            .filter(|m| !m.mutation.ops.is_empty() && pick(m))
+            .collect();
+        if chosen.is_empty() {
+            return vec![];
+        }
+        let mut ops: Vec<PatchOperation> = chosen
+            .iter()
+            .flat_map(|m| m.mutation.ops.iter().cloned())
+            .collect();
+        if let Some(op) = mutated_annotation(meta, chosen.iter().map(|m| m.rule)) {
+            ops.push(op);
+        }
+        ops
+    }
+}
+
+/// The operation that records `rules` in the [`MUTATED_ANNOTATION`], merged with what an
+/// earlier invocation recorded (reinvocation must stay consistent).
+fn mutated_annotation(
+    meta: &ObjectMeta,
+    rules: impl Iterator<Item = RuleId>,
+) -> Option<PatchOperation> {
+    let existing = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MUTATED_ANNOTATION));
+    let mut all: BTreeSet<String> = existing
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    all.extend(rules.map(|r| r.as_str().to_owned()));
+    let value = all.into_iter().collect::<Vec<_>>().join(",");
+    if existing == Some(&value) {
+        return None;
+    }
+    let op = if meta.annotations.is_some() {
+        patch::set(
+            &["metadata", "annotations", MUTATED_ANNOTATION],
+            existing.is_some(),
+            &value,
+        )
+    } else {
+        patch::add_creating(&["metadata"], &["annotations", MUTATED_ANNOTATION], &value)
+    };
+    op.ok()
+}
+
+/// Evaluates one object under the policy that governs its namespace.
+pub fn evaluate(
+    phase: Phase,
+    subject: &Subject,
+    policies: &PolicySet,
+    cluster: &dyn ClusterView,
+) -> Evaluation {
+    let policy = match policies.select(subject.namespace, cluster) {
+        Selection::Policy(p) => p,
+        Selection::Exempt(reason) => {
+            return Evaluation {
+                skipped: Some(reason),
+                ..Default::default()
+            };
+        }
+        Selection::NoPolicy => {
+            return Evaluation {
+                skipped: Some(format!(
+                    "no policy applies to namespace {}",
+                    subject.namespace
+                )),
+                ..Default::default()
+            };
+        }
+    };
+    let exempted = policy.object_exemptions(subject.object.meta().annotations.as_ref());
+    let ctx = Context {
+        operation: subject.operation,
+        namespace: subject.namespace,
+        cluster,
+        mutate_template_on_update: policy.spec.updates.mutate_template,
+    };
+    let mut eval = Evaluation {
+        policy: Some(policy.clone()),
+        mode: policy.spec.mode,
+        exempted,
+        ..Default::default()
+    };
+    match phase {
+        Phase::Mutate => eval.mutations = mutate(subject.object, policy, &eval, &ctx),
+        Phase::Validate => eval.findings = validate(subject, policy, &eval, &ctx),
+    }
+    eval
+}
+
+fn active(eval: &Evaluation, rule: RuleId, action_off: bool) -> bool {
+    !action_off && !eval.exempted.contains(&rule)
+}
+
+fn mutate(object: Object, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<RuleMutation> {
+    let rules = &policy.spec.rules;
+    let mut out = Vec::new();
+    let mut push = |rule: RuleId, result: Result<Mutation, serde_json::Error>| {
+        let action = rules.mutate_action(rule);
+        let mutation = result.unwrap_or_else(|error| {
+            tracing::error!(%rule, %error, "rule failed to build its patch");
+            Mutation::note(format!("internal error, no change made: {error}"))
+        });
+        if !mutation.is_empty() {
+            out.push(RuleMutation {
+                rule,
+                action,
+                applied: action == MutateAction::Mutate && eval.mode == Mode::Enforce,
+                mutation,
+            });
+        }
+    };
+    let on = |rule| active(eval, rule, rules.mutate_action(rule) == MutateAction::Off);
+    let storage = rules.fast_storage_class.as_ref();
+    match object {
+        Object::StatefulSet(sts) => {
+            if let Some(cfg) = storage.filter(|_| on(RuleId::FastStorageClass)) {
+                push(
+                    RuleId::FastStorageClass,
+                    fast_storage_class::mutate_statefulset(sts, cfg, ctx),
+                );
+            }
+            if on(RuleId::PodAntiAffinity) {
+                push(
+                    RuleId::PodAntiAffinity,
+                    rules::pod_anti_affinity::mutate(sts, &rules.pod_anti_affinity, ctx),
+                );
+            }
+            if on(RuleId::TopologySpread) {
+                // The classes the pods will really use: the fast one if it is being applied.
+                let applied_storage = storage.filter(|c| {
+                    on(RuleId::FastStorageClass)
+                        && c.action == MutateAction::Mutate
+                        && eval.mode == Mode::Enforce
+                });
+                push(
+                    RuleId::TopologySpread,
+                    rules::topology_spread::mutate(
+                        sts,
+                        &rules.topology_spread,
+                        applied_storage,
+                        ctx,
+                    ),
+                );
+            }
+            if on(RuleId::ParallelPodManagement) {
+                push(
+                    RuleId::ParallelPodManagement,
+                    rules::parallel_pod_management::mutate(
+                        sts,
+                        &rules.parallel_pod_management,
+                        ctx,
+                    ),
+                );
+            }
+        }
+        Object::Pvc(pvc) => {
+            if let Some(cfg) = storage.filter(|_| on(RuleId::FastStorageClass)) {
+                push(
+                    RuleId::FastStorageClass,
+                    fast_storage_class::mutate_pvc(pvc, cfg, ctx),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Runs every active validation rule on a StatefulSet.
+fn findings_of(
+    sts: &StatefulSet,
+    policy: &Policy,
+    eval: &Evaluation,
+    ctx: &Context,
+) -> Vec<Finding> {
+    let r = &policy.spec.rules;
+    let on = |rule| active(eval, rule, r.validate_action(rule) == ValidateAction::Off);
+    let mut found = Vec::new();
+    if on(RuleId::RequirePdb) {
+        found.extend(rules::require_pdb::validate(sts, &r.require_pdb, ctx));
+    }
+    if on(RuleId::PdbAllowsDisruption) {
+        found.extend(rules::pdb_allows_disruption::validate(
+            sts,
+            &r.pdb_allows_disruption,
+            ctx,
+        ));
+    }
+    if on(RuleId::RequireReadinessProbe) {
+        found.extend(rules::require_readiness_probe::validate(
+            sts,
+            &r.require_readiness_probe,
+            ctx,
+        ));
+    }
+    if on(RuleId::RequireLivenessProbe) {
+        found.extend(rules::require_liveness_probe::validate(
+            sts,
+            &r.require_liveness_probe,
+            ctx,
+        ));
+    }
+    if on(RuleId::ProbesDiffer) {
+        found.extend(rules::probes_differ::validate(sts, &r.probes_differ, ctx));
+    }
+    if on(RuleId::RequirePersistentStorage) {
+        found.extend(rules::require_persistent_storage::validate(
+            sts,
+            &r.require_persistent_storage,
+            ctx,
+        ));
+    }
+    found
+}
+
+fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<Reported> {
+    let Object::StatefulSet(sts) = subject.object else {
+        return vec![];
+    };
+    let mut found = findings_of(sts, policy, eval, ctx);
+    if subject.operation == Operation::Update
+        && policy.spec.updates.validate == UpdateValidation::NewFindings
+        && let Some(Object::StatefulSet(old)) = subject.old
+    {
+        // An existing workload must stay operable (scalable during an incident): report only
+        // what this update introduces.
+        let before: Vec<(RuleId, String)> = findings_of(old, policy, eval, ctx)
+            .into_iter()
+            .map(|f| (f.rule, f.subject))
+            .collect();
+        found.retain(|f| !before.iter().any(|(r, s)| *r == f.rule && *s == f.subject));
+    }
+    let rules = &policy.spec.rules;
+    found
+        .into_iter()
+        .map(|finding| {
+            let mut action = rules.validate_action(finding.rule);
+            if finding.unverified && action == ValidateAction::Enforce {
+                action = ValidateAction::Warn;
+            }
+            Reported { finding, action }
+        })
+        .collect()
+}

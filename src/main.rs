@@ -1,0 +1,35 @@
+#![forbid(unsafe_code)]
+use clap::Parser;
+use stateful_guard::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            stateful_guard::telemetry::init(&args.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(stateful_guard::server::run(*args)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "stateful-guard stopped");
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Certs(args) => match stateful_guard::certs::run(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Check(args) => stateful_guard::check::run(&args),
+    }
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics (prometheus-client), served at `/metrics`.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub kind: String,
+    pub operation: String,
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub rule: &'static str,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MutationLabels {
+    pub rule: &'static str,
+    pub applied: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+/// Every instrument, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub bad_requests: Family<EndpointLabels, Counter>,
+    pub latency: Family<EndpointLabels, Histogram>,
+    pub findings: Family<FindingLabels, Counter>,
+    pub mutations: Family<MutationLabels, Counter>,
+    pub policy_reloads: Family<ResultLabels, Counter>,
+    pub policy_errors: Family<SourceLabels, Counter>,
+    pub policies_loaded: Gauge,
+    pub cert_reloads: Family<ResultLabels, Counter>,
+    pub cert_not_after: Gauge,
+}
+
+/// Latency buckets from 50µs: an evaluation takes tens of microseconds, and kube-apiserver's
+/// own smallest bucket (5ms) would hide everything.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stateful_guard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "AdmissionReviews answered, by endpoint, kind, operation and decision",
+            requests.clone(),
+        );
+        let bad_requests = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "bad_requests",
+            "Requests rejected before evaluation (not an AdmissionReview, too large)",
+            bad_requests.clone(),
+        );
+        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BUCKETS)
+        });
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an AdmissionReview, body read to response encoded",
+            latency.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "findings",
+            "Validation findings, by rule and the action taken",
+            findings.clone(),
+        );
+        let mutations = Family::<MutationLabels, Counter>::default();
+        registry.register(
+            "mutations",
+            "Mutations computed, by rule and whether they were applied (false: audit)",
+            mutations.clone(),
+        );
+        let policy_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy source loads, by result (ok, error)",
+            policy_reloads.clone(),
+        );
+        let policy_errors = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "policy_errors",
+            "Rejected policy documents, by source (the last good policy keeps serving)",
+            policy_errors.clone(),
+        );
+        let policies_loaded = Gauge::default();
+        registry.register(
+            "policies_loaded",
+            "Policies currently in force",
+            policies_loaded.clone(),
+        );
+        let cert_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate reloads, by result (ok, error)",
+            cert_reloads.clone(),
+        );
+        let cert_not_after = Gauge::default();
+        registry.register(
+            "certificate_not_after_seconds",
+            "Expiry of the serving certificate, in seconds since the Unix epoch",
+            cert_not_after.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            bad_requests,
+            latency,
+            findings,
+            mutations,
+            policy_reloads,
+            policy_errors,
+            policies_loaded,
+            cert_reloads,
+            cert_not_after,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}

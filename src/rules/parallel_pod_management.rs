@@ -1,0 +1,136 @@
+//! `parallel-pod-management`: create and restart a StatefulSet's pods in parallel.
+//!
+//! Why: with `OrderedReady`, pod N+1 starts only once pod N is Ready. A quorum-based database
+//! whose readiness needs a quorum never comes back after all its pods die at once (a full
+//! cluster restart): pod 0 waits for a quorum, and the other pods wait for pod 0.
+use k8s_openapi::api::apps::v1::StatefulSet;
+use serde::{Deserialize, Serialize};
+
+use super::explicit::{Provenance, provenance};
+use super::{Context, Mutation, Operation, has_annotation, patch};
+use crate::policy::action::MutateAction;
+
+/// Opt-out annotation for apps that truly need ordered bootstrap:
+/// `stateful-guard.io/pod-management-policy: OrderedReady`.
+pub const OPT_OUT_ANNOTATION: &str = "stateful-guard.io/pod-management-policy";
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub action: MutateAction,
+}
+
+pub fn mutate(
+    sts: &StatefulSet,
+    _cfg: &Config,
+    ctx: &Context,
+) -> Result<Mutation, serde_json::Error> {
+    // podManagementPolicy is immutable: only CREATE.
+    let spec = &sts.spec;
+    if ctx.operation != Operation::Create
+        || has_annotation(&sts.metadata, OPT_OUT_ANNOTATION, "OrderedReady")
+    {
+        return Ok(Mutation::none());
+    }
+    let current = spec.pod_management_policy.as_deref();
+    if !matches!(current, None | Some("OrderedReady")) {
+        return Ok(Mutation::none());
+    }
+    // OrderedReady is the default, so the value alone says nothing; but a server-side or
+    // client-side apply tells us when the user wrote it, and then it stays.
+    if provenance(&sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet {
+        return Ok(Mutation::none());
+    }
+    Ok(Mutation {
+        ops: vec![patch::set(
+            &["spec", "podManagementPolicy"],
+            current.is_some(),
+            &"Parallel",
+        )?],
+        summary: format!(
+            "set podManagementPolicy Parallel so the pods can all restart together after a full outage (opt out with annotation {OPT_OUT_ANNOTATION}: OrderedReady)"
+        ),
+        notes: vec![],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Snapshot;
+    use crate::rules::testing::{apply, basic_sts, ctx};
+
+    #[test]
+    fn ordered_ready_default_becomes_parallel() {
+        let cluster = Snapshot::unknown();
+        let obj = basic_sts();
+        let m = mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let out = apply(&obj, &m);
+        assert_eq!(out.spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert!(
+            mutate(&out, &Config::default(), &ctx(Operation::Create, &cluster))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn opt_out_annotation_keeps_ordered_ready() {
+        let cluster = Snapshot::unknown();
+        let mut obj = basic_sts();
+        obj.metadata.annotations =
+            Some([(OPT_OUT_ANNOTATION.to_string(), "OrderedReady".to_string())].into());
+        assert!(
+            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn explicitly_applied_ordered_ready_is_kept() {
+        let cluster = Snapshot::unknown();
+        let mut obj = basic_sts();
+        obj.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                r#"{"spec":{"podManagementPolicy":"OrderedReady"}}"#.to_string(),
+            )]
+            .into(),
+        );
+        assert!(
+            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+                .unwrap()
+                .is_empty()
+        );
+        // Same manifest without the field: the value was defaulted, so it is changed.
+        obj.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                r#"{"spec":{"replicas":3}}"#.to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+                .unwrap()
+                .ops
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn never_on_update_the_field_is_immutable() {
+        let cluster = Snapshot::unknown();
+        assert!(
+            mutate(
+                &basic_sts(),
+                &Config::default(),
+                &ctx(Operation::Update, &cluster)
+            )
+            .unwrap()
+            .is_empty()
+        );
+    }
+}

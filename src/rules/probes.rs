@@ -1,0 +1,46 @@
+//! What the probe rules share: which containers serve traffic or must stay alive.
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Container, Probe};
+
+use super::{Context, Finding, RuleId, display_name};
+
+/// Every regular container, and every init container with `restartPolicy: Always` (a sidecar,
+/// which runs for the pod's lifetime and is probed like a regular container).
+pub fn long_running_containers(sts: &StatefulSet) -> impl Iterator<Item = &Container> {
+    let pod = sts.spec.template.spec.as_ref();
+    let sidecars = pod
+        .and_then(|p| p.init_containers.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    pod.map(|p| p.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .chain(sidecars)
+}
+
+/// One finding per long-running container that lacks the probe `get` returns.
+pub fn missing(
+    sts: &StatefulSet,
+    ctx: &Context,
+    rule: RuleId,
+    field: &str,
+    why: &str,
+    get: fn(&Container) -> Option<&Probe>,
+) -> Vec<Finding> {
+    long_running_containers(sts)
+        .filter(|c| get(c).is_none())
+        .map(|c| {
+            Finding::new(
+                rule,
+                format!("container/{}", c.name),
+                format!(
+                    "container {:?} of StatefulSet {} has no {field}: add one to spec.template.spec containers[name={:?}].{field} ({why})",
+                    c.name,
+                    display_name(&sts.metadata, ctx.namespace),
+                    c.name
+                ),
+            )
+        })
+        .collect()
+}

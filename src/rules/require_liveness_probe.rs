@@ -1,0 +1,72 @@
+//! `require-liveness-probe`: every long-running container has a liveness probe.
+//!
+//! Why: a deadlocked database process keeps its pod Running forever; only a liveness probe lets
+//! the kubelet restart it.
+use k8s_openapi::api::apps::v1::StatefulSet;
+use serde::{Deserialize, Serialize};
+
+use super::{Context, Finding, RuleId, probes};
+use crate::policy::action::ValidateAction;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub action: ValidateAction,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            action: ValidateAction::Warn,
+        }
+    }
+}
+
+pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+    probes::missing(
+        sts,
+        ctx,
+        RuleId::RequireLivenessProbe,
+        "livenessProbe",
+        "otherwise a hung process is never restarted",
+        |c| c.liveness_probe.as_ref(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Snapshot;
+    use crate::rules::Operation;
+    use crate::rules::testing::{basic_sts, ctx, sts};
+
+    #[test]
+    fn container_without_liveness_probe_is_named() {
+        let cluster = Snapshot::unknown();
+        let findings = validate(
+            &basic_sts(),
+            &Config::default(),
+            &ctx(Operation::Create, &cluster),
+        );
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].subject, "container/db");
+        assert!(findings[0].message.contains("has no livenessProbe"));
+    }
+
+    #[test]
+    fn container_with_liveness_probe_passes_and_plain_init_containers_are_ignored() {
+        let cluster = Snapshot::unknown();
+        let obj = sts(r#"
+metadata: {name: db}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      initContainers: [{name: init, image: busybox}]
+      containers: [{name: db, image: pg, livenessProbe: {exec: {command: [pg_isready]}}}]
+"#);
+        assert!(validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+    }
+}

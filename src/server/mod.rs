@@ -1,0 +1,278 @@
+//! The HTTPS edge: certificates, policies and cluster caches set up before the socket is bound;
+//! then an accept loop serving HTTP/1.1 and HTTP/2 (ALPN) over rustls, until SIGTERM.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::cli::{ClusterMode, ServeArgs};
+use crate::cluster::cache::ClusterCache;
+use crate::cluster::{ClusterView, Snapshot};
+use crate::metrics::Metrics;
+use crate::policy;
+use crate::policy::source::{ConfigMapSource, FileSource, PolicyStore};
+
+pub mod routes;
+pub mod tls;
+
+pub use routes::AppState;
+
+/// Where the default policy is looked for when `--policy` is not given.
+const DEFAULT_POLICY_PATH: &str = "policies/default.yaml";
+
+/// Certificates to serve: given files, or a CA and a localhost certificate generated now.
+fn certificates(args: &ServeArgs) -> anyhow::Result<(tls::CertFiles, bool)> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok((tls::CertFiles::load(cert, key)?, true));
+    }
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let bundle =
+        crate::certs::generate(&names, 30, 30).context("generating a development certificate")?;
+    let dir = std::env::temp_dir().join(format!("stateful-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::certs::write_file(&dir.join("tls.crt"), &bundle.cert, false)?;
+    crate::certs::write_file(&dir.join("tls.key"), &bundle.key, true)?;
+    crate::certs::write_file(&args.generated_ca, &bundle.ca_cert, false)?;
+    let files = tls::CertFiles::load(&dir.join("tls.crt"), &dir.join("tls.key"))?;
+    tracing::info!(
+        ca = %args.generated_ca.display(),
+        "no --tls-cert given: generated a CA and a certificate for localhost"
+    );
+    eprintln!(
+        "stateful-guard: generated a development CA at {ca}\n  try: curl --cacert {ca} https://localhost:{port}/healthz",
+        ca = args.generated_ca.display(),
+        port = args.listen.port()
+    );
+    Ok((files, false))
+}
+
+/// Loads the policies; any error in the initial load stops the start (there is no last good
+/// policy yet), naming the file, line and field.
+fn policies(args: &ServeArgs, store: &PolicyStore) -> anyhow::Result<Option<FileSource>> {
+    let path = match &args.policy {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_POLICY_PATH)).filter(|p| p.is_file()),
+    };
+    let Some(path) = path else {
+        let embedded =
+            policy::parse_documents(policy::EMBEDDED_DEFAULT, "<embedded policies/default.yaml>")?;
+        store.set_source("<embedded policies/default.yaml>", Ok(embedded));
+        tracing::info!("no policy file: using the embedded default policy");
+        return Ok(None);
+    };
+    let mut source = FileSource::new(path);
+    let errors = source.sync(store);
+    if let Some(first) = errors.first() {
+        bail!("invalid policy: {first}");
+    }
+    if !store.is_loaded() && !args.policy_configmaps {
+        bail!("no policy document found in {}", source.root().display());
+    }
+    tracing::info!(path = %source.root().display(), policies = store.current().policies().len(), "policies loaded");
+    Ok(Some(source))
+}
+
+async fn cluster(args: &ServeArgs) -> Option<kube::Client> {
+    if args.cluster == ClusterMode::Off {
+        return None;
+    }
+    match kube::Config::infer().await {
+        Ok(config) => match kube::Client::try_from(config) {
+            Ok(client) => Some(client),
+            Err(error) => {
+                tracing::warn!(%error, "cannot build a cluster client; running without cluster state");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::info!(reason = %error, "no cluster configuration found; running without cluster state");
+            None
+        }
+    }
+}
+
+/// `stateful-guard serve`.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let (certs, from_files) = certificates(&args)?;
+    let certs = Arc::new(certs);
+    if let Some(t) = certs.not_after() {
+        metrics.cert_not_after.set(t);
+    }
+    let tls_config = certs
+        .server_config()
+        .context("building the TLS configuration")?;
+
+    let store = Arc::new(PolicyStore::new(
+        vec![args.namespace.clone()],
+        metrics.clone(),
+    ));
+    let file_source = policies(&args, &store)?;
+
+    let client = cluster(&args).await;
+    let live = client.clone().map(ClusterCache::start);
+    let view: Arc<dyn ClusterView> = match &live {
+        Some(cache) => Arc::new(cache.clone()),
+        None => Arc::new(Snapshot::unknown()),
+    };
+    if args.policy_configmaps {
+        match &client {
+            Some(client) => {
+                tokio::spawn(ConfigMapSource::default().watch(
+                    client.clone(),
+                    args.namespace.clone(),
+                    store.clone(),
+                ));
+            }
+            None => bail!("--policy-configmaps needs a cluster connection, and none was found"),
+        }
+    }
+
+    let state = Arc::new(AppState {
+        policies: store.clone(),
+        cluster: view,
+        live,
+        metrics: metrics.clone(),
+        uninterpretable: args.uninterpretable,
+        shutting_down: Default::default(),
+    });
+    let app = routes::router(state.clone(), args.max_body_bytes);
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "serving HTTPS");
+
+    if from_files {
+        tokio::spawn(certs.clone().watch(args.reload_interval, metrics.clone()));
+    }
+    if let Some(source) = file_source {
+        tokio::spawn(source.watch(store.clone(), args.reload_interval));
+    }
+
+    serve(
+        listener,
+        TlsAcceptor::from(Arc::new(tls_config)),
+        app,
+        &args,
+        shutdown_signal(),
+        &state,
+    )
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The accept loop. On `shutdown`: readiness goes false, after `shutdown_delay` the listener
+/// closes, and in-flight requests get `shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    args: &ServeArgs,
+    shutdown: impl Future<Output = ()>,
+    state: &AppState,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(args.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let handshake_timeout = args.header_read_timeout;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut draining: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let (tcp, peer): (_, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown, if draining.is_none() => {
+                // Readiness goes false now; keep serving while endpoints stop routing here.
+                state.shutting_down.store(true, Ordering::Release);
+                tracing::info!(delay = ?args.shutdown_delay, "shutting down: readiness is now false");
+                draining = Some(Box::pin(tokio::time::sleep(args.shutdown_delay)));
+                continue;
+            }
+            () = async { draining.as_mut().expect("guarded").as_mut().await }, if draining.is_some() => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(conn).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("listener closed; waiting for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(args.shutdown_grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}

@@ -1,0 +1,253 @@
+//! TLS: certificates loaded before the socket is bound, then reloaded without restart.
+//!
+//! The server's rustls config resolves its certificate per handshake from an [`ArcSwap`], so a
+//! reload is one atomic pointer swap: in-flight and concurrent connections never fail. The
+//! reloader polls the files' contents, which also sees Kubernetes' Secret-volume updates (an
+//! atomic swap of the `..data` symlink; the file names never change). A broken new pair is
+//! logged and counted, and the old pair keeps serving.
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::metrics::{Metrics, ResultLabels};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate found: {detail}")]
+    NoCertificate { path: PathBuf, detail: String },
+    #[error("{path}: no usable PEM private key found: {detail}")]
+    NoKey { path: PathBuf, detail: String },
+    #[error("{cert} and {key}: {detail}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        detail: String,
+    },
+}
+
+/// One certificate chain and its key, as read from disk.
+#[derive(Clone, PartialEq, Eq)]
+struct PemPair {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses a chain (leaf first, intermediates after) and its key, and checks they belong
+/// together.
+fn certified_key(
+    provider: &CryptoProvider,
+    pair: &PemPair,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(&pair.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::NoCertificate {
+            path: cert_path.to_owned(),
+            detail: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_owned(),
+            detail: "the file holds no CERTIFICATE block".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|e| TlsError::NoKey {
+        path: key_path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsError::Mismatch {
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    Ok(ck)
+}
+
+/// The certificate currently served; swapped atomically on reload.
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CertStore")
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Certificate files and the store they feed.
+pub struct CertFiles {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    store: Arc<CertStore>,
+    last: std::sync::Mutex<PemPair>,
+}
+
+/// The crypto provider, installed once per process (style: explicit, never implicit).
+pub fn provider() -> Arc<CryptoProvider> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Ignored if another part of the process installed one first; ours is passed explicitly.
+    let _ = CryptoProvider::install_default((*provider).clone());
+    provider
+}
+
+impl CertFiles {
+    /// Loads the pair; a missing or bad file is an error naming the file.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let provider = provider();
+        let pair = PemPair {
+            cert: read(cert_path)?,
+            key: read(key_path)?,
+        };
+        let ck = certified_key(&provider, &pair, cert_path, key_path)?;
+        Ok(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            provider,
+            store: Arc::new(CertStore {
+                current: ArcSwap::from_pointee(ck),
+            }),
+            last: std::sync::Mutex::new(pair),
+        })
+    }
+
+    /// A rustls server config resolving through the store: TLS 1.2 and 1.3, ALPN h2 and
+    /// http/1.1.
+    pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.store.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Re-reads the files; swaps in a changed, valid pair. Returns whether it changed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let pair = PemPair {
+            cert: read(&self.cert_path)?,
+            key: read(&self.key_path)?,
+        };
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == pair {
+            return Ok(false);
+        }
+        let ck = certified_key(&self.provider, &pair, &self.cert_path, &self.key_path)?;
+        self.store.current.store(Arc::new(ck));
+        *last = pair;
+        Ok(true)
+    }
+
+    /// Expiry of the served leaf, seconds since the epoch (for the metric).
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.store.current.load();
+        let leaf = current.cert.first()?;
+        x509_not_after(leaf.as_ref())
+    }
+
+    /// Polls the files every `interval` until the process ends. Never panics: every failure
+    /// is logged and counted, and the old pair keeps serving.
+    pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<Metrics>) {
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.reload() {
+                Ok(true) => {
+                    last_error = None;
+                    metrics
+                        .cert_reloads
+                        .get_or_create(&ResultLabels { result: "ok" })
+                        .inc();
+                    if let Some(t) = self.not_after() {
+                        metrics.cert_not_after.set(t);
+                    }
+                    tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
+                }
+                Ok(false) => last_error = None,
+                Err(error) => {
+                    let text = error.to_string();
+                    // Log a persistent problem once, not every poll; count every attempt.
+                    if last_error.as_deref() != Some(&text) {
+                        tracing::error!(%error, "new certificate rejected; still serving the previous one");
+                    }
+                    metrics
+                        .cert_reloads
+                        .get_or_create(&ResultLabels { result: "error" })
+                        .inc();
+                    last_error = Some(text);
+                }
+            }
+        }
+    }
+}
+
+/// notAfter of a DER certificate, seconds since the epoch.
+fn x509_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_not_after_of_a_generated_certificate() {
+        let bundle = crate::certs::generate(&["localhost".into()], 30, 60).unwrap();
+        let der = CertificateDer::from_pem_slice(bundle.cert.as_bytes()).unwrap();
+        let t = x509_not_after(der.as_ref()).unwrap();
+        let expected =
+            (time::OffsetDateTime::now_utc() + time::Duration::days(30)).unix_timestamp();
+        assert!((t - expected).abs() < 120, "{t} vs {expected}");
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        let err = CertFiles::load(&cert, &key).err().unwrap().to_string();
+        assert!(err.contains("tls.crt"), "{err}");
+        std::fs::write(&cert, "not pem").unwrap();
+        std::fs::write(&key, "not pem").unwrap();
+        let err = CertFiles::load(&cert, &key).err().unwrap().to_string();
+        assert!(
+            err.contains("tls.crt") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let a = crate::certs::generate(&["a".into()], 1, 1).unwrap();
+        let b = crate::certs::generate(&["b".into()], 1, 1).unwrap();
+        std::fs::write(&cert, &a.cert).unwrap();
+        std::fs::write(&key, &b.key).unwrap();
+        let err = CertFiles::load(&cert, &key).err().unwrap().to_string();
+        assert!(err.contains("tls.key"), "{err}");
+    }
+}
