@@ -354,6 +354,26 @@ async fn generate_name_pvc_is_mutated() {
 }
 
 #[tokio::test]
+async fn pvc_class_chosen_explicitly_is_kept_and_a_filled_in_default_is_replaced() {
+    // Same PVC, same class on the wire; managedFields tell who set it.
+    let explicit = review(
+        Phase::Mutate,
+        &review_fixture("pvc-create.mutating.json"),
+        &default_policies(),
+    )
+    .await;
+    assert!(
+        patch(&explicit).is_none(),
+        "the user's kubectl-create owns f:storageClassName"
+    );
+    let body = review_fixture("pvc-create-default-class-filled.mutating.json");
+    let filled = review(Phase::Mutate, &body, &default_policies()).await;
+    let patched = apply(&request_object(&body), patch(&filled).unwrap());
+    assert_eq!(patched["spec"]["storageClassName"], "fast-ssd");
+    assert!(warnings(&filled)[0].contains("filled in by DefaultStorageClass"));
+}
+
+#[tokio::test]
 async fn namespaces_exempt_by_policy_or_as_the_webhooks_own_are_skipped() {
     for ns in ["kube-system", "stateful-guard"] {
         let mut v: Value = serde_json::from_slice(&review_fixture(ZK_CREATE)).unwrap();

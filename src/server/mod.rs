@@ -209,18 +209,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     state: &AppState,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // The protocol is the one negotiated by ALPN (h2, else HTTP/1.1): hyper-util's automatic
+    // detection would wait, without any timeout, for a first byte that a silent client never
+    // sends.
+    let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+    h1.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(args.header_read_timeout)
         .keep_alive(true);
-    builder
-        .http2()
+    let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+    h2.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let builder = Arc::new(builder);
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(256);
+    let (h1, h2) = (Arc::new(h1), Arc::new(h2));
     let graceful = GracefulShutdown::new();
     let handshake_timeout = args.header_read_timeout;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -247,7 +250,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -260,6 +263,12 @@ pub async fn serve(
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
+            };
+            // Protocol from ALPN: h2 when negotiated, HTTP/1.1 otherwise.
+            let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                h2
+            } else {
+                h1
             };
             let conn = builder
                 .serve_connection(TokioIo::new(tls), service)

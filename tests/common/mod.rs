@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+pub mod server;
 use std::path::PathBuf;
 
 use base64::Engine as _;

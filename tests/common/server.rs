@@ -1,0 +1,283 @@
+//! Runs the real `stateful-guard` binary and talks to it with a real rustls client.
+#![allow(dead_code)]
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+pub const SERVICE_NAME: &str = "stateful-guard.stateful-guard.svc";
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_stateful-guard")
+}
+
+/// `stateful-guard certs` into `dir` (ca.crt, ca.key, tls.crt, tls.key).
+pub fn generate_certs(dir: &Path) -> std::process::Output {
+    let out = Command::new(binary())
+        .args([
+            "certs",
+            "--service",
+            "stateful-guard",
+            "--namespace",
+            "stateful-guard",
+            "--out",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A directory laid out as kubelet lays out a Secret volume: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..<timestamp>`, swapped atomically on update.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    pub fn new(dir: &Path, files: &[(&str, &[u8])]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut vol = Self {
+            dir: dir.to_owned(),
+            generation: 0,
+        };
+        vol.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        vol
+    }
+
+    /// Writes a new timestamped directory and swaps `..data` to it with one rename.
+    pub fn update(&mut self, files: &[(&str, &[u8])]) {
+        self.generation += 1;
+        let stamp = format!(
+            "..2026_11_21_00_00_{:02}.{}",
+            self.generation,
+            std::process::id()
+        );
+        let target = self.dir.join(&stamp);
+        std::fs::create_dir(&target).unwrap();
+        for (name, content) in files {
+            std::fs::write(target.join(name), content).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub ca: Vec<u8>,
+    pub server_name: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `stateful-guard serve --listen 127.0.0.1:0 ...` and waits until it serves.
+pub fn start(args: &[&str], ca: Vec<u8>, server_name: &str) -> Server {
+    let mut child = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--cluster",
+            "off",
+        ])
+        .args(args)
+        .env_remove("SG_POLICY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("\"serving HTTPS\"") {
+                    let _ = tx.send(line.clone());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = v["address"].as_str().unwrap().parse().unwrap();
+    Server {
+        child,
+        addr,
+        ca,
+        server_name: server_name.to_owned(),
+        log,
+    }
+}
+
+impl Server {
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub async fn tls(&self, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
+        tls_connect(self.addr, &self.ca, &self.server_name, alpn).await
+    }
+
+    /// One request on a fresh HTTP/1.1 connection.
+    pub async fn request(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        let tls = self.tls(&[b"http/1.1"]).await.expect("TLS handshake");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send_one(&mut send, method, path, body)
+            .await
+            .expect("response")
+    }
+
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        self.request("POST", path, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Bytes) {
+        self.request("GET", path, vec![]).await
+    }
+
+    /// A keep-alive HTTP/1.1 connection, as kube-apiserver uses.
+    pub async fn http1(&self) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let tls = self.tls(&[b"http/1.1"]).await.expect("TLS handshake");
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    /// An HTTP/2 connection negotiated with ALPN.
+    pub async fn http2(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let tls = self.tls(&[b"h2"]).await.expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+pub async fn send_one(
+    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Bytes), hyper::Error> {
+    send.ready().await?;
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("{SERVICE_NAME}:443"))
+        .header("content-type", "application/json")
+        .header("user-agent", "kube-apiserver-admission")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca: &[u8],
+    server_name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(server_name.to_owned()).unwrap(), tcp)
+        .await
+}
+
+/// The DER of the certificate the server presents.
+pub async fn served_certificate(server: &Server) -> Vec<u8> {
+    let tls = server.tls(&[b"http/1.1"]).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+pub fn pem_to_der(pem: &[u8]) -> Vec<u8> {
+    CertificateDer::from_pem_slice(pem)
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
