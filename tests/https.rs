@@ -456,3 +456,102 @@ fn certs_output_checks_out_with_openssl() {
         "printed caBundle is the CA"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_switched_live_from_audit_to_enforce_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/audit.yaml")).unwrap();
+    let mut vol = SecretVolume::new(&dir.path().join("policy"), &[("policy.yaml", &audit)]);
+    let (server, _certs, _secret) = secure_server(&["--policy", vol.dir.to_str().unwrap()]);
+    let server = Arc::new(server);
+    let body = review_fixture("statefulset-zookeeper-create.mutating.json");
+    let (_, first) = server.post("/mutate?timeout=5s", body.clone()).await;
+    assert!(
+        decode_wire(&first)["response"].get("patch").is_none(),
+        "audit mode: no patch"
+    );
+
+    let failed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (server, failed, stop, body) =
+            (server.clone(), failed.clone(), stop.clone(), body.clone());
+        tokio::spawn(async move {
+            let mut conn = server.http1().await;
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match send_one(&mut conn, "POST", "/mutate?timeout=5s", body.clone()).await {
+                    Ok((StatusCode::OK, _)) => n += 1,
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            n
+        })
+    };
+    let enforce = String::from_utf8(audit)
+        .unwrap()
+        .replace("mode: audit", "mode: enforce");
+    vol.update(&[("policy.yaml", enforce.as_bytes())]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, resp) = server.post("/mutate?timeout=5s", body.clone()).await;
+        if decode_wire(&resp)["response"].get("patch").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the enforce policy was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A typo: rejected with file, line and field; enforcing continues; still ready.
+    vol.update(&[(
+        "policy.yaml",
+        enforce
+            .replace("mode: enforce", "mode: enforcing")
+            .as_bytes(),
+    )]);
+    assert!(server.wait_for_log("policy rejected", Duration::from_secs(10)));
+    let logs = server.logs();
+    assert!(
+        logs.contains("policy.yaml: document 1 (line ")
+            && logs.contains("): spec.mode: unknown variant `enforcing`"),
+        "{logs}"
+    );
+    let (_, resp) = server.post("/mutate?timeout=5s", body.clone()).await;
+    assert!(decode_wire(&resp)["response"].get("patch").is_some());
+    assert_eq!(server.get("/readyz").await.0, StatusCode::OK);
+    stop.store(true, Ordering::Relaxed);
+    let served = worker.await.unwrap();
+    assert!(served > 10, "{served}");
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn startup_fails_clearly_on_a_broken_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, "apiVersion: stateful-guard.io/v1alpha1\nkind: Policy\nmetadata: {name: x}\nspec:\n  rules:\n    require-pdb: {minReplicas: two}\n").unwrap();
+    let out = std::process::Command::new(binary())
+        .args([
+            "serve",
+            "--cluster",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "policy.yaml: document 1 (line 6): spec.rules.require-pdb.minReplicas: invalid type"
+        ),
+        "{stderr}"
+    );
+}

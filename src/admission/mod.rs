@@ -62,6 +62,8 @@ pub struct Outcome {
     /// `allowed`, `patched`, `denied`, `skipped`, `uninterpretable`
     pub decision: &'static str,
     pub evaluation: Option<Evaluation>,
+    /// The JSON Patch that was not applied (audit), as recorded in the audit annotations.
+    pub would_patch: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +149,7 @@ impl Reviewer<'_> {
             operation: format!("{:?}", req.operation).to_uppercase(),
             decision: "allowed",
             evaluation: None,
+            would_patch: None,
         };
         let operation = match req.operation {
             kadm::Operation::Create => Operation::Create,
@@ -198,6 +201,7 @@ impl Reviewer<'_> {
             "allowed"
         };
         outcome.evaluation = Some(eval);
+        outcome.would_patch = resp.audit_annotations.get("would-patch").cloned();
         Ok((resp.into_review(), outcome))
     }
 
@@ -251,5 +255,6 @@ fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: &'static str) -> 
         operation: format!("{:?}", req.operation).to_uppercase(),
         decision,
         evaluation: None,
+        would_patch: None,
     }
 }

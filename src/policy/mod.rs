@@ -269,6 +269,13 @@ pub fn parse_documents(text: &str, source: &str) -> Result<Vec<PolicyDocument>, 
             if let Some(cut) = message.find(" at line ") {
                 message.truncate(cut);
             }
+            // ... and prefixes its own path (`spec.rules: unknown field`): the field is
+            // reported once, from serde_path_to_error.
+            if let Some((prefix, rest)) = message.split_once(": ")
+                && !prefix.contains(' ')
+            {
+                message = rest.to_owned();
+            }
             PolicyError::Parse {
                 origin: source.to_owned(),
                 document,
