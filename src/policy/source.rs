@@ -233,12 +233,15 @@ impl FileSource {
     }
 }
 
+/// Documents by source id.
+type Documents = BTreeMap<String, Vec<PolicyDocument>>;
+
 /// Policy ConfigMaps, fed by a kube-runtime watcher. Each data key ending in `.yaml`, `.yml`
 /// or `.json` is one source, `configmap/NAMESPACE/NAME/KEY`.
 #[derive(Default)]
 pub struct ConfigMapSource {
     /// During a (re)list: the good documents seen, and the ids whose new text was rejected.
-    relist: Option<(BTreeMap<String, Vec<PolicyDocument>>, Vec<String>)>,
+    relist: Option<(Documents, Vec<String>)>,
 }
 
 const CONFIGMAP_PREFIX: &str = "configmap/";
