@@ -8,6 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use json_patch::PatchOperation;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -20,8 +21,8 @@ use serde_json::Value;
 use crate::cli::{CheckArgs, OutputFormat};
 use crate::cluster::{ClusterView, Snapshot};
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
+use crate::policy::PolicySet;
 use crate::policy::source::{FileSource, PolicyStore};
-use crate::policy::{Mode, PolicySet, ValidateAction};
 use crate::rules::Operation;
 
 /// Why `check` could not run: exit code 2.
@@ -461,11 +462,14 @@ pub fn render_text(report: &Report) -> String {
     out
 }
 
-fn load_policies(path: Option<&Path>) -> Result<PolicySet, InputError> {
+fn load_policies(path: Option<&Path>) -> Result<Arc<PolicySet>, InputError> {
     let Some(path) = path else {
-        return PolicySet::embedded_default(vec![]).map_err(|e| InputError::Policy(e.to_string()));
+        return PolicySet::embedded_default(vec![])
+            .map(Arc::new)
+            .map_err(|e| InputError::Policy(e.to_string()));
     };
-    let store = PolicyStore::new(vec![], std::sync::Arc::new(crate::metrics::Metrics::new()));
+    // The same loader as `serve --policy`: a file or a directory.
+    let store = PolicyStore::new(vec![], Arc::new(crate::metrics::Metrics::new()));
     let mut source = FileSource::new(path.to_owned());
     if let Some(error) = source.sync(&store).into_iter().next() {
         return Err(InputError::Policy(error.to_string()));
@@ -477,29 +481,7 @@ fn load_policies(path: Option<&Path>) -> Result<PolicySet, InputError> {
             path.display()
         )));
     }
-    // The store's set is shared; rebuild an owned one from the same documents.
-    Ok(std::sync::Arc::try_unwrap(set).unwrap_or_else(|shared| {
-        let docs = shared
-            .policies()
-            .iter()
-            .map(|p| {
-                (
-                    p.source.clone(),
-                    crate::policy::PolicyDocument {
-                        api_version: crate::policy::API_VERSION.into(),
-                        kind: crate::policy::KIND.into(),
-                        metadata: crate::policy::PolicyMeta {
-                            name: p.name.clone(),
-                            labels: Default::default(),
-                            annotations: Default::default(),
-                        },
-                        spec: p.spec.clone(),
-                    },
-                )
-            })
-            .collect::<Vec<_>>();
-        PolicySet::compile(docs, vec![]).0
-    }))
+    Ok(set)
 }
 
 /// `stateful-guard check`: exit 0 when nothing enforced is violated, 1 when something is, 2 on
@@ -545,7 +527,6 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         }
     }
     let enforced_violation = report.objects.iter().any(|o| !o.allowed);
-    let _ = (Mode::Enforce, ValidateAction::Enforce);
     if enforced_violation {
         ExitCode::from(1)
     } else {
