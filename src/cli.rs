@@ -59,6 +59,32 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_GENERATED_CA", default_value_os_t = std::env::temp_dir().join("stateful-guard-ca.crt"))]
     pub generated_ca: PathBuf,
 
+    /// In a cluster: create and rotate the serving certificate in a Secret, and put its CA into
+    /// the webhook configurations' caBundle (no manual certificate step). Serves from --cert-dir.
+    #[arg(long, env = "SG_CERT_BOOTSTRAP", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub cert_bootstrap: bool,
+
+    /// With --cert-bootstrap: the Secret (in --namespace) holding the CA and serving certificate.
+    #[arg(long, env = "SG_CERT_SECRET", default_value = "stateful-guard-tls")]
+    pub cert_secret: String,
+
+    /// With --cert-bootstrap: the Service name the certificate is for (NAME.NAMESPACE.svc).
+    #[arg(long, env = "SG_SERVICE", default_value = "stateful-guard")]
+    pub service: String,
+
+    /// With --cert-bootstrap: the name of both webhook configurations to put the caBundle into.
+    #[arg(long, env = "SG_WEBHOOK_NAME", default_value = "stateful-guard")]
+    pub webhook_name: String,
+
+    /// With --cert-bootstrap: where the certificate files are written (an emptyDir).
+    #[arg(long, env = "SG_CERT_DIR", default_value = "/run/stateful-guard/tls")]
+    pub cert_dir: PathBuf,
+
+    /// With --cert-bootstrap: how often the Secret and the caBundles are checked (rotation
+    /// happens 30 days before expiry).
+    #[arg(long, env = "SG_CERT_CHECK_INTERVAL", default_value = "10m", value_parser = duration)]
+    pub cert_check_interval: Duration,
+
     /// How often certificate and policy files are checked for changes (Secret and ConfigMap
     /// volumes change by an atomic `..data` symlink swap, which polling always sees).
     #[arg(long, env = "SG_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]

@@ -21,18 +21,41 @@ use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::source::{ConfigMapSource, FileSource, PolicyStore};
 
+mod bootstrap;
 pub mod routes;
 pub mod tls;
+
+use bootstrap::bootstrap_settings;
 
 pub use routes::AppState;
 
 /// Where the default policy is looked for when `--policy` is not given.
 const DEFAULT_POLICY_PATH: &str = "policies/default.yaml";
 
-/// Certificates to serve: given files, or a CA and a localhost certificate generated now.
-fn certificates(args: &ServeArgs) -> anyhow::Result<(tls::CertFiles, bool)> {
+/// Certificates to serve: given files, bootstrapped through the API, or a CA and a localhost
+/// certificate generated now. The bool says whether the files must be watched.
+async fn certificates(
+    args: &ServeArgs,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<(tls::CertFiles, bool)> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         return Ok((tls::CertFiles::load(cert, key)?, true));
+    }
+    if args.cert_bootstrap {
+        let Some(client) = client else {
+            bail!("--cert-bootstrap needs a cluster connection, and none was found");
+        };
+        bootstrap::initial(client, args).await?;
+        let files = tls::CertFiles::load(
+            &args.cert_dir.join("tls.crt"),
+            &args.cert_dir.join("tls.key"),
+        )?;
+        tokio::spawn(bootstrap::keep_current(
+            client.clone(),
+            bootstrap_settings(args),
+            args.clone_paths(),
+        ));
+        return Ok((files, true));
     }
     let names = vec![
         "localhost".to_owned(),
@@ -64,9 +87,14 @@ fn certificates(args: &ServeArgs) -> anyhow::Result<(tls::CertFiles, bool)> {
 fn policies(args: &ServeArgs, store: &PolicyStore) -> anyhow::Result<Option<FileSource>> {
     let path = match &args.policy {
         Some(p) => Some(p.clone()),
+        None if args.policy_configmaps => None,
         None => Some(PathBuf::from(DEFAULT_POLICY_PATH)).filter(|p| p.is_file()),
     };
     let Some(path) = path else {
+        if args.policy_configmaps {
+            tracing::info!("policies come from ConfigMaps only");
+            return Ok(None);
+        }
         let embedded =
             policy::parse_documents(policy::EMBEDDED_DEFAULT, "<embedded policies/default.yaml>")?;
         store.set_source("<embedded policies/default.yaml>", Ok(embedded));
@@ -107,7 +135,8 @@ async fn cluster(args: &ServeArgs) -> Option<kube::Client> {
 /// `stateful-guard serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let (certs, from_files) = certificates(&args)?;
+    let client = cluster(&args).await;
+    let (certs, from_files) = certificates(&args, client.as_ref()).await?;
     let certs = Arc::new(certs);
     if let Some(t) = certs.not_after() {
         metrics.cert_not_after.set(t);
@@ -122,7 +151,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let file_source = policies(&args, &store)?;
 
-    let client = cluster(&args).await;
     let live = client.clone().map(ClusterCache::start);
     let view: Arc<dyn ClusterView> = match &live {
         Some(cache) => Arc::new(cache.clone()),

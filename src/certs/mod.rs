@@ -14,6 +14,8 @@ use time::{Duration, OffsetDateTime};
 
 use crate::cli::CertsArgs;
 
+pub mod bootstrap;
+
 /// A CA and a leaf it signed, PEM-encoded.
 pub struct Bundle {
     pub ca_cert: String,
@@ -40,13 +42,15 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// A fresh CA and a serving certificate for `names` (DNS names or IP addresses).
-pub fn generate(names: &[String], days: u32, ca_days: u32) -> Result<Bundle, rcgen::Error> {
+/// A fresh CA, PEM certificate and key.
+pub fn generate_ca(days: u32) -> Result<(String, String), rcgen::Error> {
     let now = OffsetDateTime::now_utc();
-    // Tolerate a few minutes of clock skew between this host and the verifier.
-    let not_before = now - Duration::minutes(5);
-
     let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let ca = ca_params(now, days)?;
+    Ok((ca.self_signed(&ca_key)?.pem(), ca_key.serialize_pem()))
+}
+
+fn ca_params(now: OffsetDateTime, days: u32) -> Result<CertificateParams, rcgen::Error> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name = DistinguishedName::new();
     ca.distinguished_name
@@ -57,10 +61,23 @@ pub fn generate(names: &[String], days: u32, ca_days: u32) -> Result<Bundle, rcg
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = not_before;
-    ca.not_after = now + Duration::days(i64::from(ca_days));
-    let ca_cert = ca.self_signed(&ca_key)?;
+    // Tolerate a few minutes of clock skew between this host and the verifier.
+    ca.not_before = now - Duration::minutes(5);
+    ca.not_after = now + Duration::days(i64::from(days));
+    Ok(ca)
+}
 
+/// An ECDSA P-256 serving certificate for `names` (DNS names or IP addresses), signed by the
+/// CA given as PEM certificate and key. Returns PEM certificate and key.
+pub fn generate_leaf(
+    names: &[String],
+    days: u32,
+    ca_cert: &str,
+    ca_key: &str,
+) -> Result<(String, String), rcgen::Error> {
+    let now = OffsetDateTime::now_utc();
+    let ca_key = KeyPair::from_pem(ca_key)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key)?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut leaf = CertificateParams::new(names.to_vec())?;
     leaf.distinguished_name = DistinguishedName::new();
@@ -71,16 +88,21 @@ pub fn generate(names: &[String], days: u32, ca_days: u32) -> Result<Bundle, rcg
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.use_authority_key_identifier_extension = true;
-    leaf.not_before = not_before;
+    leaf.not_before = now - Duration::minutes(5);
     leaf.not_after = now + Duration::days(i64::from(days));
-    let issuer = Issuer::new(ca, &ca_key);
     let cert = leaf.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
 
+/// A fresh CA and a serving certificate for `names` (DNS names or IP addresses).
+pub fn generate(names: &[String], days: u32, ca_days: u32) -> Result<Bundle, rcgen::Error> {
+    let (ca_cert, ca_key) = generate_ca(ca_days)?;
+    let (cert, key) = generate_leaf(names, days, &ca_cert, &ca_key)?;
     Ok(Bundle {
-        ca_cert: ca_cert.pem(),
-        ca_key: ca_key.serialize_pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
+        ca_cert,
+        ca_key,
+        cert,
+        key,
     })
 }
 

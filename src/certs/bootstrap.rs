@@ -1,0 +1,345 @@
+//! Certificate bootstrap in a cluster, with no manual step.
+//!
+//! Every replica runs [`ensure`] at start and then periodically. The serving certificate and its
+//! CA live in one Secret of the webhook's namespace; the first replica to create it wins (create
+//! is atomic), later writes use the Secret's resourceVersion (optimistic concurrency), and a
+//! replica that loses a race reads and uses the winner's material. So two replicas starting at
+//! once end up serving the same certificate.
+//!
+//! Rotation happens before expiry: a leaf within `renew_before` of its end is replaced by one
+//! from the same CA; a CA within `renew_before` of its end is replaced by a new one, and the old
+//! CA stays in `ca.crt` (and so in the webhooks' `caBundle`) until it expires, so replicas still
+//! serving the old leaf stay trusted during the overlap.
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use time::{Duration, OffsetDateTime};
+
+use super::{generate_ca, generate_leaf, service_names};
+
+/// What the bootstrap manages.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub secret: String,
+    pub namespace: String,
+    pub service: String,
+    pub leaf_days: u32,
+    pub ca_days: u32,
+    pub renew_before: Duration,
+}
+
+/// The certificate material kept in the Secret (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Material {
+    /// The current CA first, then older CAs still valid (the overlap).
+    pub ca_bundle: String,
+    pub ca_key: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("the Secret kept changing under us ({0} attempts); retrying later")]
+    Contended(usize),
+}
+
+const KEYS: [&str; 4] = ["ca.crt", "ca.key", "tls.crt", "tls.key"];
+
+/// Reads the material from a Secret; `None` when a key is missing or not UTF-8.
+pub fn material_of(secret: &Secret) -> Option<Material> {
+    let data = secret.data.as_ref()?;
+    let get = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    Some(Material {
+        ca_bundle: get(KEYS[0])?,
+        ca_key: get(KEYS[1])?,
+        cert: get(KEYS[2])?,
+        key: get(KEYS[3])?,
+    })
+}
+
+/// The Secret holding `m` (type `kubernetes.io/tls`, so tools recognise tls.crt/tls.key).
+pub fn secret_of(m: &Material, s: &Settings, resource_version: Option<String>) -> Secret {
+    let values = [&m.ca_bundle, &m.ca_key, &m.cert, &m.key];
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(s.secret.clone()),
+            namespace: Some(s.namespace.clone()),
+            resource_version,
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "stateful-guard".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            KEYS.iter()
+                .zip(values)
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+struct Parsed {
+    not_after: OffsetDateTime,
+    dns_names: Vec<String>,
+}
+
+/// Each certificate of a PEM bundle, as its own PEM text, with what the plan needs.
+fn parse_all(pem: &str) -> Vec<(String, Parsed)> {
+    const END: &str = "-----END CERTIFICATE-----";
+    pem.split_inclusive(END)
+        .filter(|block| block.contains(END))
+        .filter_map(|block| {
+            let block = format!("{}\n", block.trim_start());
+            let der = CertificateDer::from_pem_slice(block.as_bytes()).ok()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            let not_after =
+                OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp()).ok()?;
+            let dns_names = cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((
+                block,
+                Parsed {
+                    not_after,
+                    dns_names,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// What to do with the material found in the Secret.
+#[derive(Debug)]
+pub enum Plan {
+    /// It is good: serve it.
+    Keep(Material),
+    /// Write this (new, or rotated) material.
+    Write(Material),
+}
+
+/// Decides, from the current material (if any) and the time, whether to keep it or what to
+/// write instead. Pure apart from key generation.
+pub fn plan(
+    current: Option<&Material>,
+    s: &Settings,
+    now: OffsetDateTime,
+) -> Result<Plan, rcgen::Error> {
+    let names = service_names(&s.service, &s.namespace);
+    let fresh = || -> Result<Material, rcgen::Error> {
+        let (ca, ca_key) = generate_ca(s.ca_days)?;
+        let (cert, key) = generate_leaf(&names, s.leaf_days, &ca, &ca_key)?;
+        Ok(Material {
+            ca_bundle: ca,
+            ca_key,
+            cert,
+            key,
+        })
+    };
+    let Some(m) = current else {
+        return Ok(Plan::Write(fresh()?));
+    };
+    let cas = parse_all(&m.ca_bundle);
+    let leaf = parse_all(&m.cert);
+    let (Some((ca_pem, ca)), Some((_, leaf))) = (cas.first(), leaf.first()) else {
+        return Ok(Plan::Write(fresh()?));
+    };
+    // CAs still valid, current first: the overlap kept in the caBundle.
+    let valid_cas = |extra: Option<&str>| -> String {
+        extra
+            .into_iter()
+            .map(str::to_owned)
+            .chain(
+                cas.iter()
+                    .filter(|(_, c)| c.not_after > now)
+                    .map(|(p, _)| p.clone()),
+            )
+            .collect()
+    };
+    if ca.not_after - now < s.renew_before {
+        let (new_ca, new_key) = generate_ca(s.ca_days)?;
+        let (cert, key) = generate_leaf(&names, s.leaf_days, &new_ca, &new_key)?;
+        return Ok(Plan::Write(Material {
+            ca_bundle: valid_cas(Some(&new_ca)),
+            ca_key: new_key,
+            cert,
+            key,
+        }));
+    }
+    let names_ok = names.iter().all(|n| leaf.dns_names.contains(n));
+    if leaf.not_after - now < s.renew_before || !names_ok {
+        let (cert, key) = generate_leaf(&names, s.leaf_days, ca_pem, &m.ca_key)?;
+        return Ok(Plan::Write(Material {
+            ca_bundle: valid_cas(None),
+            ca_key: m.ca_key.clone(),
+            cert,
+            key,
+        }));
+    }
+    let pruned = valid_cas(None);
+    if pruned != m.ca_bundle {
+        return Ok(Plan::Write(Material {
+            ca_bundle: pruned,
+            ..m.clone()
+        }));
+    }
+    Ok(Plan::Keep(m.clone()))
+}
+
+/// The Secret operations the bootstrap needs, as `kube::Api<Secret>` provides them.
+pub trait SecretApi {
+    fn get_secret(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Secret>, kube::Error>> + Send;
+    fn create_secret(
+        &self,
+        secret: &Secret,
+    ) -> impl Future<Output = Result<Secret, kube::Error>> + Send;
+    fn replace_secret(
+        &self,
+        name: &str,
+        secret: &Secret,
+    ) -> impl Future<Output = Result<Secret, kube::Error>> + Send;
+}
+
+impl SecretApi for kube::Api<Secret> {
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, kube::Error> {
+        self.get_opt(name).await
+    }
+    async fn create_secret(&self, secret: &Secret) -> Result<Secret, kube::Error> {
+        self.create(&Default::default(), secret).await
+    }
+    async fn replace_secret(&self, name: &str, secret: &Secret) -> Result<Secret, kube::Error> {
+        self.replace(name, &Default::default(), secret).await
+    }
+}
+
+fn lost_race(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_already_exists() || status.is_conflict())
+}
+
+/// Makes the Secret hold valid material and returns it. Safe with many replicas at once.
+pub async fn ensure(api: &impl SecretApi, s: &Settings) -> Result<Material, BootstrapError> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let current = api.get_secret(&s.secret).await?;
+        let material = current.as_ref().and_then(material_of);
+        match plan(material.as_ref(), s, OffsetDateTime::now_utc())? {
+            Plan::Keep(m) => return Ok(m),
+            Plan::Write(m) => {
+                let result = match &current {
+                    None => api.create_secret(&secret_of(&m, s, None)).await,
+                    Some(existing) => {
+                        let rv = existing.metadata.resource_version.clone();
+                        api.replace_secret(&s.secret, &secret_of(&m, s, rv)).await
+                    }
+                };
+                match result {
+                    Ok(_) => {
+                        tracing::info!(secret = %s.secret, "serving certificate written");
+                        return Ok(m);
+                    }
+                    // Another replica wrote first: read and use what it wrote.
+                    Err(e) if lost_race(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(BootstrapError::Contended(ATTEMPTS))
+}
+
+/// Sets `caBundle` on every webhook of a MutatingWebhookConfiguration; `None` if already set.
+pub fn with_ca_mutating(
+    mut config: MutatingWebhookConfiguration,
+    bundle: &[u8],
+) -> Option<MutatingWebhookConfiguration> {
+    let mut changed = false;
+    for hook in config.webhooks.iter_mut().flatten() {
+        changed |= set_bundle(&mut hook.client_config.ca_bundle, bundle);
+    }
+    changed.then_some(config)
+}
+
+/// Sets `caBundle` on every webhook of a ValidatingWebhookConfiguration; `None` if already set.
+pub fn with_ca_validating(
+    mut config: ValidatingWebhookConfiguration,
+    bundle: &[u8],
+) -> Option<ValidatingWebhookConfiguration> {
+    let mut changed = false;
+    for hook in config.webhooks.iter_mut().flatten() {
+        changed |= set_bundle(&mut hook.client_config.ca_bundle, bundle);
+    }
+    changed.then_some(config)
+}
+
+fn set_bundle(field: &mut Option<ByteString>, bundle: &[u8]) -> bool {
+    if field.as_ref().is_some_and(|b| b.0 == bundle) {
+        return false;
+    }
+    *field = Some(ByteString(bundle.to_vec()));
+    true
+}
+
+/// Puts the CA bundle into both webhook configurations named `name` (get, then replace with
+/// the resourceVersion read; retried on conflict).
+pub async fn inject_ca_bundle(
+    client: &kube::Client,
+    name: &str,
+    bundle: &[u8],
+) -> Result<(), kube::Error> {
+    let mutating: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+    let validating: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
+    for attempt in 0..5 {
+        let result = async {
+            if let Some(updated) = with_ca_mutating(mutating.get(name).await?, bundle) {
+                mutating
+                    .replace(name, &Default::default(), &updated)
+                    .await?;
+            }
+            if let Some(updated) = with_ca_validating(validating.get(name).await?, bundle) {
+                validating
+                    .replace(name, &Default::default(), &updated)
+                    .await?;
+            }
+            Ok::<(), kube::Error>(())
+        }
+        .await;
+        match result {
+            Err(e) if lost_race(&e) && attempt < 4 => continue,
+            other => return other,
+        }
+    }
+    Ok(())
+}

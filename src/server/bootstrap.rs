@@ -1,0 +1,111 @@
+//! `serve --cert-bootstrap`: the serving certificate from the cluster, kept current.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::certs::bootstrap::{self, Material, Settings};
+use crate::cli::ServeArgs;
+
+/// What the background task needs from the flags.
+pub struct Paths {
+    pub cert_dir: PathBuf,
+    pub webhook_name: String,
+    pub interval: Duration,
+}
+
+impl ServeArgs {
+    pub(super) fn clone_paths(&self) -> Paths {
+        Paths {
+            cert_dir: self.cert_dir.clone(),
+            webhook_name: self.webhook_name.clone(),
+            interval: self.cert_check_interval,
+        }
+    }
+}
+
+pub fn bootstrap_settings(args: &ServeArgs) -> Settings {
+    Settings {
+        secret: args.cert_secret.clone(),
+        namespace: args.namespace.clone(),
+        service: args.service.clone(),
+        leaf_days: 365,
+        ca_days: 3650,
+        renew_before: time::Duration::days(30),
+    }
+}
+
+/// Writes tls.crt and tls.key into `dir`, each by an atomic rename, if they changed.
+fn write(dir: &Path, m: &Material) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut changed = false;
+    for (name, content, secret) in [("tls.crt", &m.cert, false), ("tls.key", &m.key, true)] {
+        let path = dir.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(content.as_str()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{name}.tmp"));
+        crate::certs::write_file(&tmp, content, secret)?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Before the socket is bound: the Secret is made valid and its certificate written, retrying
+/// with backoff while the API is unreachable (the pod is not ready meanwhile).
+pub async fn initial(client: &kube::Client, args: &ServeArgs) -> anyhow::Result<()> {
+    let settings = bootstrap_settings(args);
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &settings.namespace);
+    let mut delay = Duration::from_millis(500);
+    let material = loop {
+        match bootstrap::ensure(&api, &settings).await {
+            Ok(m) => break m,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "certificate bootstrap failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    write(&args.cert_dir, &material)?;
+    if let Err(error) =
+        bootstrap::inject_ca_bundle(client, &args.webhook_name, material.ca_bundle.as_bytes()).await
+    {
+        tracing::warn!(%error, "cannot set the webhooks' caBundle yet; will retry");
+    }
+    Ok(())
+}
+
+/// Every interval: rotate when due, refresh the files (the file watcher reloads them), and
+/// make sure both webhook configurations carry the CA bundle.
+pub async fn keep_current(client: kube::Client, settings: Settings, paths: Paths) {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &settings.namespace);
+    loop {
+        tokio::time::sleep(paths.interval).await;
+        match bootstrap::ensure(&api, &settings).await {
+            Ok(material) => {
+                match write(&paths.cert_dir, &material) {
+                    Ok(true) => tracing::info!("serving certificate updated from the Secret"),
+                    Ok(false) => {}
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "cannot write the certificate files"
+                    ),
+                }
+                if let Err(error) = bootstrap::inject_ca_bundle(
+                    &client,
+                    &paths.webhook_name,
+                    material.ca_bundle.as_bytes(),
+                )
+                .await
+                {
+                    tracing::warn!(%error, "cannot update the webhooks' caBundle");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "certificate check failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! deploy/: renders with `kubectl kustomize`, validates against Kubernetes' schemas, keeps the
+//! webhook out of its own way, least-privilege RBAC, and the webhook's own Deployment passes
+//! its own default policy.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+const TARGETS: [&str; 3] = [
+    "deploy/base",
+    "deploy/overlays/audit",
+    "deploy/overlays/cert-manager",
+];
+
+fn render(dir: &str) -> Vec<Value> {
+    let out = Command::new(tool("kubectl"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["kustomize", dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    stateful_guard::check::parse_stream(&text, dir)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn every_target_renders_and_passes_the_schemas_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    for target in TARGETS {
+        let objects = render(target);
+        assert!(objects.len() >= 12, "{target}: {}", objects.len());
+        for (i, object) in objects.iter().enumerate() {
+            if object["apiVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("cert-manager.io/")
+            {
+                // CRDs: no schema in Kubernetes' OpenAPI; cert-manager validates them itself.
+                continue;
+            }
+            let file = dir.path().join(format!("{i}.json"));
+            std::fs::write(&file, serde_json::to_vec(object).unwrap()).unwrap();
+            let out = Command::new(tool("kubernetes-validate"))
+                .args(["--strict", "--quiet"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{target} {} {}: {}",
+                object["kind"],
+                object["metadata"]["name"],
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+#[test]
+fn webhooks_exclude_kube_system_and_their_own_namespace_and_speak_only_v1() {
+    for target in TARGETS {
+        let objects = render(target);
+        let configs: Vec<&Value> = objects
+            .iter()
+            .filter(|o| {
+                o["kind"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("WebhookConfiguration")
+            })
+            .collect();
+        assert_eq!(configs.len(), 2, "{target}");
+        for config in configs {
+            for hook in config["webhooks"].as_array().unwrap() {
+                assert_eq!(hook["admissionReviewVersions"], json!(["v1"]), "{target}");
+                assert_eq!(hook["sideEffects"], "None");
+                assert!(hook["timeoutSeconds"].as_i64().unwrap() <= 5);
+                assert_eq!(hook["matchPolicy"], "Equivalent");
+                let excluded = hook["namespaceSelector"]["matchExpressions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["key"] == "kubernetes.io/metadata.name" && e["operator"] == "NotIn")
+                    .expect("a NotIn on the namespace name");
+                for ns in ["kube-system", "stateful-guard"] {
+                    assert!(
+                        excluded["values"].as_array().unwrap().contains(&json!(ns)),
+                        "{target}: {ns}"
+                    );
+                }
+                assert_eq!(
+                    hook["clientConfig"]["service"]["namespace"],
+                    "stateful-guard"
+                );
+                if config["kind"] == "MutatingWebhookConfiguration" {
+                    assert_eq!(hook["reinvocationPolicy"], "IfNeeded");
+                    assert_eq!(
+                        hook["failurePolicy"], "Ignore",
+                        "a down mutating webhook must not block deploys"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    for target in TARGETS {
+        let objects = render(target);
+        for role in objects
+            .iter()
+            .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        {
+            for rule in role["rules"].as_array().unwrap() {
+                for field in ["verbs", "resources", "apiGroups"] {
+                    assert!(
+                        !rule[field].as_array().unwrap().contains(&json!("*")),
+                        "{target}: wildcard {field} in {}",
+                        role["metadata"]["name"]
+                    );
+                }
+                let verbs: Vec<&str> = rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                let resources: Vec<&str> = rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                let writes = verbs
+                    .iter()
+                    .any(|v| ["update", "patch", "delete"].contains(v));
+                if writes {
+                    assert!(
+                        rule["resourceNames"].is_array(),
+                        "{target}: writes on {resources:?} without resourceNames"
+                    );
+                }
+                assert!(
+                    !verbs.contains(&"delete"),
+                    "{target}: nothing is ever deleted"
+                );
+                if resources.contains(&"secrets") || resources.contains(&"configmaps") {
+                    assert_eq!(
+                        role["kind"], "Role",
+                        "{target}: Secrets and ConfigMaps only in its own namespace"
+                    );
+                }
+            }
+        }
+        let secret_rules = of_kind(&objects, "Role")
+            .iter()
+            .flat_map(|r| r["rules"].as_array().unwrap().clone())
+            .filter(|r| r["resources"] == json!(["secrets"]))
+            .count();
+        if target.ends_with("cert-manager") {
+            assert_eq!(
+                secret_rules, 0,
+                "with cert-manager the webhook needs no Secret access"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_deployment_is_highly_available_and_locked_down() {
+    let objects = render("deploy/base");
+    let deploy = of_kind(&objects, "Deployment")[0];
+    let spec = &deploy["spec"];
+    assert!(spec["replicas"].as_i64().unwrap() >= 2);
+    let pod = &spec["template"]["spec"];
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    assert!(pod["topologySpreadConstraints"].is_array());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+    assert!(c["lifecycle"]["preStop"].is_object());
+    assert_eq!(c["image"], "stateful-guard:0.1.0");
+    let pdb = of_kind(&objects, "PodDisruptionBudget")[0];
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        spec["selector"]["matchLabels"]
+    );
+    let svc = of_kind(&objects, "Service")[0];
+    assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+}
+
+/// The webhook's own pods, judged by its own default policy: the Deployment's pod template as
+/// a StatefulSet, with the rendered PDB as cluster state.
+#[test]
+fn the_webhooks_own_deployment_passes_its_own_default_policy() {
+    let objects = render("deploy/base");
+    let deploy = of_kind(&objects, "Deployment")[0];
+    let as_statefulset = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": deploy["metadata"]["name"], "namespace": "stateful-guard-selftest"},
+        "spec": {
+            "replicas": deploy["spec"]["replicas"], "selector": deploy["spec"]["selector"],
+            "serviceName": "stateful-guard", "template": deploy["spec"]["template"],
+        }
+    });
+    let mut pdb = of_kind(&objects, "PodDisruptionBudget")[0].clone();
+    pdb["metadata"]["namespace"] = json!("stateful-guard-selftest");
+    let docs = vec![
+        stateful_guard::check::Document {
+            path: "deployment".into(),
+            index: 1,
+            value: as_statefulset,
+        },
+        stateful_guard::check::Document {
+            path: "pdb".into(),
+            index: 2,
+            value: pdb,
+        },
+    ];
+    let (report, _) =
+        stateful_guard::check::check(&docs, &default_policies(), "stateful-guard-selftest")
+            .unwrap();
+    let o = &report.objects[0];
+    assert!(o.allowed, "{o:?}");
+    let rules: Vec<&str> = o.findings.iter().map(|f| f.rule.as_str()).collect();
+    // A webhook keeps no data: the only finding is that it has no volume, a warning.
+    assert_eq!(rules, ["require-persistent-storage"], "{:?}", o.findings);
+    let mutated: Vec<&str> = o
+        .mutations
+        .iter()
+        .filter(|m| m.applied)
+        .map(|m| m.rule.as_str())
+        .collect();
+    assert_eq!(
+        mutated,
+        ["parallel-pod-management"],
+        "anti-affinity and spreading are already there"
+    );
+}
+
+#[test]
+fn the_deployed_policies_are_the_shipped_ones() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    assert_eq!(
+        read("deploy/base/policy.yaml"),
+        read("policies/default.yaml"),
+        "copy policies/default.yaml to deploy/base/policy.yaml"
+    );
+    assert_eq!(
+        read("deploy/overlays/audit/policy.yaml"),
+        read("policies/audit.yaml"),
+        "copy policies/audit.yaml to deploy/overlays/audit/policy.yaml"
+    );
+    for (target, mode) in [
+        ("deploy/base", "enforce"),
+        ("deploy/overlays/audit", "audit"),
+    ] {
+        let objects = render(target);
+        let cm = of_kind(&objects, "ConfigMap")[0];
+        assert_eq!(cm["metadata"]["labels"]["stateful-guard.io/policy"], "true");
+        let docs = stateful_guard::policy::parse_documents(
+            cm["data"]["policy.yaml"].as_str().unwrap(),
+            target,
+        )
+        .unwrap();
+        assert_eq!(docs[0].spec.mode.as_str(), mode, "{target}");
+    }
+}
