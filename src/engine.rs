@@ -102,14 +102,6 @@ impl Evaluation {
             .filter(move |r| enforcing && r.action == ValidateAction::Enforce)
     }
 
-    /// Findings that would deny the request if the policy were enforcing (audit mode).
-    pub fn would_deny(&self) -> impl Iterator<Item = &Reported> {
-        let auditing = self.mode == Mode::Audit;
-        self.findings
-            .iter()
-            .filter(move |r| auditing && r.action == ValidateAction::Enforce)
-    }
-
     pub fn allowed(&self) -> bool {
         self.denials().next().is_none()
     }

@@ -74,16 +74,6 @@ impl RuleId {
     pub fn parse(s: &str) -> Option<RuleId> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
-
-    pub const fn is_mutation(self) -> bool {
-        matches!(
-            self,
-            RuleId::PodAntiAffinity
-                | RuleId::TopologySpread
-                | RuleId::ParallelPodManagement
-                | RuleId::FastStorageClass
-        )
-    }
 }
 
 impl fmt::Display for RuleId {
