@@ -102,10 +102,6 @@ impl Evaluation {
             .filter(move |r| enforcing && r.action == ValidateAction::Enforce)
     }
 
-    pub fn allowed(&self) -> bool {
-        self.denials().next().is_none()
-    }
-
     /// The JSON Patch sent to the apiserver: applied mutations plus the annotation listing them.
     pub fn patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
         self.build_patch(meta, |m| m.applied)
