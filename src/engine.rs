@@ -343,6 +343,22 @@ fn findings_of(
     found
 }
 
+/// Whether a `container/NAME` subject names a container this update changes.
+fn container_changed(subject: &str, old: &StatefulSet, new: &StatefulSet) -> bool {
+    let Some(name) = subject.strip_prefix("container/") else {
+        return false;
+    };
+    let find = |sts: &StatefulSet| {
+        let pod = sts.spec.template.spec.as_ref()?;
+        pod.containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+            .cloned()
+    };
+    find(old) != find(new)
+}
+
 fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<Reported> {
     let Object::StatefulSet(sts) = subject.object else {
         return vec![];
@@ -353,12 +369,15 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
         && let Some(Object::StatefulSet(old)) = subject.old
     {
         // An existing workload must stay operable (scalable during an incident): report only
-        // what this update introduces.
+        // what this update introduces, or what it touches (a container it changes).
         let before: Vec<(RuleId, String)> = findings_of(old, policy, eval, ctx)
             .into_iter()
             .map(|f| (f.rule, f.subject))
             .collect();
-        found.retain(|f| !before.iter().any(|(r, s)| *r == f.rule && *s == f.subject));
+        found.retain(|f| {
+            let existed = before.iter().any(|(r, s)| *r == f.rule && *s == f.subject);
+            !existed || container_changed(&f.subject, old, sts)
+        });
     }
     let rules = &policy.spec.rules;
     found

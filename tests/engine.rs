@@ -327,6 +327,40 @@ async fn update_reports_only_what_the_update_introduces() {
 }
 
 #[tokio::test]
+async fn update_reports_existing_problems_of_a_container_it_touches() {
+    // The zk update changes the zookeeper container (which has probes); the metrics container
+    // (no probes) is untouched and not reported. Changing metrics' image touches it.
+    let body = review_fixture(ZK_UPDATE_VALIDATING);
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    let containers = v["request"]["object"]["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    let metrics = containers
+        .iter_mut()
+        .find(|c| c["name"] == "metrics")
+        .unwrap();
+    metrics["image"] = json!("prom/exporter:2");
+    let resp = review_with(
+        Phase::Validate,
+        &serde_json::to_vec(&v).unwrap(),
+        &default_policies(),
+        &no_pdbs(),
+        Uninterpretable::Allow,
+    )
+    .await;
+    assert!(!allowed(&resp));
+    let msg = resp["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("[require-readiness-probe] container \"metrics\""),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("require-pdb"),
+        "scaling without a PDB stays possible: {msg}"
+    );
+}
+
+#[tokio::test]
 async fn update_never_patches_immutable_fields_or_the_template() {
     let body = review_fixture("statefulset-zookeeper-update.mutating.json");
     let resp = review(Phase::Mutate, &body, &default_policies()).await;
