@@ -348,15 +348,17 @@ fn container_changed(subject: &str, old: &StatefulSet, new: &StatefulSet) -> boo
     let Some(name) = subject.strip_prefix("container/") else {
         return false;
     };
-    let find = |sts: &StatefulSet| {
+    fn find<'a>(
+        sts: &'a StatefulSet,
+        name: &str,
+    ) -> Option<&'a k8s_openapi::api::core::v1::Container> {
         let pod = sts.spec.template.spec.as_ref()?;
         pod.containers
             .iter()
             .chain(pod.init_containers.iter().flatten())
             .find(|c| c.name == name)
-            .cloned()
-    };
-    find(old) != find(new)
+    }
+    find(old, name) != find(new, name)
 }
 
 fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<Reported> {

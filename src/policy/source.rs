@@ -20,10 +20,13 @@ use crate::metrics::{Metrics, ResultLabels, SourceLabels};
 /// Label selecting policy ConfigMaps in the webhook's namespace.
 pub const CONFIGMAP_LABEL: &str = "stateful-guard.io/policy=true";
 
+/// Documents by source id.
+type Documents = BTreeMap<String, Vec<PolicyDocument>>;
+
 /// Every source's last good documents, and the set compiled from them.
 pub struct PolicyStore {
     current: ArcSwap<PolicySet>,
-    sources: Mutex<BTreeMap<String, Vec<PolicyDocument>>>,
+    sources: Mutex<Documents>,
     always_exempt: Vec<String>,
     metrics: Arc<Metrics>,
 }
@@ -82,7 +85,7 @@ impl PolicyStore {
     }
 
     /// Replaces every source whose id starts with `prefix` by `fresh` (a full relist).
-    pub fn replace_prefixed(&self, prefix: &str, fresh: BTreeMap<String, Vec<PolicyDocument>>) {
+    pub fn replace_prefixed(&self, prefix: &str, fresh: Documents) {
         let mut sources = self.lock();
         sources.retain(|id, _| !id.starts_with(prefix));
         sources.extend(fresh);
@@ -108,11 +111,11 @@ impl PolicyStore {
             .inc();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<PolicyDocument>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Documents> {
         self.sources.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn recompile(&self, sources: &BTreeMap<String, Vec<PolicyDocument>>) {
+    fn recompile(&self, sources: &Documents) {
         let docs = sources
             .iter()
             .flat_map(|(id, docs)| docs.iter().map(move |d| (id.clone(), d.clone())));
@@ -232,9 +235,6 @@ impl FileSource {
         &self.root
     }
 }
-
-/// Documents by source id.
-type Documents = BTreeMap<String, Vec<PolicyDocument>>;
 
 /// Policy ConfigMaps, fed by a kube-runtime watcher. Each data key ending in `.yaml`, `.yml`
 /// or `.json` is one source, `configmap/NAMESPACE/NAME/KEY`.
