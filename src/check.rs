@@ -15,6 +15,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -277,61 +278,64 @@ fn apply_defaults(value: &mut Value, namespace: &str, cluster: &dyn ClusterView)
     }
 }
 
+/// What `check` learns about one object.
+struct Evaluated {
+    mutation: Evaluation,
+    validation: Evaluation,
+    /// The patch the mutating webhook would return.
+    patch: Vec<PatchOperation>,
+    /// The object with that patch applied.
+    mutated: Value,
+}
+
 /// Evaluates one defaulted object: the mutating pass, then the validating pass on its result.
 fn evaluate_value(
     value: &Value,
     policies: &PolicySet,
     cluster: &dyn ClusterView,
     doc: &Document,
-) -> Result<(Evaluation, Evaluation, Value), InputError> {
+) -> Result<Evaluated, InputError> {
     let ns = value
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_owned();
+        .unwrap_or("default");
     let kind = type_of(value).1;
-    let mutate = |object: Object| {
-        let subject = Subject {
-            operation: Operation::Create,
-            namespace: &ns,
-            object,
-            old: None,
+    // Decodes `value` as its kind and runs one webhook's phase on it, as a CREATE.
+    let run = |phase: Phase, value: Value| -> Result<(Evaluation, ObjectMeta), InputError> {
+        let evaluate = |object: Object| {
+            let subject = Subject {
+                operation: Operation::Create,
+                namespace: ns,
+                object,
+                old: None,
+            };
+            engine::evaluate(phase, &subject, policies, cluster)
         };
-        engine::evaluate(Phase::Mutate, &subject, policies, cluster)
+        if kind == "StatefulSet" {
+            let sts: StatefulSet = decode(doc, value)?;
+            Ok((evaluate(Object::StatefulSet(&sts)), sts.metadata))
+        } else {
+            let pvc: PersistentVolumeClaim = decode(doc, value)?;
+            Ok((evaluate(Object::Pvc(&pvc)), pvc.metadata))
+        }
     };
-    let validate = |object: Object| {
-        let subject = Subject {
-            operation: Operation::Create,
-            namespace: &ns,
-            object,
-            old: None,
-        };
-        engine::evaluate(Phase::Validate, &subject, policies, cluster)
-    };
-    let (m, meta) = if kind == "StatefulSet" {
-        let sts: StatefulSet = decode(doc, value.clone())?;
-        (mutate(Object::StatefulSet(&sts)), sts.metadata.clone())
-    } else {
-        let pvc: PersistentVolumeClaim = decode(doc, value.clone())?;
-        (mutate(Object::Pvc(&pvc)), pvc.metadata.clone())
-    };
+    let (mutation, meta) = run(Phase::Mutate, value.clone())?;
+    let patch = mutation.patch(&meta);
     let mut mutated = value.clone();
-    let ops = m.patch(&meta);
-    json_patch::patch(&mut mutated, &ops).map_err(|e| InputError::Object {
+    json_patch::patch(&mut mutated, &patch).map_err(|e| InputError::Object {
         path: doc.path.clone(),
         document: doc.index,
         kind: kind.to_owned(),
         name: meta.name.clone().unwrap_or_default(),
         message: format!("internal error: the patch does not apply: {e}"),
     })?;
-    let v = if kind == "StatefulSet" {
-        let sts: StatefulSet = decode(doc, mutated.clone())?;
-        validate(Object::StatefulSet(&sts))
-    } else {
-        let pvc: PersistentVolumeClaim = decode(doc, mutated.clone())?;
-        validate(Object::Pvc(&pvc))
-    };
-    Ok((m, v, mutated))
+    let (validation, _) = run(Phase::Validate, mutated.clone())?;
+    Ok(Evaluated {
+        mutation,
+        validation,
+        patch,
+        mutated,
+    })
 }
 
 /// Evaluates every StatefulSet and PVC of `docs`. Returns the report and the documents with
@@ -355,7 +359,12 @@ pub fn check(
         }
         let mut value = doc.value.clone();
         apply_defaults(&mut value, namespace, &cluster);
-        let (m, v, mutated) = evaluate_value(&value, policies, &cluster, doc)?;
+        let Evaluated {
+            mutation: m,
+            validation: v,
+            patch,
+            mutated,
+        } = evaluate_value(&value, policies, &cluster, doc)?;
         let meta = value.get("metadata");
         let text = |k: &str| {
             meta.and_then(|m| m.get(k))
@@ -368,11 +377,6 @@ pub fn check(
         } else {
             text("name")
         };
-        let patch = serde_json::from_value::<
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-        >(meta.cloned().unwrap_or_default())
-        .map(|meta| m.patch(&meta))
-        .unwrap_or_default();
         let denied = v.denials().next().is_some();
         objects.push(ObjectReport {
             kind: type_of(&value).1.to_owned(),
