@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     pub endpoint: &'static str,
     pub kind: String,
-    pub operation: String,
+    pub operation: &'static str,
     pub decision: &'static str,
 }
 

@@ -58,7 +58,7 @@ pub struct Outcome {
     pub kind: String,
     pub namespace: String,
     pub name: String,
-    pub operation: String,
+    pub operation: &'static str,
     /// `allowed`, `patched`, `denied`, `skipped`, `uninterpretable`
     pub decision: &'static str,
     pub evaluation: Option<Evaluation>,
@@ -146,7 +146,7 @@ impl Reviewer<'_> {
             kind: req.kind.kind.clone(),
             namespace: namespace.clone(),
             name: req.name.clone(),
-            operation: format!("{:?}", req.operation).to_uppercase(),
+            operation: operation_name(&req.operation),
             decision: "allowed",
             evaluation: None,
             would_patch: None,
@@ -241,6 +241,16 @@ impl Reviewer<'_> {
     }
 }
 
+/// The operation as kube-apiserver spells it.
+fn operation_name(op: &kadm::Operation) -> &'static str {
+    match op {
+        kadm::Operation::Create => "CREATE",
+        kadm::Operation::Update => "UPDATE",
+        kadm::Operation::Delete => "DELETE",
+        kadm::Operation::Connect => "CONNECT",
+    }
+}
+
 fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
     review.try_into().map_err(|_| BadReview::NoRequest)
@@ -252,7 +262,7 @@ fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: &'static str) -> 
         kind: req.kind.kind.clone(),
         namespace: req.namespace.clone().unwrap_or_default(),
         name: req.name.clone(),
-        operation: format!("{:?}", req.operation).to_uppercase(),
+        operation: operation_name(&req.operation),
         decision,
         evaluation: None,
         would_patch: None,

@@ -171,14 +171,14 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
     span.record("kind", outcome.kind.as_str());
     span.record("namespace", outcome.namespace.as_str());
     span.record("name", outcome.name.as_str());
-    span.record("operation", outcome.operation.as_str());
+    span.record("operation", outcome.operation);
     span.record("decision", outcome.decision);
     metrics
         .requests
         .get_or_create(&RequestLabels {
             endpoint,
             kind: outcome.kind.clone(),
-            operation: outcome.operation.clone(),
+            operation: outcome.operation,
             decision: outcome.decision,
         })
         .inc();
