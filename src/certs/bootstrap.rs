@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -285,11 +285,8 @@ pub fn with_ca_mutating(
     mut config: MutatingWebhookConfiguration,
     bundle: &[u8],
 ) -> Option<MutatingWebhookConfiguration> {
-    let mut changed = false;
-    for hook in config.webhooks.iter_mut().flatten() {
-        changed |= set_bundle(&mut hook.client_config.ca_bundle, bundle);
-    }
-    changed.then_some(config)
+    let hooks = config.webhooks.iter_mut().flatten();
+    set_bundles(hooks.map(|h| &mut h.client_config), bundle).then_some(config)
 }
 
 /// Sets `caBundle` on every webhook of a ValidatingWebhookConfiguration; `None` if already set.
@@ -297,19 +294,23 @@ pub fn with_ca_validating(
     mut config: ValidatingWebhookConfiguration,
     bundle: &[u8],
 ) -> Option<ValidatingWebhookConfiguration> {
-    let mut changed = false;
-    for hook in config.webhooks.iter_mut().flatten() {
-        changed |= set_bundle(&mut hook.client_config.ca_bundle, bundle);
-    }
-    changed.then_some(config)
+    let hooks = config.webhooks.iter_mut().flatten();
+    set_bundles(hooks.map(|h| &mut h.client_config), bundle).then_some(config)
 }
 
-fn set_bundle(field: &mut Option<ByteString>, bundle: &[u8]) -> bool {
-    if field.as_ref().is_some_and(|b| b.0 == bundle) {
-        return false;
+/// Sets `caBundle` on each client config; whether any changed.
+fn set_bundles<'a>(
+    configs: impl Iterator<Item = &'a mut WebhookClientConfig>,
+    bundle: &[u8],
+) -> bool {
+    let mut changed = false;
+    for config in configs {
+        if config.ca_bundle.as_ref().is_none_or(|b| b.0 != bundle) {
+            config.ca_bundle = Some(ByteString(bundle.to_vec()));
+            changed = true;
+        }
     }
-    *field = Some(ByteString(bundle.to_vec()));
-    true
+    changed
 }
 
 /// Puts the CA bundle into both webhook configurations named `name` (get, then replace with

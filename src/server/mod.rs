@@ -25,8 +25,6 @@ mod bootstrap;
 pub mod routes;
 pub mod tls;
 
-use bootstrap::bootstrap_settings;
-
 pub use routes::AppState;
 
 /// Where the default policy is looked for when `--policy` is not given.
@@ -45,16 +43,10 @@ async fn certificates(
         let Some(client) = client else {
             bail!("--cert-bootstrap needs a cluster connection, and none was found");
         };
-        bootstrap::initial(client, args).await?;
-        let files = tls::CertFiles::load(
-            &args.cert_dir.join("tls.crt"),
-            &args.cert_dir.join("tls.key"),
-        )?;
-        tokio::spawn(bootstrap::keep_current(
-            client.clone(),
-            bootstrap_settings(args),
-            args.clone_paths(),
-        ));
+        let bootstrap = bootstrap::Bootstrap::from_args(args);
+        bootstrap.initial(client).await?;
+        let files = tls::CertFiles::load(&bootstrap.cert_path(), &bootstrap.key_path())?;
+        tokio::spawn(bootstrap.keep_current(client.clone()));
         return Ok((files, true));
     }
     let names = vec![
