@@ -37,6 +37,9 @@ pub const KIND: &str = "Policy";
 /// The recommended policy, compiled into the binary: what `serve` uses when no policy is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../policies/default.yaml");
 
+/// The source name of [`EMBEDDED_DEFAULT`] in logs and errors.
+pub const EMBEDDED_SOURCE: &str = "<embedded policies/default.yaml>";
+
 /// Object annotation listing rules to skip for that object, honoured only when the policy's
 /// `objectExemptions.allow` is true: `stateful-guard.io/exempt: "require-pdb,probes-differ"`.
 pub const EXEMPT_ANNOTATION: &str = "stateful-guard.io/exempt";
@@ -437,10 +440,9 @@ impl PolicySet {
 
     /// The embedded default policy.
     pub fn embedded_default(always_exempt: Vec<String>) -> Result<Self, PolicyError> {
-        let docs = parse_documents(EMBEDDED_DEFAULT, "<embedded policies/default.yaml>")?;
+        let docs = parse_documents(EMBEDDED_DEFAULT, EMBEDDED_SOURCE)?;
         let (set, _) = Self::compile(
-            docs.into_iter()
-                .map(|d| ("<embedded policies/default.yaml>".to_owned(), d)),
+            docs.into_iter().map(|d| (EMBEDDED_SOURCE.to_owned(), d)),
             always_exempt,
         );
         Ok(set)

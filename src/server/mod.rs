@@ -87,9 +87,8 @@ fn policies(args: &ServeArgs, store: &PolicyStore) -> anyhow::Result<Option<File
             tracing::info!("policies come from ConfigMaps only");
             return Ok(None);
         }
-        let embedded =
-            policy::parse_documents(policy::EMBEDDED_DEFAULT, "<embedded policies/default.yaml>")?;
-        store.set_source("<embedded policies/default.yaml>", Ok(embedded));
+        let embedded = policy::parse_documents(policy::EMBEDDED_DEFAULT, policy::EMBEDDED_SOURCE)?;
+        store.set_source(policy::EMBEDDED_SOURCE, Ok(embedded));
         tracing::info!("no policy file: using the embedded default policy");
         return Ok(None);
     };
