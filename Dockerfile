@@ -1,17 +1,19 @@
-# stateful-guard image: a static musl binary on distroless, non-root.
+# stateful-guard image: the release binary on distroless (glibc, no shell), non-root.
 #   docker build -t stateful-guard:0.1.0 .
-# The build runs the same cargo build as scripts/test's, in release mode.
+# CI runs this build stage as written, without a container engine (scripts/image-binary), and
+# tests the binary it makes against the runtime stage below and the Deployment in deploy/
+# (tests/image.rs): the libraries and glibc it needs, its user, its port, its flags.
 FROM rust:1.95-bookworm AS build
-RUN rustup target add x86_64-unknown-linux-musl && apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY policies ./policies
-RUN cargo build --locked --release --target x86_64-unknown-linux-musl \
- && cp target/x86_64-unknown-linux-musl/release/stateful-guard /stateful-guard
+COPY benches ./benches
+COPY scripts/build-release ./scripts/build-release
+RUN scripts/build-release out/stateful-guard
 
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /stateful-guard /usr/local/bin/stateful-guard
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/out/stateful-guard /usr/local/bin/stateful-guard
 USER 65532:65532
 EXPOSE 8443
 ENTRYPOINT ["/usr/local/bin/stateful-guard"]

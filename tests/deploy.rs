@@ -3,8 +3,6 @@
 //! its own default policy.
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -14,33 +12,10 @@ const TARGETS: [&str; 3] = [
     "deploy/overlays/cert-manager",
 ];
 
-fn render(dir: &str) -> Vec<Value> {
-    let out = Command::new(tool("kubectl"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["kustomize", dir])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    stateful_guard::check::parse_stream(&text, dir)
-        .unwrap()
-        .into_iter()
-        .map(|d| d.value)
-        .collect()
-}
-
-fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    objects.iter().filter(|o| o["kind"] == kind).collect()
-}
-
 #[test]
 fn every_target_renders_and_passes_the_schemas_strictly() {
     for target in TARGETS {
-        let objects = render(target);
+        let objects = kustomize(target);
         assert!(objects.len() >= 12, "{target}: {}", objects.len());
         for object in &objects {
             if object["apiVersion"]
@@ -59,7 +34,7 @@ fn every_target_renders_and_passes_the_schemas_strictly() {
 #[test]
 fn webhooks_exclude_kube_system_and_their_own_namespace_and_speak_only_v1() {
     for target in TARGETS {
-        let objects = render(target);
+        let objects = kustomize(target);
         let configs: Vec<&Value> = objects
             .iter()
             .filter(|o| {
@@ -107,7 +82,7 @@ fn webhooks_exclude_kube_system_and_their_own_namespace_and_speak_only_v1() {
 #[test]
 fn rbac_is_least_privilege() {
     for target in TARGETS {
-        let objects = render(target);
+        let objects = kustomize(target);
         for role in objects
             .iter()
             .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
@@ -169,7 +144,7 @@ fn rbac_is_least_privilege() {
 
 #[test]
 fn the_deployment_is_highly_available_and_locked_down() {
-    let objects = render("deploy/base");
+    let objects = kustomize("deploy/base");
     let deploy = of_kind(&objects, "Deployment")[0];
     let spec = &deploy["spec"];
     assert!(spec["replicas"].as_i64().unwrap() >= 2);
@@ -203,7 +178,7 @@ fn the_deployment_is_highly_available_and_locked_down() {
 /// a StatefulSet, with the rendered PDB as cluster state.
 #[test]
 fn the_webhooks_own_deployment_passes_its_own_default_policy() {
-    let objects = render("deploy/base");
+    let objects = kustomize("deploy/base");
     let deploy = of_kind(&objects, "Deployment")[0];
     let as_statefulset = json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -266,7 +241,7 @@ fn the_deployed_policies_are_the_shipped_ones() {
         ("deploy/base", "enforce"),
         ("deploy/overlays/audit", "audit"),
     ] {
-        let objects = render(target);
+        let objects = kustomize(target);
         let cm = of_kind(&objects, "ConfigMap")[0];
         assert_eq!(cm["metadata"]["labels"]["stateful-guard.io/policy"], "true");
         let docs = stateful_guard::policy::parse_documents(

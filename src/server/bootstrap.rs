@@ -1,5 +1,7 @@
 //! `serve --cert-bootstrap`: the serving certificate from the cluster, kept current.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -7,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::certs::bootstrap::{self, Material, Settings};
 use crate::cli::ServeArgs;
+use crate::server::tls::CertFiles;
 
 /// Everything the bootstrap needs, read from the flags once.
 pub struct Bootstrap {
@@ -54,9 +57,56 @@ impl Bootstrap {
         }
     }
 
-    /// Before the socket is bound: the Secret is made valid and its certificate written,
-    /// retrying with backoff while the API is unreachable (the pod is not ready meanwhile).
-    pub async fn initial(&self, client: &kube::Client) -> anyhow::Result<()> {
+    /// What to serve until the Secret has been read: the files a previous run of this container
+    /// left in the emptyDir, else a provisional self-signed certificate for the Service written
+    /// there. The socket can then be bound at once: kubelet's HTTPS probes do not verify
+    /// certificates, so liveness passes during an API outage (no restart loop), while readiness
+    /// waits for [`Bootstrap::run`] (no apiserver traffic on the provisional certificate).
+    pub fn provisional(&self) -> anyhow::Result<CertFiles> {
+        if let Ok(files) = CertFiles::load(&self.cert_path(), &self.key_path()) {
+            return Ok(files);
+        }
+        let names = crate::certs::service_names(&self.settings.service, &self.settings.namespace);
+        let bundle = crate::certs::generate(&names, 1, 1)
+            .context("generating the provisional certificate")?;
+        write(
+            &self.cert_dir,
+            &Material {
+                ca_bundle: bundle.ca_cert,
+                ca_key: bundle.ca_key,
+                cert: bundle.cert,
+                key: bundle.key,
+            },
+        )?;
+        Ok(CertFiles::load(&self.cert_path(), &self.key_path())?)
+    }
+
+    /// After the socket is bound: the certificate from the Secret replaces the provisional one,
+    /// `ready` turns true, and then the certificate is kept current until the process ends.
+    pub async fn run(self, client: kube::Client, files: Arc<CertFiles>, ready: Arc<AtomicBool>) {
+        match self.initial(&client).await {
+            Ok(()) => match files.reload() {
+                Ok(_) => {
+                    ready.store(true, Ordering::Release);
+                    tracing::info!("serving the certificate from the Secret");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot load the bootstrapped certificate; will retry");
+                }
+            },
+            Err(error) => tracing::error!(
+                error = format!("{error:#}"),
+                "cannot write the bootstrapped certificate; will retry"
+            ),
+        }
+        // The file watcher reloads later changes; readiness waits for the first good load.
+        let ready_files = (!ready.load(Ordering::Acquire)).then_some((files, ready));
+        self.keep_current(client, ready_files).await;
+    }
+
+    /// The Secret is made valid and its certificate written, retrying with backoff while the
+    /// API is unreachable (the pod is not ready meanwhile).
+    async fn initial(&self, client: &kube::Client) -> anyhow::Result<()> {
         let api = self.secrets(client);
         let mut delay = Duration::from_millis(500);
         let material = loop {
@@ -76,7 +126,12 @@ impl Bootstrap {
 
     /// Every interval: rotate when due, refresh the files (the file watcher reloads them), and
     /// make sure both webhook configurations carry the CA bundle.
-    pub async fn keep_current(self, client: kube::Client) {
+    /// `pending` holds the files and the readiness flag while the first load has not succeeded.
+    async fn keep_current(
+        self,
+        client: kube::Client,
+        mut pending: Option<(Arc<CertFiles>, Arc<AtomicBool>)>,
+    ) {
         let api = self.secrets(&client);
         loop {
             tokio::time::sleep(self.interval).await;
@@ -89,6 +144,13 @@ impl Bootstrap {
                             error = format!("{error:#}"),
                             "cannot write the certificate files"
                         ),
+                    }
+                    if let Some((files, ready)) = &pending
+                        && files.reload().is_ok()
+                    {
+                        ready.store(true, Ordering::Release);
+                        tracing::info!("serving the certificate from the Secret");
+                        pending = None;
                     }
                     self.inject(&client, &material).await;
                 }

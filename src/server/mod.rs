@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -30,24 +30,39 @@ pub use routes::AppState;
 /// Where the default policy is looked for when `--policy` is not given.
 const DEFAULT_POLICY_PATH: &str = "policies/default.yaml";
 
+/// Certificates to serve, and what keeps them current.
+struct Certificates {
+    files: tls::CertFiles,
+    /// Whether the files are watched for changes (given or bootstrapped files).
+    watched: bool,
+    /// With --cert-bootstrap: the bootstrap still to run; until it has, the files hold a
+    /// provisional certificate and readiness is false.
+    bootstrap: Option<(bootstrap::Bootstrap, kube::Client)>,
+}
+
 /// Certificates to serve: given files, bootstrapped through the API, or a CA and a localhost
-/// certificate generated now. The bool says whether the files must be watched.
+/// certificate generated now.
 async fn certificates(
     args: &ServeArgs,
     client: Option<&kube::Client>,
-) -> anyhow::Result<(tls::CertFiles, bool)> {
+) -> anyhow::Result<Certificates> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        return Ok((tls::CertFiles::load(cert, key)?, true));
+        return Ok(Certificates {
+            files: tls::CertFiles::load(cert, key)?,
+            watched: true,
+            bootstrap: None,
+        });
     }
     if args.cert_bootstrap {
         let Some(client) = client else {
             bail!("--cert-bootstrap needs a cluster connection, and none was found");
         };
         let bootstrap = bootstrap::Bootstrap::from_args(args);
-        bootstrap.initial(client).await?;
-        let files = tls::CertFiles::load(&bootstrap.cert_path(), &bootstrap.key_path())?;
-        tokio::spawn(bootstrap.keep_current(client.clone()));
-        return Ok((files, true));
+        return Ok(Certificates {
+            files: bootstrap.provisional()?,
+            watched: true,
+            bootstrap: Some((bootstrap, client.clone())),
+        });
     }
     let names = vec![
         "localhost".to_owned(),
@@ -71,7 +86,11 @@ async fn certificates(
         ca = args.generated_ca.display(),
         port = args.listen.port()
     );
-    Ok((files, false))
+    Ok(Certificates {
+        files,
+        watched: false,
+        bootstrap: None,
+    })
 }
 
 /// Loads the policies; any error in the initial load stops the start (there is no last good
@@ -127,7 +146,11 @@ async fn cluster(args: &ServeArgs) -> Option<kube::Client> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let client = cluster(&args).await;
-    let (certs, from_files) = certificates(&args, client.as_ref()).await?;
+    let Certificates {
+        files: certs,
+        watched,
+        bootstrap,
+    } = certificates(&args, client.as_ref()).await?;
     let certs = Arc::new(certs);
     if let Some(t) = certs.not_after() {
         metrics.cert_not_after.set(t);
@@ -167,6 +190,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         uninterpretable: args.uninterpretable,
         shutting_down: Default::default(),
+        certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
     });
     let app = routes::router(state.clone(), args.max_body_bytes);
 
@@ -176,8 +200,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "serving HTTPS");
 
-    if from_files {
+    if watched {
         tokio::spawn(certs.clone().watch(args.reload_interval, metrics.clone()));
+    }
+    if let Some((bootstrap, client)) = bootstrap {
+        tokio::spawn(bootstrap.run(client, certs.clone(), state.certificate_ready.clone()));
     }
     if let Some(source) = file_source {
         tokio::spawn(source.watch(store.clone(), args.reload_interval));

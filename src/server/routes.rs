@@ -29,6 +29,8 @@ pub struct AppState {
     pub uninterpretable: Uninterpretable,
     /// Set on SIGTERM: readiness goes false while in-flight requests finish.
     pub shutting_down: AtomicBool,
+    /// False while `--cert-bootstrap` serves its provisional certificate.
+    pub certificate_ready: Arc<AtomicBool>,
 }
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -62,6 +64,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let mut problems = Vec::new();
     if state.shutting_down.load(Ordering::Acquire) {
         problems.push("shutting down");
+    }
+    if !state.certificate_ready.load(Ordering::Acquire) {
+        problems.push("serving certificate not bootstrapped yet");
     }
     if !state.policies.is_loaded() {
         problems.push("no policy loaded");

@@ -191,7 +191,13 @@ impl CertFiles {
                     }
                     tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
                 }
-                Ok(false) => last_error = None,
+                Ok(false) => {
+                    last_error = None;
+                    // The certificate bootstrap reloads the pair itself; keep the gauge current.
+                    if let Some(t) = self.not_after() {
+                        metrics.cert_not_after.set(t);
+                    }
+                }
                 Err(error) => {
                     let text = error.to_string();
                     // Log a persistent problem once, not every poll; count every attempt.

@@ -194,3 +194,27 @@ pub fn kubernetes_validate(object: &Value) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `kubectl kustomize DIR` (a directory of deploy/), as objects.
+pub fn kustomize(dir: &str) -> Vec<Value> {
+    let out = std::process::Command::new(tool("kubectl"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["kustomize", dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    stateful_guard::check::parse_stream(&text, dir)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect()
+}
+
+pub fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}

@@ -1,0 +1,493 @@
+//! The image: the binary that the Dockerfile's build stage makes (scripts/image-binary runs that
+//! stage as written; scripts/test passes the result in SG_IMAGE_BINARY), checked against the
+//! Dockerfile's runtime stage and against the Deployments that deploy/ renders: the libraries
+//! and glibc it needs, its user and port, and a run in a sandbox built from the pod spec
+//! (its user, read-only root, no capabilities, its volumes, args and env, PID 1).
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::server::{self, SecretVolume, generate_certs, pem_to_der};
+use common::{kustomize, of_kind};
+use hyper::StatusCode;
+use serde_json::Value;
+
+/// The runtime image and what it provides to a dynamically linked binary: Debian 12's glibc
+/// (2.36) and libgcc. Changing the FROM line means changing this table.
+const RUNTIME_IMAGE: &str = "gcr.io/distroless/cc-debian12:nonroot";
+const RUNTIME_GLIBC: (u32, u32) = (2, 36);
+const RUNTIME_LIBRARIES: [&str; 8] = [
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libgcc_s.so.1",
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
+];
+
+fn image_binary() -> PathBuf {
+    let path = std::env::var_os("SG_IMAGE_BINARY")
+        .map(PathBuf::from)
+        .expect(
+            "SG_IMAGE_BINARY is not set: run the tests with scripts/test, which builds the image's \
+         binary by running the Dockerfile's build stage (scripts/image-binary)",
+        );
+    assert!(path.is_file(), "{} does not exist", path.display());
+    path
+}
+
+/// The runtime stage of the Dockerfile: instruction → arguments (the last one wins).
+fn runtime_stage() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let mut stage = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if keyword == "FROM" {
+            stage.clear();
+        }
+        stage.push((keyword.to_owned(), rest.trim().to_owned()));
+    }
+    stage
+}
+
+fn instruction(stage: &[(String, String)], keyword: &str) -> String {
+    stage
+        .iter()
+        .rev()
+        .find(|(k, _)| k == keyword)
+        .unwrap_or_else(|| panic!("the Dockerfile's runtime stage has no {keyword}"))
+        .1
+        .clone()
+}
+
+fn readelf(args: &[&str], binary: &Path) -> String {
+    let out = Command::new("readelf")
+        .args(args)
+        .arg(binary)
+        .output()
+        .expect("readelf (binutils) is needed: scripts/test installs it");
+    assert!(out.status.success(), "readelf {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_binary_needs_only_what_the_runtime_image_has() {
+    let stage = runtime_stage();
+    assert_eq!(
+        instruction(&stage, "FROM"),
+        RUNTIME_IMAGE,
+        "the runtime image changed: update what this test knows it provides"
+    );
+    let binary = image_binary();
+
+    let dynamic = readelf(&["--dynamic", "--wide"], &binary);
+    let needed: Vec<&str> = dynamic
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert!(!needed.is_empty(), "no NEEDED entries read:\n{dynamic}");
+    for library in &needed {
+        assert!(
+            RUNTIME_LIBRARIES.contains(library),
+            "the binary needs {library}, which {RUNTIME_IMAGE} does not have (needs: {needed:?})"
+        );
+    }
+
+    let symbols = readelf(&["--dyn-syms", "--wide"], &binary);
+    let newest = symbols
+        .split("GLIBC_")
+        .skip(1)
+        .filter_map(|rest| {
+            let version: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+        })
+        .max()
+        .expect("no GLIBC symbol versions read");
+    assert!(
+        newest <= RUNTIME_GLIBC,
+        "the binary needs glibc {}.{}, {RUNTIME_IMAGE} has {}.{}",
+        newest.0,
+        newest.1,
+        RUNTIME_GLIBC.0,
+        RUNTIME_GLIBC.1
+    );
+
+    let headers = readelf(&["--program-headers", "--wide"], &binary);
+    let interpreter = headers
+        .split("[Requesting program interpreter: ")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .expect("a dynamically linked binary names its interpreter");
+    let name = interpreter.rsplit('/').next().unwrap();
+    assert!(
+        RUNTIME_LIBRARIES.contains(&name),
+        "interpreter {interpreter}"
+    );
+}
+
+#[test]
+fn the_image_and_the_deployment_agree() {
+    let stage = runtime_stage();
+    let objects = kustomize("deploy/base");
+    let deploy = of_kind(&objects, "Deployment")[0];
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // runAsNonRoot can only be checked by kubelet against a numeric USER.
+    let user = instruction(&stage, "USER");
+    let (uid, gid) = user.split_once(':').expect("USER uid:gid");
+    let (uid, gid): (i64, i64) = (uid.parse().unwrap(), gid.parse().unwrap());
+    assert_ne!(uid, 0);
+    assert_eq!(pod["securityContext"]["runAsUser"], uid);
+    assert_eq!(pod["securityContext"]["runAsGroup"], gid);
+
+    // The ENTRYPOINT is the binary the build stage made; the Deployment gives only args.
+    let copy = instruction(&stage, "COPY");
+    let entrypoint: Vec<String> = serde_json::from_str(&instruction(&stage, "ENTRYPOINT")).unwrap();
+    assert_eq!(
+        Some(entrypoint[0].as_str()),
+        copy.split_whitespace().last(),
+        "ENTRYPOINT is not the copied binary"
+    );
+    assert!(
+        container["command"].is_null(),
+        "the Deployment overrides the ENTRYPOINT"
+    );
+    assert_eq!(container["args"][0], "serve");
+
+    let exposed: i64 = instruction(&stage, "EXPOSE").parse().unwrap();
+    assert_eq!(container["ports"][0]["containerPort"], exposed);
+
+    // The manifests deploy the version being built.
+    let image = container["image"].as_str().unwrap();
+    assert_eq!(
+        image.rsplit_once(':').map(|(_, tag)| tag),
+        Some(env!("CARGO_PKG_VERSION")),
+        "deploy/ names {image}, the crate is version {}",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+/// The image binary running as the rendered Deployment's container would: under bubblewrap,
+/// with the pod's user and group, a read-only root, no capabilities, its own PID namespace as
+/// PID 1, the container's args and env, emptyDir volumes as fresh tmpfs mounts, Secret volumes
+/// bound read-only, and kubelet's in-cluster environment pointing at an apiserver that does
+/// not answer. Only the listen port is changed, so tests can run side by side.
+struct Pod {
+    child: Child,
+    /// The server's PID outside the sandbox.
+    pid: u32,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Pod {
+    fn start(deploy: &Value, secrets: &[(&str, &SecretVolume)]) -> Pod {
+        let dir = tempfile::tempdir().unwrap();
+        let namespace = deploy["metadata"]["namespace"].as_str().unwrap();
+        let pod = &deploy["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let context = &container["securityContext"];
+        assert_eq!(context["readOnlyRootFilesystem"], true);
+        assert_eq!(context["capabilities"]["drop"][0], "ALL");
+
+        // A service account as kubelet mounts it, for an apiserver on a port nobody listens on.
+        let sa = dir.path().join("serviceaccount");
+        std::fs::create_dir(&sa).unwrap();
+        let certs = dir.path().join("apiserver");
+        generate_certs(&certs);
+        std::fs::copy(certs.join("ca.crt"), sa.join("ca.crt")).unwrap();
+        std::fs::write(sa.join("token"), "sandbox-token").unwrap();
+        std::fs::write(sa.join("namespace"), namespace).unwrap();
+        let run = std::fs::canonicalize("/var/run").unwrap();
+
+        let mut bwrap = Command::new("bwrap");
+        bwrap
+            .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+            .args(["--tmpfs".as_ref(), run.as_os_str()])
+            .arg("--ro-bind")
+            .arg(&sa)
+            .arg(run.join("secrets/kubernetes.io/serviceaccount"))
+            .args(["--unshare-user", "--unshare-pid", "--as-pid-1"])
+            .args(["--die-with-parent", "--new-session", "--info-fd", "1"])
+            .arg("--uid")
+            .arg(pod["securityContext"]["runAsUser"].to_string())
+            .arg("--gid")
+            .arg(pod["securityContext"]["runAsGroup"].to_string())
+            .args(["--cap-drop", "ALL", "--clearenv"])
+            .args(["--setenv", "KUBERNETES_SERVICE_HOST", "127.0.0.1"])
+            .args(["--setenv", "KUBERNETES_SERVICE_PORT"])
+            .arg(free_port().to_string());
+        for env in container["env"].as_array().into_iter().flatten() {
+            let name = env["name"].as_str().unwrap();
+            let value = match (&env["value"], &env["valueFrom"]["fieldRef"]["fieldPath"]) {
+                (Value::String(v), _) => v.as_str(),
+                (_, Value::String(f)) if f == "metadata.namespace" => namespace,
+                other => panic!("env {name}: unsupported source {other:?}"),
+            };
+            bwrap.args(["--setenv", name, value]);
+        }
+        let volumes = pod["volumes"].as_array().unwrap();
+        for mount in container["volumeMounts"].as_array().unwrap() {
+            let path = mount["mountPath"].as_str().unwrap();
+            let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+            if volume["emptyDir"].is_object() {
+                bwrap.args(["--perms", "0777", "--tmpfs", path]);
+            } else if let Some(name) = volume["secret"]["secretName"].as_str() {
+                let (_, secret) = secrets
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .unwrap_or_else(|| panic!("no Secret {name} given"));
+                bwrap.arg("--ro-bind").arg(&secret.dir).arg(path);
+            } else {
+                panic!("volume {volume}: unsupported");
+            }
+        }
+
+        let port = free_port();
+        let declared = container["ports"][0]["containerPort"].as_i64().unwrap();
+        bwrap.arg("--").arg(image_binary());
+        for arg in container["args"].as_array().unwrap() {
+            let arg = arg.as_str().unwrap();
+            match arg.strip_prefix("--listen=") {
+                Some(listen) => {
+                    let address: SocketAddr = listen.parse().unwrap();
+                    assert_eq!(
+                        i64::from(address.port()),
+                        declared,
+                        "--listen vs containerPort"
+                    );
+                    assert!(
+                        address.ip().is_unspecified(),
+                        "kubelet probes the pod IP: {listen}"
+                    );
+                    bwrap.arg(format!("--listen=0.0.0.0:{port}"));
+                }
+                None => {
+                    bwrap.arg(arg);
+                }
+            }
+        }
+
+        let mut child = bwrap
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bwrap (bubblewrap) is needed: scripts/test installs it");
+        let mut info = String::new();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut byte = [0u8; 1];
+        while !info.contains('}') && stdout.read(&mut byte).unwrap() == 1 {
+            info.push(byte[0] as char);
+        }
+        let info: Value = serde_json::from_str(&info)
+            .unwrap_or_else(|e| panic!("bwrap --info-fd gave {info:?}: {e}"));
+        let pid = info["child-pid"].as_u64().unwrap() as u32;
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let pod = Pod {
+            child,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            _dir: dir,
+        };
+        assert!(
+            pod.wait_for_log("\"serving HTTPS\"", Duration::from_secs(30)),
+            "the pod did not start serving:\n{}",
+            pod.logs()
+        );
+        pod
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// kubelet's probe of the container's `probe` (liveness or readiness).
+    async fn probe(&self, container: &Value, probe: &str) -> (StatusCode, String, Vec<u8>) {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["scheme"], "HTTPS", "{probe}");
+        let named = get["port"].as_str().unwrap();
+        assert_eq!(container["ports"][0]["name"], named, "{probe} port");
+        let (status, body, cert) = server::probe(self.addr, get["path"].as_str().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{probe}: {e}\n{}", self.logs()));
+        (status, String::from_utf8_lossy(&body).into_owned(), cert)
+    }
+
+    /// SIGTERM, as kubelet sends it after the preStop hook; the exit status, or None if the
+    /// process outlived `limit`.
+    fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+fn seconds(arg: &str, args: &Value) -> u64 {
+    let value = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix(&format!("--{arg}=")))
+        .unwrap_or_else(|| panic!("no --{arg}"));
+    value.strip_suffix('s').unwrap().parse().unwrap()
+}
+
+/// preStop, the shutdown delay and the grace period all fit in terminationGracePeriodSeconds,
+/// and the server, as PID 1, exits by itself after SIGTERM, with status 0, within that time.
+fn assert_clean_shutdown(pod: &mut Pod, deploy: &Value) {
+    let spec = &deploy["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    let budget = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let delay = seconds("shutdown-delay", &container["args"]);
+    let grace = seconds("shutdown-grace", &container["args"]);
+    assert!(
+        pre_stop + delay + grace <= budget,
+        "preStop {pre_stop}s + delay {delay}s + grace {grace}s > terminationGracePeriodSeconds {budget}"
+    );
+    let status = pod.terminate(Duration::from_secs(budget - pre_stop));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "after SIGTERM: {status:?}\n{}",
+        pod.logs()
+    );
+    assert!(pod.logs().contains("shutting down: readiness is now false"));
+}
+
+fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// The base: with the apiserver unreachable at start, the pod answers liveness at once on a
+/// provisional certificate for its Service (kubelet does not restart it) and stays unready
+/// (the apiserver sends it nothing) until the certificate, the policy and the caches come.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unreachable() {
+    let objects = kustomize("deploy/base");
+    let deploy = of_kind(&objects, "Deployment")[0];
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let mut pod = Pod::start(deploy, &[]);
+
+    let (status, body, cert) = pod.probe(container, "livenessProbe").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let names = subject_alt_names(&cert);
+    assert!(
+        names
+            .iter()
+            .any(|n| n.contains("stateful-guard.stateful-guard.svc")),
+        "{names:?}"
+    );
+    let (status, body, _) = pod.probe(container, "readinessProbe").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    for reason in [
+        "serving certificate not bootstrapped yet",
+        "no policy loaded",
+        "cluster caches not synced",
+    ] {
+        assert!(body.contains(reason), "{body}");
+    }
+    assert!(
+        pod.wait_for_log("certificate bootstrap failed", Duration::from_secs(10)),
+        "{}",
+        pod.logs()
+    );
+    assert_clean_shutdown(&mut pod, deploy);
+}
+
+/// cert-manager's overlay: the certificate from the mounted Secret is served from the start.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cert_manager_pod_serves_the_mounted_certificate() {
+    let objects = kustomize("deploy/overlays/cert-manager");
+    let deploy = of_kind(&objects, "Deployment")[0];
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let certs = tempfile::tempdir().unwrap();
+    generate_certs(certs.path());
+    let read = |name: &str| std::fs::read(certs.path().join(name)).unwrap();
+    let (crt, key, ca) = (read("tls.crt"), read("tls.key"), read("ca.crt"));
+    let secret = SecretVolume::new(
+        &certs.path().join("volume"),
+        &[("tls.crt", &crt), ("tls.key", &key), ("ca.crt", &ca)],
+    );
+    let mut pod = Pod::start(deploy, &[("stateful-guard-tls", &secret)]);
+
+    let (status, body, cert) = pod.probe(container, "livenessProbe").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(cert, pem_to_der(&crt));
+    let (status, body, _) = pod.probe(container, "readinessProbe").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(!body.contains("certificate"), "{body}");
+    assert!(body.contains("no policy loaded"), "{body}");
+    assert_clean_shutdown(&mut pod, deploy);
+}
