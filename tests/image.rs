@@ -186,8 +186,8 @@ fn the_image_and_the_deployment_agree() {
 /// The image binary running as the rendered Deployment's container would: under bubblewrap,
 /// with the pod's user and group, a read-only root, no capabilities, its own PID namespace as
 /// PID 1, the container's args and env, emptyDir volumes as fresh tmpfs mounts, Secret volumes
-/// bound read-only, and kubelet's in-cluster environment pointing at an apiserver that does
-/// not answer. Only the listen port is changed, so tests can run side by side.
+/// bound read-only, and kubelet's in-cluster environment pointing at a [`Recorder`]. Only the
+/// listen port is changed, so tests can run side by side.
 struct Pod {
     child: Child,
     /// The server's PID outside the sandbox.
@@ -213,7 +213,7 @@ fn free_port() -> u16 {
 }
 
 impl Pod {
-    fn start(deploy: &Value, secrets: &[(&str, &SecretVolume)]) -> Pod {
+    fn start(deploy: &Value, secrets: &[(&str, &SecretVolume)], apiserver: &Recorder) -> Pod {
         let dir = tempfile::tempdir().unwrap();
         let namespace = deploy["metadata"]["namespace"].as_str().unwrap();
         let pod = &deploy["spec"]["template"]["spec"];
@@ -222,12 +222,10 @@ impl Pod {
         assert_eq!(context["readOnlyRootFilesystem"], true);
         assert_eq!(context["capabilities"]["drop"][0], "ALL");
 
-        // A service account as kubelet mounts it, for an apiserver on a port nobody listens on.
+        // A service account as kubelet mounts it, for the recorder as the apiserver.
         let sa = dir.path().join("serviceaccount");
         std::fs::create_dir(&sa).unwrap();
-        let certs = dir.path().join("apiserver");
-        generate_certs(&certs);
-        std::fs::copy(certs.join("ca.crt"), sa.join("ca.crt")).unwrap();
+        std::fs::write(sa.join("ca.crt"), &apiserver.ca).unwrap();
         std::fs::write(sa.join("token"), "sandbox-token").unwrap();
         std::fs::write(sa.join("namespace"), namespace).unwrap();
         let run = std::fs::canonicalize("/var/run").unwrap();
@@ -248,7 +246,7 @@ impl Pod {
             .args(["--cap-drop", "ALL", "--clearenv"])
             .args(["--setenv", "KUBERNETES_SERVICE_HOST", "127.0.0.1"])
             .args(["--setenv", "KUBERNETES_SERVICE_PORT"])
-            .arg(free_port().to_string());
+            .arg(apiserver.addr.port().to_string());
         for env in container["env"].as_array().into_iter().flatten() {
             let name = env["name"].as_str().unwrap();
             let value = match (&env["value"], &env["valueFrom"]["fieldRef"]["fieldPath"]) {
@@ -385,6 +383,193 @@ impl Pod {
     }
 }
 
+/// The pod's apiserver: a TLS listener that records each request and answers every one with
+/// 503 and a `Status`, as an overloaded apiserver does. Nothing is emulated: the pod never gets
+/// past its start-up requests, and those are checked against the RBAC rules deploy/ grants.
+struct Recorder {
+    addr: SocketAddr,
+    ca: String,
+    requests: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        use hyper::body::Incoming;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use rustls_pki_types::pem::PemObject;
+
+        let bundle = stateful_guard::certs::generate(&["127.0.0.1".to_owned()], 1, 1).unwrap();
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(bundle.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(bundle.key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<Incoming>| {
+                            recorded
+                                .lock()
+                                .unwrap()
+                                .push((req.method().to_string(), req.uri().to_string()));
+                            let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":503}"#;
+                            async move {
+                                hyper::Response::builder()
+                                    .status(503)
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                                        status,
+                                    )))
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Recorder {
+            addr,
+            ca: bundle.ca_cert,
+            requests,
+        }
+    }
+
+    /// Waits until requests for every `(verb, resource)` in `expected` have come; returns all.
+    fn wait_for(&self, expected: &[(&str, &str)], timeout: Duration) -> Vec<Access> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen: Vec<Access> = self
+                .requests
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(method, uri)| Access::of(method, uri))
+                .collect();
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(verb, resource)| {
+                    !seen
+                        .iter()
+                        .any(|a| a.verb == *verb && a.resource == *resource)
+                })
+                .collect();
+            if missing.is_empty() {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no request for {missing:?}; seen: {seen:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A request to the API, in RBAC's terms.
+#[derive(Debug)]
+struct Access {
+    verb: String,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Access {
+    fn of(method: &str, uri: &str) -> Access {
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match segments.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => panic!("not an API path: {uri}"),
+        };
+        let (namespace, rest) = match rest {
+            ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+            rest => (None, rest),
+        };
+        let (resource, name) = match rest {
+            [resource] => (resource.to_string(), None),
+            [resource, name] => (resource.to_string(), Some(name.to_string())),
+            _ => panic!("unexpected API path: {uri}"),
+        };
+        let watch = query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1");
+        let verb = match (method, &name) {
+            ("GET", Some(_)) => "get",
+            ("GET", None) if watch => "watch",
+            ("GET", None) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => panic!("unexpected method {method} {uri}"),
+        };
+        Access {
+            verb: verb.to_owned(),
+            group: group.to_owned(),
+            resource,
+            namespace,
+            name,
+        }
+    }
+
+    /// Whether the rendered ClusterRoles, or the Roles of the request's namespace, allow it.
+    fn allowed_by(&self, objects: &[Value]) -> bool {
+        let roles = of_kind(objects, "ClusterRole").into_iter().chain(
+            of_kind(objects, "Role")
+                .into_iter()
+                .filter(|r| self.namespace.as_deref() == r["metadata"]["namespace"].as_str()),
+        );
+        let has =
+            |list: &Value, item: &str| list.as_array().is_some_and(|l| l.iter().any(|v| v == item));
+        roles
+            .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+            .any(|rule| {
+                has(&rule["apiGroups"], &self.group)
+                    && has(&rule["resources"], &self.resource)
+                    && has(&rule["verbs"], &self.verb)
+                    && match (&rule["resourceNames"], &self.name) {
+                        (Value::Null, _) => true,
+                        (names, Some(name)) => has(names, name),
+                        (_, None) => false,
+                    }
+            })
+    }
+}
+
+/// Every request the pod made is allowed by the RBAC of the same rendered target.
+fn assert_rbac_allows(requests: &[Access], objects: &[Value]) {
+    let denied: Vec<_> = requests.iter().filter(|a| !a.allowed_by(objects)).collect();
+    assert!(
+        denied.is_empty(),
+        "requests the RBAC in deploy/ would deny (403 in a cluster): {denied:#?}"
+    );
+}
+
 fn seconds(arg: &str, args: &Value) -> u64 {
     let value = args
         .as_array()
@@ -430,15 +615,17 @@ fn subject_alt_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The base: with the apiserver unreachable at start, the pod answers liveness at once on a
+/// The base: with the apiserver unavailable at start, the pod answers liveness at once on a
 /// provisional certificate for its Service (kubelet does not restart it) and stays unready
-/// (the apiserver sends it nothing) until the certificate, the policy and the caches come.
+/// (the apiserver sends it nothing) until the certificate, the policy and the caches come;
+/// every request it makes meanwhile is one its RBAC allows.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unreachable() {
+async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unavailable() {
     let objects = kustomize("deploy/base");
     let deploy = of_kind(&objects, "Deployment")[0];
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
-    let mut pod = Pod::start(deploy, &[]);
+    let apiserver = Recorder::start().await;
+    let mut pod = Pod::start(deploy, &[], &apiserver);
 
     let (status, body, cert) = pod.probe(container, "livenessProbe").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -458,15 +645,22 @@ async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unreachable() 
     ] {
         assert!(body.contains(reason), "{body}");
     }
-    assert!(
-        pod.wait_for_log("certificate bootstrap failed", Duration::from_secs(10)),
-        "{}",
-        pod.logs()
+    let requests = apiserver.wait_for(
+        &[
+            ("get", "secrets"),
+            ("list", "poddisruptionbudgets"),
+            ("list", "storageclasses"),
+            ("list", "namespaces"),
+            ("list", "configmaps"),
+        ],
+        Duration::from_secs(15),
     );
+    assert_rbac_allows(&requests, &objects);
     assert_clean_shutdown(&mut pod, deploy);
 }
 
-/// cert-manager's overlay: the certificate from the mounted Secret is served from the start.
+/// cert-manager's overlay: the certificate from the mounted Secret is served from the start,
+/// and the pod's requests fit that overlay's narrower RBAC (no Secrets).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cert_manager_pod_serves_the_mounted_certificate() {
     let objects = kustomize("deploy/overlays/cert-manager");
@@ -480,7 +674,8 @@ async fn the_cert_manager_pod_serves_the_mounted_certificate() {
         &certs.path().join("volume"),
         &[("tls.crt", &crt), ("tls.key", &key), ("ca.crt", &ca)],
     );
-    let mut pod = Pod::start(deploy, &[("stateful-guard-tls", &secret)]);
+    let apiserver = Recorder::start().await;
+    let mut pod = Pod::start(deploy, &[("stateful-guard-tls", &secret)], &apiserver);
 
     let (status, body, cert) = pod.probe(container, "livenessProbe").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -489,5 +684,14 @@ async fn the_cert_manager_pod_serves_the_mounted_certificate() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(!body.contains("certificate"), "{body}");
     assert!(body.contains("no policy loaded"), "{body}");
+    let requests = apiserver.wait_for(
+        &[("list", "poddisruptionbudgets"), ("list", "configmaps")],
+        Duration::from_secs(15),
+    );
+    assert!(
+        !requests.iter().any(|a| a.resource == "secrets"),
+        "with cert-manager, the pod does not touch Secrets: {requests:#?}"
+    );
+    assert_rbac_allows(&requests, &objects);
     assert_clean_shutdown(&mut pod, deploy);
 }
