@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::server::{self, SecretVolume, generate_certs, pem_to_der};
+use common::unavailable::Unavailable;
 use common::{kustomize, of_kind};
 use hyper::StatusCode;
 use serde_json::Value;
@@ -186,7 +187,7 @@ fn the_image_and_the_deployment_agree() {
 /// The image binary running as the rendered Deployment's container would: under bubblewrap,
 /// with the pod's user and group, a read-only root, no capabilities, its own PID namespace as
 /// PID 1, the container's args and env, emptyDir volumes as fresh tmpfs mounts, Secret volumes
-/// bound read-only, and kubelet's in-cluster environment pointing at a [`Recorder`]. Only the
+/// bound read-only, and kubelet's in-cluster environment pointing at an [`Unavailable`] apiserver. Only the
 /// listen port is changed, so tests can run side by side.
 struct Pod {
     child: Child,
@@ -213,7 +214,7 @@ fn free_port() -> u16 {
 }
 
 impl Pod {
-    fn start(deploy: &Value, secrets: &[(&str, &SecretVolume)], apiserver: &Recorder) -> Pod {
+    fn start(deploy: &Value, secrets: &[(&str, &SecretVolume)], apiserver: &Unavailable) -> Pod {
         let dir = tempfile::tempdir().unwrap();
         let namespace = deploy["metadata"]["namespace"].as_str().unwrap();
         let pod = &deploy["spec"]["template"]["spec"];
@@ -383,107 +384,35 @@ impl Pod {
     }
 }
 
-/// The pod's apiserver: a TLS listener that records each request and answers every one with
-/// 503 and a `Status`, as an overloaded apiserver does. Nothing is emulated: the pod never gets
-/// past its start-up requests, and those are checked against the RBAC rules deploy/ grants.
-struct Recorder {
-    addr: SocketAddr,
-    ca: String,
-    requests: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        use hyper::body::Incoming;
-        use hyper_util::rt::{TokioExecutor, TokioIo};
-        use rustls_pki_types::pem::PemObject;
-
-        let bundle = stateful_guard::certs::generate(&["127.0.0.1".to_owned()], 1, 1).unwrap();
-        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(bundle.cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(bundle.key.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(
-                        move |req: hyper::Request<Incoming>| {
-                            recorded
-                                .lock()
-                                .unwrap()
-                                .push((req.method().to_string(), req.uri().to_string()));
-                            let status = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server is currently unable to handle the request","reason":"ServiceUnavailable","code":503}"#;
-                            async move {
-                                hyper::Response::builder()
-                                    .status(503)
-                                    .header("content-type", "application/json")
-                                    .body(http_body_util::Full::new(hyper::body::Bytes::from(
-                                        status,
-                                    )))
-                            }
-                        },
-                    );
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        Recorder {
-            addr,
-            ca: bundle.ca_cert,
-            requests,
+/// Waits until requests for every `(verb, resource)` in `expected` have come; returns all.
+fn wait_for_requests(
+    apiserver: &Unavailable,
+    expected: &[(&str, &str)],
+    timeout: Duration,
+) -> Vec<Access> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen: Vec<Access> = apiserver
+            .requests()
+            .iter()
+            .map(|(method, uri)| Access::of(method, uri))
+            .collect();
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(verb, resource)| {
+                !seen
+                    .iter()
+                    .any(|a| a.verb == *verb && a.resource == *resource)
+            })
+            .collect();
+        if missing.is_empty() {
+            return seen;
         }
-    }
-
-    /// Waits until requests for every `(verb, resource)` in `expected` have come; returns all.
-    fn wait_for(&self, expected: &[(&str, &str)], timeout: Duration) -> Vec<Access> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen: Vec<Access> = self
-                .requests
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(method, uri)| Access::of(method, uri))
-                .collect();
-            let missing: Vec<_> = expected
-                .iter()
-                .filter(|(verb, resource)| {
-                    !seen
-                        .iter()
-                        .any(|a| a.verb == *verb && a.resource == *resource)
-                })
-                .collect();
-            if missing.is_empty() {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no request for {missing:?}; seen: {seen:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            Instant::now() < deadline,
+            "no request for {missing:?}; seen: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -624,7 +553,7 @@ async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unavailable() 
     let objects = kustomize("deploy/base");
     let deploy = of_kind(&objects, "Deployment")[0];
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
-    let apiserver = Recorder::start().await;
+    let apiserver = Unavailable::start().await;
     let mut pod = Pod::start(deploy, &[], &apiserver);
 
     let (status, body, cert) = pod.probe(container, "livenessProbe").await;
@@ -645,7 +574,8 @@ async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unavailable() 
     ] {
         assert!(body.contains(reason), "{body}");
     }
-    let requests = apiserver.wait_for(
+    let requests = wait_for_requests(
+        &apiserver,
         &[
             ("get", "secrets"),
             ("list", "poddisruptionbudgets"),
@@ -674,7 +604,7 @@ async fn the_cert_manager_pod_serves_the_mounted_certificate() {
         &certs.path().join("volume"),
         &[("tls.crt", &crt), ("tls.key", &key), ("ca.crt", &ca)],
     );
-    let apiserver = Recorder::start().await;
+    let apiserver = Unavailable::start().await;
     let mut pod = Pod::start(deploy, &[("stateful-guard-tls", &secret)], &apiserver);
 
     let (status, body, cert) = pod.probe(container, "livenessProbe").await;
@@ -684,7 +614,8 @@ async fn the_cert_manager_pod_serves_the_mounted_certificate() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(!body.contains("certificate"), "{body}");
     assert!(body.contains("no policy loaded"), "{body}");
-    let requests = apiserver.wait_for(
+    let requests = wait_for_requests(
+        &apiserver,
         &[("list", "poddisruptionbudgets"), ("list", "configmaps")],
         Duration::from_secs(15),
     );

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -15,6 +16,20 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::ClusterView;
+
+/// How long the live list before a denial may take; past it, the cache decides. The list takes
+/// milliseconds; but an overloaded apiserver answers 429/503, which kube's client retries for
+/// minutes, far past the webhook's own timeout (5 s), after which kube-apiserver would apply
+/// the failurePolicy and the denial would be lost.
+pub const LIVE_LIST_BUDGET: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveListError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
 
 /// Reflector-backed [`ClusterView`]. Cheap to clone; all clones share the same stores.
 #[derive(Clone)]
@@ -71,13 +86,16 @@ impl ClusterCache {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// One live list of a namespace's PDBs: the cache-miss check before a denial.
+    /// One live list of a namespace's PDBs: the cache-miss check before a denial, bounded by
+    /// [`LIVE_LIST_BUDGET`].
     pub async fn live_pdbs(
         &self,
         namespace: &str,
-    ) -> Result<Vec<Arc<PodDisruptionBudget>>, kube::Error> {
+    ) -> Result<Vec<Arc<PodDisruptionBudget>>, LiveListError> {
         let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), namespace);
-        let list = api.list(&ListParams::default()).await?;
+        let list = tokio::time::timeout(LIVE_LIST_BUDGET, api.list(&ListParams::default()))
+            .await
+            .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
         Ok(list.items.into_iter().map(Arc::new).collect())
     }
 }

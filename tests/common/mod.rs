@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 pub mod server;
+pub mod unavailable;
 use std::path::PathBuf;
 
 use base64::Engine as _;
