@@ -5,14 +5,13 @@
 //! (its user, read-only root, no capabilities, its volumes, args and env, PID 1).
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{self, SecretVolume, generate_certs, pem_to_der};
+use common::server::{self, Log, SecretVolume, generate_certs, pem_to_der};
 use common::unavailable::Unavailable;
 use common::{kustomize, of_kind};
 use hyper::StatusCode;
@@ -194,7 +193,7 @@ struct Pod {
     /// The server's PID outside the sandbox.
     pid: u32,
     addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Log,
     _dir: tempfile::TempDir,
 }
 
@@ -315,14 +314,7 @@ impl Pod {
             .unwrap_or_else(|e| panic!("bwrap --info-fd gave {info:?}: {e}"));
         let pid = info["child-pid"].as_u64().unwrap() as u32;
 
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
+        let log = Log::capture(child.stderr.take().unwrap());
         let pod = Pod {
             child,
             pid,
@@ -331,7 +323,9 @@ impl Pod {
             _dir: dir,
         };
         assert!(
-            pod.wait_for_log("\"serving HTTPS\"", Duration::from_secs(30)),
+            pod.log
+                .wait_for("\"serving HTTPS\"", Duration::from_secs(30))
+                .is_some(),
             "the pod did not start serving:\n{}",
             pod.logs()
         );
@@ -339,18 +333,7 @@ impl Pod {
     }
 
     fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        self.log.text()
     }
 
     /// kubelet's probe of the container's `probe` (liveness or readiness).

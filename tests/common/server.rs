@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,13 +87,48 @@ impl SecretVolume {
     }
 }
 
+/// The lines a child process writes to stderr, collected as they come by a thread.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    pub fn capture(stderr: ChildStderr) -> Log {
+        let log = Log::default();
+        let lines = log.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        log
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a line contains `needle`; returns that line.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A running server process.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub ca: Vec<u8>,
     pub server_name: String,
-    pub log: Arc<Mutex<Vec<String>>>,
+    pub log: Log,
 }
 
 impl Drop for Server {
@@ -123,23 +158,10 @@ pub fn start(args: &[&str], ca: Vec<u8>, server_name: &str) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"serving HTTPS\"") {
-                    let _ = tx.send(line.clone());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+    let log = Log::capture(child.stderr.take().unwrap());
+    let line = log
+        .wait_for("\"serving HTTPS\"", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("server did not start:\n{}", log.text()));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let addr = v["address"].as_str().unwrap().parse().unwrap();
     Server {
@@ -153,19 +175,12 @@ pub fn start(args: &[&str], ca: Vec<u8>, server_name: &str) -> Server {
 
 impl Server {
     pub fn logs(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.text()
     }
 
     /// Waits until a log line contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        self.log.wait_for(needle, timeout).is_some()
     }
 
     pub async fn tls(&self, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
