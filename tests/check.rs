@@ -57,7 +57,7 @@ fn golden(name: &str, actual: &str) {
     assert_eq!(actual, expected, "output differs from {}", path.display());
 }
 
-const MANIFESTS: &str = "../shared/fixtures/manifests";
+const MANIFESTS: &str = "tests/fixtures/manifests";
 
 #[test]
 fn golden_text_and_json_reports_for_the_shared_manifests() {

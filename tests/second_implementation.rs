@@ -134,7 +134,7 @@ async fn shared_manifests() {
         ("cassandra-statefulset.yaml", false),
         ("zookeeper-statefulset.yaml", true),
     ] {
-        let path = shared().join("manifests").join(file);
+        let path = fixtures().join("manifests").join(file);
         let docs =
             stateful_guard::check::parse_stream(&std::fs::read_to_string(&path).unwrap(), file)
                 .unwrap();

@@ -21,7 +21,7 @@ pub const CASES: [(&str, Phase); 3] = [
 
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../shared/fixtures/admission-reviews/{name}",
+        "{}/tests/fixtures/admission-reviews/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

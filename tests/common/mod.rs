@@ -11,19 +11,19 @@ use stateful_guard::cluster::{ClusterView, Snapshot};
 use stateful_guard::engine::Phase;
 use stateful_guard::policy::{PolicySet, parse_documents};
 
-/// `../shared/fixtures`, beside the repository.
-pub fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+/// `tests/fixtures`: the captured reviews and manifests (see its README).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 pub fn review_fixture(name: &str) -> Vec<u8> {
-    let path = shared().join("admission-reviews").join(name);
+    let path = fixtures().join("admission-reviews").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Every captured AdmissionReview (name, body).
 pub fn review_fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir = shared().join("admission-reviews");
+    let dir = fixtures().join("admission-reviews");
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -41,7 +41,7 @@ pub fn review_fixtures() -> Vec<(String, Vec<u8>)> {
     out.sort();
     assert!(
         out.len() >= 10,
-        "expected the shared fixtures, found {}",
+        "expected the captured fixtures, found {}",
         out.len()
     );
     out
