@@ -308,6 +308,7 @@ fn evaluate_value(
                 namespace: ns,
                 object,
                 old: None,
+                claim_owner: None,
             };
             engine::evaluate(phase, &subject, policies, cluster)
         };

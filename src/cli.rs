@@ -111,6 +111,18 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_UNINTERPRETABLE", value_enum, default_value = "allow")]
     pub uninterpretable: Uninterpretable,
 
+    /// Usernames of the StatefulSet controller (comma-separated). A PVC one of them creates
+    /// for a StatefulSet of its namespace (`<template>-<statefulset>-<ordinal>`) gets exactly
+    /// what the claim template says: the StatefulSet's admission already decided, opt-outs
+    /// included.
+    #[arg(
+        long,
+        env = "SG_STATEFULSET_CONTROLLERS",
+        value_delimiter = ',',
+        default_values_t = crate::admission::DEFAULT_STATEFULSET_CONTROLLERS.map(String::from)
+    )]
+    pub statefulset_controllers: Vec<String>,
+
     /// Largest accepted request body; larger ones get HTTP 413.
     #[arg(long, env = "SG_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::cluster::ClusterView;
+use crate::cluster::{ClaimOwner, ClusterView};
 use crate::policy::{
     Mode, MutateAction, Policy, PolicySet, Selection, UpdateValidation, ValidateAction,
 };
@@ -56,6 +56,9 @@ pub struct Subject<'a> {
     pub object: Object<'a>,
     /// The stored object, on UPDATE.
     pub old: Option<Object<'a>>,
+    /// For a PVC the StatefulSet controller creates: the StatefulSet and claim template it is
+    /// for (see [`crate::cluster::ClaimOwner`]).
+    pub claim_owner: Option<&'a ClaimOwner>,
 }
 
 /// A mutation rule's outcome and whether it is applied.
@@ -63,8 +66,12 @@ pub struct Subject<'a> {
 pub struct RuleMutation {
     pub rule: RuleId,
     pub action: MutateAction,
-    /// True when the patch is sent to the apiserver (action `mutate`, mode `enforce`).
+    /// True when the patch is sent to the apiserver (action `mutate`, mode `enforce`; always
+    /// for a kept decision).
     pub applied: bool,
+    /// A decision made at CREATE that an UPDATE tried to revert, put back (see
+    /// [`keep_decisions`]); not a new mutation.
+    pub kept: bool,
     pub mutation: Mutation,
 }
 
@@ -85,6 +92,9 @@ pub struct Evaluation {
     pub skipped: Option<String>,
     /// Rules the object exempted itself from.
     pub exempted: Vec<RuleId>,
+    /// On UPDATE, the [`MUTATED_ANNOTATION`] of the stored object: the record of what was
+    /// decided at CREATE, which the updated object keeps.
+    pub recorded: Option<String>,
     pub mutations: Vec<RuleMutation>,
     pub findings: Vec<Reported>,
 }
@@ -104,59 +114,73 @@ impl Evaluation {
 
     /// The JSON Patch sent to the apiserver: applied mutations plus the annotation listing them.
     pub fn patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
-        self.build_patch(meta, |m| m.applied)
+        self.build_patch(meta, |m| m.applied, self.recorded.as_deref())
     }
 
     /// The patch that would be sent if every mutation rule in `mutate` or `audit` were applied
     /// in enforce mode: what audit mode reports.
     pub fn would_be_patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
-        self.build_patch(meta, |m| !m.applied)
+        self.build_patch(meta, |m| !m.applied, None)
     }
 
     fn build_patch(
         &self,
         meta: &ObjectMeta,
         pick: impl Fn(&RuleMutation) -> bool,
+        recorded: Option<&str>,
     ) -> Vec<PatchOperation> {
         let chosen: Vec<&RuleMutation> = self
             .mutations
             .iter()
             .filter(|m| !m.mutation.ops.is_empty() && pick(m))
             .collect();
-        if chosen.is_empty() {
+        if chosen.is_empty() && recorded.is_none() {
             return vec![];
         }
         let mut ops: Vec<PatchOperation> = chosen
             .iter()
             .flat_map(|m| m.mutation.ops.iter().cloned())
             .collect();
-        if let Some(op) = mutated_annotation(meta, chosen.iter().map(|m| m.rule)) {
+        if let Some(op) = mutated_annotation(meta, chosen.iter().map(|m| m.rule), recorded) {
             ops.push(op);
         }
         ops
     }
 }
 
+/// The entries of a [`MUTATED_ANNOTATION`] value.
+fn recorded_entries(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The annotation value on `meta`, if any.
+fn recorded_on(meta: &ObjectMeta) -> Option<&String> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(MUTATED_ANNOTATION))
+}
+
 /// The operation that records `rules` in the [`MUTATED_ANNOTATION`], merged with what an
-/// earlier invocation recorded (reinvocation must stay consistent).
+/// earlier invocation recorded (reinvocation must stay consistent) and, on UPDATE, with what the
+/// stored object recorded (an update that drops the annotation does not erase the record).
 fn mutated_annotation(
     meta: &ObjectMeta,
     rules: impl Iterator<Item = RuleId>,
+    recorded: Option<&str>,
 ) -> Option<PatchOperation> {
-    let existing = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(MUTATED_ANNOTATION));
-    let mut all: BTreeSet<String> = existing
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    all.extend(rules.map(|r| r.as_str().to_owned()));
+    let existing = recorded_on(meta);
+    let mut all: BTreeSet<&str> = existing
+        .map(|v| recorded_entries(v.as_str()))
+        .into_iter()
+        .flatten()
+        .chain(recorded.map(recorded_entries).into_iter().flatten())
+        .collect();
+    for rule in rules {
+        all.insert(rule.as_str());
+    }
+    if all.is_empty() {
+        return None;
+    }
     let value = all.into_iter().collect::<Vec<_>>().join(",");
     if existing == Some(&value) {
         return None;
@@ -180,11 +204,43 @@ pub fn evaluate(
     policies: &PolicySet,
     cluster: &dyn ClusterView,
 ) -> Evaluation {
-    let policy = match policies.select(subject.namespace, cluster) {
+    if let (Object::Pvc(pvc), Some(owner)) = (subject.object, subject.claim_owner) {
+        // The StatefulSet's own admission decided its claims' class, with its opt-outs.
+        return Evaluation {
+            skipped: Some(format!(
+                "PersistentVolumeClaim {} is created by the StatefulSet controller from claim template {:?} of StatefulSet {}: it gets what that template says, decided when the StatefulSet was admitted",
+                pvc.metadata.name.as_deref().unwrap_or("?"),
+                owner.template,
+                owner.statefulset
+            )),
+            ..Default::default()
+        };
+    }
+    let selection = policies.select(subject.namespace, cluster);
+    // Decisions made at CREATE are kept whatever the policy says now: keeping one is not a new
+    // mutation, and an immutable field reverted would make the update fail.
+    let (kept, recorded) = match (phase, subject.object, subject.old) {
+        (Phase::Mutate, Object::StatefulSet(new), Some(Object::StatefulSet(old)))
+            if subject.operation == Operation::Update =>
+        {
+            let storage = match &selection {
+                Selection::Policy(p) => p.spec.rules.fast_storage_class.as_ref(),
+                _ => None,
+            };
+            (
+                keep_decisions(new, old, storage),
+                recorded_on(&old.metadata).cloned(),
+            )
+        }
+        _ => (Vec::new(), None),
+    };
+    let policy = match selection {
         Selection::Policy(p) => p,
         Selection::Exempt(reason) => {
             return Evaluation {
                 skipped: Some(reason),
+                mutations: kept,
+                recorded,
                 ..Default::default()
             };
         }
@@ -194,6 +250,8 @@ pub fn evaluate(
                     "no policy applies to namespace {}",
                     subject.namespace
                 )),
+                mutations: kept,
+                recorded,
                 ..Default::default()
             };
         }
@@ -209,10 +267,15 @@ pub fn evaluate(
         policy: Some(policy.clone()),
         mode: policy.spec.mode,
         exempted,
+        recorded,
         ..Default::default()
     };
     match phase {
-        Phase::Mutate => eval.mutations = mutate(subject.object, policy, &eval, &ctx),
+        Phase::Mutate => {
+            let new = mutate(subject.object, policy, &eval, &kept, &ctx);
+            eval.mutations = kept;
+            eval.mutations.extend(new);
+        }
         Phase::Validate => eval.findings = validate(subject, policy, &eval, &ctx),
     }
     eval
@@ -222,7 +285,61 @@ fn active(eval: &Evaluation, rule: RuleId, action_off: bool) -> bool {
     !action_off && !eval.exempted.contains(&rule)
 }
 
-fn mutate(object: Object, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<RuleMutation> {
+/// The decisions recorded on the stored object (its [`MUTATED_ANNOTATION`]) that an UPDATE
+/// reverted, put back: each mutation rule's `keep`, in the order the rules run.
+fn keep_decisions(
+    new: &StatefulSet,
+    old: &StatefulSet,
+    storage: Option<&fast_storage_class::Config>,
+) -> Vec<RuleMutation> {
+    let Some(recorded) = recorded_on(&old.metadata) else {
+        return Vec::new();
+    };
+    let was = |rule: RuleId| recorded_entries(recorded).any(|r| r == rule.as_str());
+    let mut out = Vec::new();
+    for rule in MUTATION_ORDER {
+        if !was(rule) {
+            continue;
+        }
+        let result = match rule {
+            RuleId::FastStorageClass => fast_storage_class::keep(new, old, storage),
+            RuleId::PodAntiAffinity => rules::pod_anti_affinity::keep(new, old),
+            RuleId::TopologySpread => rules::topology_spread::keep(new, old),
+            RuleId::ParallelPodManagement => rules::parallel_pod_management::keep(new, old),
+            _ => continue,
+        };
+        match result {
+            Ok(mutation) if !mutation.ops.is_empty() => out.push(RuleMutation {
+                rule,
+                action: MutateAction::Mutate,
+                applied: true,
+                kept: true,
+                mutation,
+            }),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%rule, %error, "rule failed to build the patch that keeps its decision")
+            }
+        }
+    }
+    out
+}
+
+/// The mutation rules, in the order they run on a StatefulSet.
+const MUTATION_ORDER: [RuleId; 4] = [
+    RuleId::FastStorageClass,
+    RuleId::PodAntiAffinity,
+    RuleId::TopologySpread,
+    RuleId::ParallelPodManagement,
+];
+
+fn mutate(
+    object: Object,
+    policy: &Policy,
+    eval: &Evaluation,
+    kept: &[RuleMutation],
+    ctx: &Context,
+) -> Vec<RuleMutation> {
     let rules = &policy.spec.rules;
     let mut out = Vec::new();
     let mut push = |rule: RuleId, result: Result<Mutation, serde_json::Error>| {
@@ -236,11 +353,16 @@ fn mutate(object: Object, policy: &Policy, eval: &Evaluation, ctx: &Context) -> 
                 rule,
                 action,
                 applied: action == MutateAction::Mutate && eval.mode == Mode::Enforce,
+                kept: false,
                 mutation,
             });
         }
     };
-    let on = |rule| active(eval, rule, rules.mutate_action(rule) == MutateAction::Off);
+    // A rule whose earlier decision was just kept has nothing new to add.
+    let on = |rule| {
+        active(eval, rule, rules.mutate_action(rule) == MutateAction::Off)
+            && !kept.iter().any(|k| k.rule == rule)
+    };
     let storage = rules.fast_storage_class.as_ref();
     match object {
         Object::StatefulSet(sts) => {

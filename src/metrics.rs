@@ -32,6 +32,11 @@ pub struct MutationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -49,6 +54,7 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     pub findings: Family<FindingLabels, Counter>,
     pub mutations: Family<MutationLabels, Counter>,
+    pub kept: Family<RuleLabels, Counter>,
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub policy_errors: Family<SourceLabels, Counter>,
     pub policies_loaded: Gauge,
@@ -103,6 +109,12 @@ impl Metrics {
             "Mutations computed, by rule and whether they were applied (false: audit)",
             mutations.clone(),
         );
+        let kept = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "kept_decisions",
+            "Decisions made at creation that an update reverted and that were put back, by rule",
+            kept.clone(),
+        );
         let policy_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -140,6 +152,7 @@ impl Metrics {
             latency,
             findings,
             mutations,
+            kept,
             policy_reloads,
             policy_errors,
             policies_loaded,

@@ -27,6 +27,7 @@ async fn a_denial_does_not_wait_for_an_overloaded_apiserver() {
         cluster: &cached,
         live: Some(&live),
         uninterpretable: Uninterpretable::Allow,
+        statefulset_controllers: &STATEFULSET_CONTROLLERS,
     };
     // A captured review, its StatefulSet scaled to a quorum (3), so require-pdb applies.
     let captured = review_fixture("statefulset-create.validating.json");

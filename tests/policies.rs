@@ -251,6 +251,7 @@ fn reload_under_concurrent_requests_never_fails_a_request() {
                         namespace: "default",
                         object: Object::StatefulSet(&sts),
                         old: None,
+                        claim_owner: None,
                     };
                     let eval =
                         engine::evaluate(Phase::Mutate, &subject, &policies, &Snapshot::unknown());

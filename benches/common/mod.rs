@@ -52,6 +52,7 @@ impl HotPath {
             cluster: &self.cluster,
             live: None,
             uninterpretable: Uninterpretable::Allow,
+            statefulset_controllers: &[],
         };
         self.runtime.block_on(async {
             let (review, _) = reviewer.review(phase, body).await.unwrap();

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::cluster::cache::ClusterCache;
-use crate::cluster::{ClusterView, WithLivePdbs};
+use crate::cluster::{ClaimOwner, ClusterView, WithLivePdbs};
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
@@ -49,7 +49,17 @@ pub struct Reviewer<'a> {
     /// For the one live list of PDBs before a `require-pdb` denial.
     pub live: Option<&'a ClusterCache>,
     pub uninterpretable: Uninterpretable,
+    /// Identities of the StatefulSet controller: a PVC one of them creates for a known
+    /// StatefulSet gets what the StatefulSet's claim template says.
+    pub statefulset_controllers: &'a [String],
 }
+
+/// The StatefulSet controller's identity, with and without
+/// `--use-service-account-credentials` on kube-controller-manager.
+pub const DEFAULT_STATEFULSET_CONTROLLERS: [&str; 2] = [
+    "system:serviceaccount:kube-system:statefulset-controller",
+    "system:kube-controller-manager",
+];
 
 /// What a review decided, for logs and metrics.
 #[derive(Debug, Clone)]
@@ -162,11 +172,20 @@ impl Reviewer<'_> {
         if outcome.name.is_empty() {
             outcome.name = display_name(object.meta(), &namespace);
         }
+        let object = wrap(object);
+        let claim_owner = match object {
+            Object::Pvc(pvc) if operation == Operation::Create => {
+                self.claim_owner(&req.user_info.username, &namespace, pvc)
+                    .await
+            }
+            _ => None,
+        };
         let subject = Subject {
             operation,
             namespace: &namespace,
-            object: wrap(object),
+            object,
             old: req.old_object.as_ref().map(wrap),
+            claim_owner: claim_owner.as_ref(),
         };
         let mut eval = engine::evaluate(phase, &subject, self.policies, self.cluster);
         if let Some(live) = self.live
@@ -191,18 +210,43 @@ impl Reviewer<'_> {
             }
         }
         let resp = response::build(AdmissionResponse::from(&req), &eval, object.meta());
-        outcome.decision = if eval.skipped.is_some() {
-            "skipped"
-        } else if !resp.allowed {
+        outcome.decision = if !resp.allowed {
             "denied"
         } else if resp.patch.is_some() {
             "patched"
+        } else if eval.skipped.is_some() {
+            "skipped"
         } else {
             "allowed"
         };
         outcome.evaluation = Some(eval);
         outcome.would_patch = resp.audit_annotations.get("would-patch").cloned();
         Ok((resp.into_review(), outcome))
+    }
+
+    /// For a PVC the StatefulSet controller creates: the StatefulSet it is for. The cache
+    /// first; on a miss, one bounded live list (the StatefulSet may be seconds old).
+    async fn claim_owner(
+        &self,
+        requester: &Option<String>,
+        namespace: &str,
+        pvc: &PersistentVolumeClaim,
+    ) -> Option<ClaimOwner> {
+        let requester = requester.as_deref()?;
+        if !self.statefulset_controllers.iter().any(|c| c == requester) {
+            return None;
+        }
+        let claim = pvc.metadata.name.as_deref()?;
+        if let Some(owner) = self.cluster.claim_owner(namespace, claim) {
+            return Some(owner);
+        }
+        match self.live?.live_claim_owner(namespace, claim).await {
+            Ok(owner) => owner,
+            Err(error) => {
+                tracing::warn!(%error, claim, "live StatefulSet list failed; the claim is evaluated as any other");
+                None
+            }
+        }
     }
 
     fn passthrough(

@@ -27,16 +27,19 @@ fn annotate(annotations: &mut HashMap<String, String>, key: &str, value: String)
 
 /// Applies `eval` to the response built from the request.
 pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> AdmissionResponse {
-    if eval.skipped.is_some() {
+    // Skipped (no policy applies) still keeps the decisions made at creation.
+    if eval.skipped.is_some() && eval.mutations.is_empty() && eval.recorded.is_none() {
         return resp;
     }
     let auditing = eval.mode == Mode::Audit;
     let mut warnings = Vec::new();
     let mut annotations = HashMap::new();
-    annotations.insert(
-        "policy".to_owned(),
-        format!("{} ({})", eval.policy_name(), eval.mode.as_str()),
-    );
+    if eval.policy.is_some() {
+        annotations.insert(
+            "policy".to_owned(),
+            format!("{} ({})", eval.policy_name(), eval.mode.as_str()),
+        );
+    }
 
     for m in &eval.mutations {
         let rule = m.rule.as_str();
@@ -65,14 +68,16 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
             }
         }
     }
-    let applied: Vec<&str> = eval
-        .mutations
-        .iter()
-        .filter(|m| m.applied && !m.mutation.ops.is_empty())
-        .map(|m| m.rule.as_str())
-        .collect();
-    if !applied.is_empty() {
-        annotations.insert("mutated".to_owned(), applied.join(","));
+    for (key, kept) in [("mutated", false), ("kept", true)] {
+        let rules: Vec<&str> = eval
+            .mutations
+            .iter()
+            .filter(|m| m.applied && m.kept == kept && !m.mutation.ops.is_empty())
+            .map(|m| m.rule.as_str())
+            .collect();
+        if !rules.is_empty() {
+            annotations.insert(key.to_owned(), rules.join(","));
+        }
     }
     let would = eval.would_be_patch(meta);
     if !would.is_empty()

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -15,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::ClusterView;
+use super::{ClaimOwner, ClusterView, claim_owner_among, statefulset_projection};
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
 /// milliseconds; but an overloaded apiserver answers 429/503, which kube's client retries for
@@ -38,6 +39,9 @@ pub struct ClusterCache {
     pdbs: Store<PodDisruptionBudget>,
     storage_classes: Store<StorageClass>,
     namespaces: Store<Namespace>,
+    /// Projections (name and claim template names), to recognise the claims the StatefulSet
+    /// controller creates.
+    statefulsets: Store<StatefulSet>,
     synced: Arc<AtomicBool>,
 }
 
@@ -45,22 +49,26 @@ impl ClusterCache {
     /// Starts the watches on the current tokio runtime. The cache reports `is_known() == false`
     /// (and `/readyz` stays false) until every store has received its initial list.
     pub fn start(client: Client) -> Self {
-        let pdbs = spawn_reflector::<PodDisruptionBudget>(Api::all(client.clone()));
-        let storage_classes = spawn_reflector::<StorageClass>(Api::all(client.clone()));
-        let namespaces = spawn_reflector::<Namespace>(Api::all(client.clone()));
+        let pdbs = spawn_reflector::<PodDisruptionBudget>(Api::all(client.clone()), |_| {});
+        let storage_classes = spawn_reflector::<StorageClass>(Api::all(client.clone()), |_| {});
+        let namespaces = spawn_reflector::<Namespace>(Api::all(client.clone()), |_| {});
+        let statefulsets =
+            spawn_reflector::<StatefulSet>(Api::all(client.clone()), statefulset_projection);
         let synced = Arc::new(AtomicBool::new(false));
         {
-            let (pdbs, classes, namespaces, synced) = (
+            let (pdbs, classes, namespaces, statefulsets, synced) = (
                 pdbs.clone(),
                 storage_classes.clone(),
                 namespaces.clone(),
+                statefulsets.clone(),
                 synced.clone(),
             );
             tokio::spawn(async move {
-                let ready = futures::future::try_join3(
+                let ready = futures::future::try_join4(
                     pdbs.wait_until_ready(),
                     classes.wait_until_ready(),
                     namespaces.wait_until_ready(),
+                    statefulsets.wait_until_ready(),
                 )
                 .await;
                 match ready {
@@ -77,6 +85,7 @@ impl ClusterCache {
             pdbs,
             storage_classes,
             namespaces,
+            statefulsets,
             synced,
         }
     }
@@ -98,9 +107,25 @@ impl ClusterCache {
             .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
         Ok(list.items.into_iter().map(Arc::new).collect())
     }
+
+    /// One live list of a namespace's StatefulSets, to find the owner of a claim the cache does
+    /// not know yet (its StatefulSet was created a moment ago); bounded by [`LIVE_LIST_BUDGET`].
+    pub async fn live_claim_owner(
+        &self,
+        namespace: &str,
+        claim: &str,
+    ) -> Result<Option<ClaimOwner>, LiveListError> {
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        let list = tokio::time::timeout(LIVE_LIST_BUDGET, api.list(&ListParams::default()))
+            .await
+            .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
+        Ok(claim_owner_among(&list.items, claim))
+    }
 }
 
-fn spawn_reflector<K>(api: Api<K>) -> Store<K>
+/// A reflector whose store keeps each object after `project` (which drops what the rules never
+/// read, so the cache stays small).
+fn spawn_reflector<K>(api: Api<K>, project: fn(&mut K)) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -108,6 +133,7 @@ where
     let kind = K::kind(&());
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(project)
         .reflect(writer)
         .touched_objects();
     tokio::spawn(async move {
@@ -139,5 +165,11 @@ impl ClusterView for ClusterCache {
         self.namespaces
             .get(&ObjectRef::new(namespace))
             .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
+    }
+    fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner> {
+        let statefulsets = self
+            .statefulsets
+            .state_filter(|s| s.metadata.namespace.as_deref() == Some(namespace));
+        claim_owner_among(statefulsets.iter().map(|s| s.as_ref()), claim)
     }
 }

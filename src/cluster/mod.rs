@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -35,6 +36,9 @@ pub trait ClusterView: Send + Sync {
     fn storage_classes(&self) -> Vec<Arc<StorageClass>>;
     /// The labels of a namespace, when the namespace is known.
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+    /// The StatefulSet of `namespace` whose claim template a PVC named `claim` is made from
+    /// (`<template>-<statefulset>-<ordinal>`), when one is known.
+    fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner>;
 
     /// The class the DefaultStorageClass admission plugin would choose: among classes marked
     /// default, the newest (as kube-apiserver does since 1.26), then by name.
@@ -48,6 +52,62 @@ pub trait ClusterView: Send + Sync {
                     .cmp(&created(b))
                     .then_with(|| b.metadata.name.cmp(&a.metadata.name))
             })
+    }
+}
+
+/// The StatefulSet and claim template a PVC is made from: the StatefulSet controller names each
+/// replica's claim `<template>-<statefulset>-<ordinal>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimOwner {
+    pub statefulset: String,
+    pub template: String,
+}
+
+/// The claim owner of `claim` among `statefulsets` (all of one namespace).
+pub fn claim_owner_among<'a>(
+    statefulsets: impl IntoIterator<Item = &'a StatefulSet>,
+    claim: &str,
+) -> Option<ClaimOwner> {
+    statefulsets.into_iter().find_map(|sts| {
+        let name = sts.metadata.name.as_deref()?;
+        let template = sts
+            .spec
+            .volume_claim_templates
+            .iter()
+            .flatten()
+            .filter_map(|t| t.metadata.name.as_deref())
+            .find(|template| {
+                claim
+                    .strip_prefix(*template)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|rest| rest.strip_prefix(name))
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|ordinal| {
+                        !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit())
+                    })
+            })?;
+        Some(ClaimOwner {
+            statefulset: name.to_owned(),
+            template: template.to_owned(),
+        })
+    })
+}
+
+/// A StatefulSet reduced to what the cluster view needs (name, namespace, claim template names):
+/// the cache keeps this, not the whole object with its pod template and managedFields.
+pub fn statefulset_projection(sts: &mut StatefulSet) {
+    sts.metadata.managed_fields = None;
+    sts.metadata.annotations = None;
+    sts.metadata.labels = None;
+    sts.metadata.owner_references = None;
+    sts.spec.template = Default::default();
+    sts.spec.selector = Default::default();
+    sts.status = None;
+    for template in sts.spec.volume_claim_templates.iter_mut().flatten() {
+        template.spec = None;
+        template.status = None;
+        template.metadata.labels = None;
+        template.metadata.annotations = None;
     }
 }
 
@@ -67,6 +127,7 @@ pub struct Snapshot {
     pdbs: Vec<Arc<PodDisruptionBudget>>,
     storage_classes: Vec<Arc<StorageClass>>,
     namespaces: Vec<Arc<Namespace>>,
+    statefulsets: Vec<Arc<StatefulSet>>,
 }
 
 impl Snapshot {
@@ -86,7 +147,14 @@ impl Snapshot {
             pdbs: pdbs.into_iter().map(Arc::new).collect(),
             storage_classes: storage_classes.into_iter().map(Arc::new).collect(),
             namespaces: namespaces.into_iter().map(Arc::new).collect(),
+            statefulsets: Vec::new(),
         }
+    }
+
+    /// The same, also knowing these StatefulSets.
+    pub fn with_statefulsets(mut self, statefulsets: Vec<StatefulSet>) -> Self {
+        self.statefulsets = statefulsets.into_iter().map(Arc::new).collect();
+        self
     }
 }
 
@@ -118,6 +186,15 @@ impl ClusterView for Snapshot {
             .iter()
             .find(|ns| ns.metadata.name.as_deref() == Some(namespace))
             .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
+    }
+    fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner> {
+        claim_owner_among(
+            self.statefulsets
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+                .map(|s| s.as_ref()),
+            claim,
+        )
     }
 }
 
@@ -151,6 +228,9 @@ impl ClusterView for WithLivePdbs<'_> {
     }
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         self.base.namespace_labels(namespace)
+    }
+    fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner> {
+        self.base.claim_owner(namespace, claim)
     }
 }
 
@@ -189,6 +269,63 @@ mod tests {
         );
         let default = snap.default_storage_class().unwrap();
         assert_eq!(default.metadata.name.as_deref(), Some("new-default"));
+    }
+
+    fn sts(name: &str, templates: &[&str]) -> StatefulSet {
+        let mut sts = StatefulSet::default();
+        sts.metadata.name = Some(name.into());
+        sts.metadata.namespace = Some("db".into());
+        sts.spec.volume_claim_templates = Some(
+            templates
+                .iter()
+                .map(|t| k8s_openapi::api::core::v1::PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some((*t).into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        sts
+    }
+
+    #[test]
+    fn claims_are_matched_to_their_statefulset_by_template_name_and_ordinal() {
+        let snap = Snapshot::known(vec![], vec![], vec![])
+            .with_statefulsets(vec![sts("web", &["www", "logs"]), sts("web-a", &["www"])]);
+        let owner = |claim| snap.claim_owner("db", claim);
+        assert_eq!(
+            owner("www-web-0"),
+            Some(ClaimOwner {
+                statefulset: "web".into(),
+                template: "www".into()
+            })
+        );
+        assert_eq!(owner("logs-web-12").unwrap().template, "logs");
+        // Hyphens in names: `www-web-a-1` is web-a's claim, not web's.
+        assert_eq!(owner("www-web-a-1").unwrap().statefulset, "web-a");
+        // Not an ordinal, no ordinal, another template, another namespace.
+        assert_eq!(owner("www-web-x"), None);
+        assert_eq!(owner("www-web-"), None);
+        assert_eq!(owner("data-web-0"), None);
+        assert_eq!(snap.claim_owner("other", "www-web-0"), None);
+    }
+
+    #[test]
+    fn the_projection_keeps_what_claim_matching_needs() {
+        let mut full = sts("web", &["www"]);
+        full.spec.template.metadata = Some(ObjectMeta {
+            labels: Some([("app".to_string(), "web".to_string())].into()),
+            ..Default::default()
+        });
+        statefulset_projection(&mut full);
+        assert_eq!(full.spec.template, Default::default());
+        let snap = Snapshot::known(vec![], vec![], vec![]).with_statefulsets(vec![full]);
+        assert_eq!(
+            snap.claim_owner("db", "www-web-3").unwrap().statefulset,
+            "web"
+        );
     }
 
     #[test]

@@ -240,6 +240,75 @@ pub fn mutate_pvc(
     })
 }
 
+/// On UPDATE of a StatefulSet this rule changed at CREATE: keeps the class stored on each claim
+/// template when the update re-sends the template without one (every apply re-sends the list
+/// whole, as the manifest wrote it) or with a class this rule replaces. `volumeClaimTemplates`
+/// is immutable, so without this every `kubectl apply`, `replace` or `helm upgrade` fails.
+/// A different class named explicitly is the user's choice: it stays, and the apiserver reports
+/// the real conflict.
+pub fn keep(
+    new: &StatefulSet,
+    old: &StatefulSet,
+    cfg: Option<&Config>,
+) -> Result<Mutation, serde_json::Error> {
+    let old_templates = old
+        .spec
+        .volume_claim_templates
+        .as_deref()
+        .unwrap_or_default();
+    let templates = new
+        .spec
+        .volume_claim_templates
+        .as_deref()
+        .unwrap_or_default();
+    let mut out = Mutation::none();
+    let mut kept = Vec::new();
+    for (i, vct) in templates.iter().enumerate() {
+        let Some(name) = vct.metadata.name.as_deref() else {
+            continue;
+        };
+        let Some(stored) = old_templates
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(name))
+            .and_then(|o| o.spec.as_ref()?.storage_class_name.as_deref())
+            .filter(|c| !c.is_empty())
+        else {
+            continue;
+        };
+        let incoming = vct
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_deref());
+        let revert = match incoming {
+            None => true,
+            Some(c) if c == stored => false,
+            Some(c) => cfg.is_some_and(|cfg| cfg.slow_classes.iter().any(|s| s == c)),
+        };
+        if !revert {
+            continue;
+        }
+        let index = i.to_string();
+        let base = ["spec", "volumeClaimTemplates", index.as_str()];
+        out.ops.push(if vct.spec.is_some() {
+            patch::set(
+                &[&base[..], &["spec", "storageClassName"]].concat(),
+                incoming.is_some(),
+                &stored,
+            )?
+        } else {
+            patch::add_creating(&base, &["spec", "storageClassName"], &stored)?
+        });
+        kept.push(format!("{stored:?} on claim template {name:?}"));
+    }
+    if !kept.is_empty() {
+        out.summary = format!(
+            "kept storageClassName {} (set at creation; the field is immutable)",
+            kept.join(", ")
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

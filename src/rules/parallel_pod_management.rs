@@ -54,6 +54,32 @@ pub fn mutate(
     })
 }
 
+/// On UPDATE of a StatefulSet this rule changed at CREATE: keeps `Parallel` when the update
+/// sends the default back (`kubectl replace` of the original manifest, a PUT by a GitOps tool).
+/// `podManagementPolicy` is immutable, so without this the update fails. `OrderedReady` that the
+/// user wrote (in the applied manifest, or owned by a server-side applier) or the opt-out
+/// annotation is a choice: it stays, and the apiserver reports the real conflict.
+pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
+    let incoming = new.spec.pod_management_policy.as_deref();
+    if old.spec.pod_management_policy.as_deref() != Some("Parallel")
+        || !matches!(incoming, None | Some("OrderedReady"))
+        || has_annotation(&new.metadata, OPT_OUT_ANNOTATION, "OrderedReady")
+        || provenance(&new.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet
+    {
+        return Ok(Mutation::none());
+    }
+    Ok(Mutation {
+        ops: vec![patch::set(
+            &["spec", "podManagementPolicy"],
+            incoming.is_some(),
+            &"Parallel",
+        )?],
+        summary: "kept podManagementPolicy Parallel (set at creation; the field is immutable)"
+            .into(),
+        notes: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

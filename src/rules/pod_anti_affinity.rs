@@ -122,6 +122,40 @@ pub fn mutate(
     })
 }
 
+/// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops the pod
+/// anti-affinity altogether (a `kubectl replace` or PUT of the original manifest), keeps the
+/// stored one, so the pod template ends up as the stored template plus the user's own change
+/// and the pods keep their spreading. An anti-affinity the update sends is the user's: it stays.
+pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
+    let Some(stored) = old
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.affinity.as_ref()?.pod_anti_affinity.as_ref())
+    else {
+        return Ok(Mutation::none());
+    };
+    let Some(pod) = new.spec.template.spec.as_ref() else {
+        return Ok(Mutation::none());
+    };
+    let base = ["spec", "template", "spec"];
+    let op = match &pod.affinity {
+        Some(a) if a.pod_anti_affinity.is_some() => return Ok(Mutation::none()),
+        Some(_) => patch::add_creating(
+            &[&base[..], &["affinity"]].concat(),
+            &["podAntiAffinity"],
+            stored,
+        )?,
+        None => patch::add_creating(&base, &["affinity", "podAntiAffinity"], stored)?,
+    };
+    Ok(Mutation {
+        ops: vec![op],
+        summary: "kept the pod anti-affinity set at creation (the update dropped it; without it replicas can land on one node)".into(),
+        notes: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

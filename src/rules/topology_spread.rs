@@ -149,6 +149,41 @@ pub fn mutate(
     })
 }
 
+/// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops every
+/// topology spread constraint (a `kubectl replace` or PUT of the original manifest), keeps the
+/// stored ones, so the pods keep their spreading. Constraints the update sends are the user's.
+pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
+    let Some(stored) = old
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.topology_spread_constraints.as_ref())
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(Mutation::none());
+    };
+    let Some(pod) = new.spec.template.spec.as_ref() else {
+        return Ok(Mutation::none());
+    };
+    if pod
+        .topology_spread_constraints
+        .as_ref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        return Ok(Mutation::none());
+    }
+    Ok(Mutation {
+        ops: vec![patch::set(
+            &["spec", "template", "spec", "topologySpreadConstraints"],
+            pod.topology_spread_constraints.is_some(),
+            stored,
+        )?],
+        summary: "kept the topology spread constraints set at creation (the update dropped them; without them one zone outage can take every replica)".into(),
+        notes: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,6 +189,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         live,
         metrics: metrics.clone(),
         uninterpretable: args.uninterpretable,
+        statefulset_controllers: args.statefulset_controllers.clone(),
         shutting_down: Default::default(),
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
     });

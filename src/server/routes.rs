@@ -17,7 +17,9 @@ use crate::admission::{Outcome, Reviewer, Uninterpretable, response::headline};
 use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
 use crate::engine::Phase;
-use crate::metrics::{EndpointLabels, FindingLabels, Metrics, MutationLabels, RequestLabels};
+use crate::metrics::{
+    EndpointLabels, FindingLabels, Metrics, MutationLabels, RequestLabels, RuleLabels,
+};
 use crate::policy::source::PolicyStore;
 
 /// Everything the handlers share.
@@ -27,6 +29,7 @@ pub struct AppState {
     pub live: Option<ClusterCache>,
     pub metrics: Arc<Metrics>,
     pub uninterpretable: Uninterpretable,
+    pub statefulset_controllers: Vec<String>,
     /// Set on SIGTERM: readiness goes false while in-flight requests finish.
     pub shutting_down: AtomicBool,
     /// False while `--cert-bootstrap` serves its provisional certificate.
@@ -143,6 +146,7 @@ async fn handle(
             cluster: state.cluster.as_ref(),
             live: state.live.as_ref(),
             uninterpretable: state.uninterpretable,
+            statefulset_controllers: &state.statefulset_controllers,
         };
         match reviewer.review(phase, &body).await {
             Ok((review, outcome)) => {
@@ -192,6 +196,16 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
         return;
     };
     for m in &eval.mutations {
+        if m.kept {
+            metrics
+                .kept
+                .get_or_create(&RuleLabels {
+                    rule: m.rule.as_str(),
+                })
+                .inc();
+            tracing::info!(rule = m.rule.as_str(), summary = %m.mutation.summary, "kept a decision made at creation");
+            continue;
+        }
         let applied = if m.applied { "true" } else { "false" };
         metrics
             .mutations

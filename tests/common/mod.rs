@@ -64,6 +64,14 @@ pub fn policies(yaml: &str) -> PolicySet {
     .0
 }
 
+/// The StatefulSet controller's identities, as `serve` has them by default.
+pub static STATEFULSET_CONTROLLERS: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| {
+        stateful_guard::admission::DEFAULT_STATEFULSET_CONTROLLERS
+            .map(String::from)
+            .to_vec()
+    });
+
 pub fn default_policies() -> PolicySet {
     PolicySet::embedded_default(vec!["stateful-guard".into()]).unwrap()
 }
@@ -81,6 +89,7 @@ pub async fn review_with(
         cluster,
         live: None,
         uninterpretable,
+        statefulset_controllers: &STATEFULSET_CONTROLLERS,
     };
     let (review, _) = reviewer.review(phase, body).await.expect("a review");
     decode_wire(&response::to_wire(review).unwrap())
@@ -158,6 +167,33 @@ pub fn with_object(body: &[u8], object: &Value) -> Vec<u8> {
 pub fn cluster(yaml: &str) -> Snapshot {
     let docs = stateful_guard::check::parse_stream(yaml, "test").unwrap();
     stateful_guard::check::snapshot(&docs).unwrap()
+}
+
+/// Applies `patch` to `object` with kubectl.
+pub fn kubectl_patch(dir: &std::path::Path, object: &Value, patch: &Value) -> Value {
+    let file = dir.join("object.json");
+    std::fs::write(&file, serde_json::to_vec(object).unwrap()).unwrap();
+    let out = std::process::Command::new(tool("kubectl"))
+        .args([
+            "patch",
+            "--local",
+            "--type=json",
+            "--show-managed-fields",
+            "-o",
+            "json",
+            "-f",
+        ])
+        .arg(&file)
+        .arg("-p")
+        .arg(patch.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl patch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// A tool the test suite needs (kubectl, kubernetes-validate), found on PATH.

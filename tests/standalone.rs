@@ -1,0 +1,89 @@
+//! A clone of this repository must stand alone: nothing in it may read a path outside it. The
+//! one exception is the integration harness's optional look-up of test binaries (a
+//! kube-apiserver in `../shared/k8s/`), which skips with a message when they are absent.
+use std::path::Path;
+use std::process::Command;
+
+/// Every file git tracks or would track (untracked but not ignored), so a new file counts too.
+fn repository_files(root: &Path) -> Vec<String> {
+    let out = Command::new("git")
+        .args([
+            "ls-files",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+            "-z",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git ls-files failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn nothing_reads_a_path_outside_the_repository() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = repository_files(root);
+    assert!(
+        files.iter().any(|f| f == "Cargo.toml"),
+        "the walk must see the repository's files"
+    );
+    // Spelled in pieces so that this file does not match itself.
+    let outside = [
+        concat!("..", "/shared"),
+        concat!("..", "\\shared"),
+        concat!("/work", "/shared"),
+    ];
+    let mut offenders = Vec::new();
+    for file in &files {
+        // Deleted in the work tree but still in the index.
+        let Ok(text) = std::fs::read(root.join(file)) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&text);
+        for (n, line) in text.lines().enumerate() {
+            for pattern in outside {
+                for (at, _) in line.match_indices(pattern) {
+                    let rest = &line[at + pattern.len()..];
+                    // The optional binary look-up of the integration harness.
+                    if rest.starts_with("/k8s") {
+                        continue;
+                    }
+                    offenders.push(format!("{file}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "paths outside the repository (copy what you need into tests/fixtures/):\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_readme_examples_use_the_repository_fixtures() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut referenced = 0;
+    for word in readme.split(|c: char| c.is_whitespace() || "`'\"()@".contains(c)) {
+        if let Some(at) = word.find("tests/fixtures/") {
+            let path = word[at..].trim_end_matches([',', '.', ':', ';']);
+            assert!(
+                root.join(path).exists(),
+                "README.md names {path}, which is not in the repository"
+            );
+            referenced += 1;
+        }
+    }
+    assert!(
+        referenced >= 3,
+        "the README's examples should post the repository's own fixtures"
+    );
+}
