@@ -45,6 +45,16 @@ pub enum InputError {
         name: String,
         message: String,
     },
+    #[error(
+        "{path}: document {document}: {kind} {name} is invalid, kube-apiserver would reject it: {message}"
+    )]
+    Invalid {
+        path: String,
+        document: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
     #[error("invalid policy: {0}")]
     Policy(String),
 }
@@ -173,6 +183,22 @@ fn decode<T: serde::de::DeserializeOwned>(doc: &Document, value: Value) -> Resul
             .to_owned(),
         message: e.to_string(),
     })
+}
+
+/// An object kube-apiserver's own validation refuses, in its words.
+fn invalid(doc: &Document, message: String) -> InputError {
+    InputError::Invalid {
+        path: doc.path.clone(),
+        document: doc.index,
+        kind: type_of(&doc.value).1.to_owned(),
+        name: doc
+            .value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned(),
+        message,
+    }
 }
 
 /// The cluster state the input describes.
@@ -309,11 +335,21 @@ fn evaluate_value(
                 object,
                 old: None,
                 claim_owner: None,
+                written: Some(&doc.value),
             };
             engine::evaluate(phase, &subject, policies, cluster)
         };
         if kind == "StatefulSet" {
+            let written_selector = value
+                .pointer("/spec/selector")
+                .is_some_and(|s| !s.is_null());
             let sts: StatefulSet = decode(doc, value)?;
+            if !written_selector {
+                return Err(invalid(doc, "spec.selector: Required value".into()));
+            }
+            if let Some(why) = engine::apiserver_rejects(&sts) {
+                return Err(invalid(doc, why));
+            }
             Ok((evaluate(Object::StatefulSet(&sts)), sts.metadata))
         } else {
             let pvc: PersistentVolumeClaim = decode(doc, value)?;

@@ -59,6 +59,8 @@ pub struct Subject<'a> {
     /// For a PVC the StatefulSet controller creates: the StatefulSet and claim template it is
     /// for (see [`crate::cluster::ClaimOwner`]).
     pub claim_owner: Option<&'a ClaimOwner>,
+    /// The object as its author wrote it, when it was read from a manifest (`check`).
+    pub written: Option<&'a serde_json::Value>,
 }
 
 /// A mutation rule's outcome and whether it is applied.
@@ -197,6 +199,36 @@ fn mutated_annotation(
     op.ok()
 }
 
+/// Why kube-apiserver's own validation refuses this StatefulSet whatever the webhooks answer,
+/// in its words: then there is nothing to mutate or report (the mutating webhook runs before
+/// that validation, so it does see such objects).
+pub fn apiserver_rejects(sts: &StatefulSet) -> Option<String> {
+    let selector = &sts.spec.selector;
+    if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty())
+    {
+        return Some(
+            "spec.selector: Invalid value: empty selector is invalid for statefulset".into(),
+        );
+    }
+    let labels = sts
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    if !crate::labels::matches(selector, &labels) {
+        return Some(format!(
+            "spec.template.metadata.labels: Invalid value: {labels:?}: `selector` does not match template `labels`"
+        ));
+    }
+    None
+}
+
 /// Evaluates one object under the policy that governs its namespace.
 pub fn evaluate(
     phase: Phase,
@@ -212,6 +244,16 @@ pub fn evaluate(
                 pvc.metadata.name.as_deref().unwrap_or("?"),
                 owner.template,
                 owner.statefulset
+            )),
+            ..Default::default()
+        };
+    }
+    if let Object::StatefulSet(sts) = subject.object
+        && let Some(why) = apiserver_rejects(sts)
+    {
+        return Evaluation {
+            skipped: Some(format!(
+                "not evaluated: kube-apiserver rejects this StatefulSet ({why})"
             )),
             ..Default::default()
         };
@@ -262,6 +304,7 @@ pub fn evaluate(
         namespace: subject.namespace,
         cluster,
         mutate_template_on_update: policy.spec.updates.mutate_template,
+        written: subject.written,
     };
     let mut eval = Evaluation {
         policy: Some(policy.clone()),

@@ -287,6 +287,33 @@ fn exit_codes_and_broken_input() {
         stderr(&out)
     );
 
+    // What kube-apiserver's validation refuses is an input error, in its words.
+    let container =
+        "template: {metadata: {labels: {app: x}}, spec: {containers: [{name: c, image: i}]}}";
+    for (spec, expected) in [
+        (
+            format!("{{serviceName: x, {container}}}"),
+            "StatefulSet x is invalid, kube-apiserver would reject it: spec.selector: Required value",
+        ),
+        (
+            format!("{{serviceName: x, selector: {{matchLabels: {{app: y}}}}, {container}}}"),
+            "spec.template.metadata.labels: Invalid value: {\"app\": \"x\"}: `selector` does not match template `labels`",
+        ),
+    ] {
+        let out = check(
+            &["-f", "-"],
+            Some(&format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: x}}\nspec: {spec}\n"
+            )),
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains("<stdin>: document 1: ") && stderr(&out).contains(expected),
+            "{}",
+            stderr(&out)
+        );
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("p.yaml");
     std::fs::write(&policy, "apiVersion: stateful-guard.io/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec: {moed: audit}\n").unwrap();

@@ -12,23 +12,49 @@ const TARGETS: [&str; 3] = [
     "deploy/overlays/cert-manager",
 ];
 
+/// Every target renders and passes the schemas strictly, for the oldest and the newest
+/// Kubernetes the README supports.
 #[test]
 fn every_target_renders_and_passes_the_schemas_strictly() {
     for target in TARGETS {
         let objects = kustomize(target);
         assert!(objects.len() >= 12, "{target}: {}", objects.len());
-        for object in &objects {
-            if object["apiVersion"]
-                .as_str()
-                .unwrap()
-                .starts_with("cert-manager.io/")
-            {
-                // CRDs: no schema in Kubernetes' OpenAPI; cert-manager validates them itself.
-                continue;
+        // CRDs: no schema in Kubernetes' OpenAPI; cert-manager validates them itself.
+        let objects: Vec<Value> = objects
+            .into_iter()
+            .filter(|o| {
+                !o["apiVersion"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("cert-manager.io/")
+            })
+            .collect();
+        for version in [OLDEST_KUBERNETES, NEWEST_KUBERNETES] {
+            if let Err(output) = kubernetes_validate_all(&objects, version) {
+                panic!("{target} on Kubernetes {version}:\n{output}");
             }
-            kubernetes_validate(object);
         }
     }
+}
+
+/// The README's minimum is real: the release before it refuses the Deployment.
+#[test]
+fn the_release_before_the_supported_minimum_refuses_the_deployment() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let minor = OLDEST_KUBERNETES.rsplit_once('.').unwrap().0;
+    assert!(
+        readme.contains(&format!("Kubernetes {minor} or later")),
+        "the README's install section states the minimum, {minor}"
+    );
+    let deployment: Vec<Value> = kustomize("deploy/base")
+        .into_iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .collect();
+    let older = "1.28.0";
+    let output = kubernetes_validate_all(&deployment, older)
+        .expect_err("the Deployment must need the supported minimum");
+    assert!(output.contains("sleep"), "{output}");
 }
 
 #[test]

@@ -252,6 +252,7 @@ fn reload_under_concurrent_requests_never_fails_a_request() {
                         object: Object::StatefulSet(&sts),
                         old: None,
                         claim_owner: None,
+                        written: None,
                     };
                     let eval =
                         engine::evaluate(Phase::Mutate, &subject, &policies, &Snapshot::unknown());

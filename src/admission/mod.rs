@@ -186,6 +186,7 @@ impl Reviewer<'_> {
             object,
             old: req.old_object.as_ref().map(wrap),
             claim_owner: claim_owner.as_ref(),
+            written: None,
         };
         let mut eval = engine::evaluate(phase, &subject, self.policies, self.cluster);
         if let Some(live) = self.live

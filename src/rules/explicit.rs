@@ -56,6 +56,25 @@ pub fn provenance(meta: &ObjectMeta, path: &[&str]) -> Provenance {
     Provenance::Unknown
 }
 
+/// Where `path` came from, with the manifest itself as the first evidence when the object was
+/// read from one (`check`): a field present in it was written by its author.
+pub fn provenance_in(ctx: &super::Context, meta: &ObjectMeta, path: &[&str]) -> Provenance {
+    match ctx.written {
+        Some(manifest) => {
+            if path
+                .iter()
+                .try_fold(manifest, |v, key| v.get(*key))
+                .is_some()
+            {
+                Provenance::UserSet
+            } else {
+                Provenance::Defaulted
+            }
+        }
+        None => provenance(meta, path),
+    }
+}
+
 /// Whether any field manager (any operation) owns `path`. `None` when the object carries no
 /// managedFields at all.
 pub fn any_manager_owns(meta: &ObjectMeta, path: &[&str]) -> Option<bool> {

@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use serde::{Deserialize, Serialize};
 
-use super::explicit::any_manager_owns;
+use super::explicit::{Provenance, any_manager_owns, provenance_in};
 use super::{Context, Mutation, has_annotation, patch};
 use crate::policy::action::MutateAction;
 
@@ -210,7 +210,12 @@ pub fn mutate_pvc(
         Some(c) if c == fast => return Ok(Mutation::none()),
         Some(c) if cfg.slow_classes.iter().any(|s| s == c) => Reason::Slow,
         Some(c) => {
-            let filled = match any_manager_owns(&pvc.metadata, &["spec", "storageClassName"]) {
+            let path = ["spec", "storageClassName"];
+            let filled = match any_manager_owns(&pvc.metadata, &path) {
+                // A manifest that does not name the class: the default was filled in.
+                _ if ctx.written.is_some() => {
+                    provenance_in(ctx, &pvc.metadata, &path) == Provenance::Defaulted
+                }
                 // No manager owns the class: DefaultStorageClass filled it in after the
                 // managedFields were computed. That is "no class".
                 Some(owned) => !owned,

@@ -97,6 +97,9 @@ pub struct Context<'a> {
     pub cluster: &'a dyn ClusterView,
     /// Whether mutation rules may change `spec.template` on UPDATE (it rolls every pod).
     pub mutate_template_on_update: bool,
+    /// The object as its author wrote it, when known (`check` reads it from a file): every field
+    /// present in it was chosen, as `kubectl apply` and server-side apply would show.
+    pub written: Option<&'a serde_json::Value>,
 }
 
 impl Context<'_> {
@@ -189,6 +192,7 @@ pub(crate) mod testing {
             namespace: "default",
             cluster,
             mutate_template_on_update: false,
+            written: None,
         }
     }
 

@@ -6,7 +6,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde::{Deserialize, Serialize};
 
-use super::explicit::{Provenance, provenance};
+use super::explicit::{Provenance, provenance, provenance_in};
 use super::{Context, Mutation, Operation, has_annotation, patch};
 use crate::policy::action::MutateAction;
 
@@ -38,7 +38,7 @@ pub fn mutate(
     }
     // OrderedReady is the default, so the value alone says nothing; but a server-side or
     // client-side apply tells us when the user wrote it, and then it stays.
-    if provenance(&sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet {
+    if provenance_in(ctx, &sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet {
         return Ok(Mutation::none());
     }
     Ok(Mutation {

@@ -232,6 +232,37 @@ pub fn kubernetes_validate(object: &Value) {
     );
 }
 
+/// The oldest Kubernetes the rendered manifests support (the Deployment's
+/// `lifecycle.preStop.sleep` is 1.29+), and the newest schema kubernetes-validate has.
+pub const OLDEST_KUBERNETES: &str = "1.29.0";
+pub const NEWEST_KUBERNETES: &str = "1.37.0";
+
+/// Validates objects strictly against one Kubernetes version's schemas, in one run; the
+/// output of kubernetes-validate when it rejects any.
+pub fn kubernetes_validate_all(objects: &[Value], version: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        let file = dir.path().join(format!("{i:03}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(object).unwrap()).unwrap();
+        files.push(file);
+    }
+    let out = std::process::Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "--quiet", "-k", version])
+        .args(&files)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// `kubectl kustomize DIR` (a directory of deploy/), as objects.
 pub fn kustomize(dir: &str) -> Vec<Value> {
     let out = std::process::Command::new(tool("kubectl"))
