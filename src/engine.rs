@@ -1,6 +1,6 @@
 //! The engine: for one object, choose the policy, run its rules, and decide what each outcome
 //! does under the rule's action and the policy's mode. The webhook and `check` share it.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use json_patch::PatchOperation;
@@ -298,6 +298,15 @@ pub fn evaluate(
             };
         }
     };
+    if policy.spec.mode == Mode::Off {
+        return Evaluation {
+            skipped: Some(format!("policy {} has mode: off", policy.name)),
+            mode: Mode::Off,
+            mutations: kept,
+            recorded,
+            ..Default::default()
+        };
+    }
     let exempted = policy.object_exemptions(subject.object.meta().annotations.as_ref());
     let ctx = Context {
         operation: subject.operation,
@@ -508,22 +517,22 @@ fn findings_of(
     found
 }
 
-/// Whether a `container/NAME` subject names a container this update changes.
-fn container_changed(subject: &str, old: &StatefulSet, new: &StatefulSet) -> bool {
-    let Some(name) = subject.strip_prefix("container/") else {
-        return false;
-    };
-    fn find<'a>(
-        sts: &'a StatefulSet,
-        name: &str,
-    ) -> Option<&'a k8s_openapi::api::core::v1::Container> {
-        let pod = sts.spec.template.spec.as_ref()?;
-        pod.containers
-            .iter()
-            .chain(pod.init_containers.iter().flatten())
-            .find(|c| c.name == name)
+/// The names of the containers (and init containers) this update adds or changes, in linear
+/// time (a map of the old ones by name).
+fn changed_containers<'a>(old: &StatefulSet, new: &'a StatefulSet) -> HashSet<&'a str> {
+    fn all(sts: &StatefulSet) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Container> {
+        sts.spec.template.spec.iter().flat_map(|pod| {
+            pod.containers
+                .iter()
+                .chain(pod.init_containers.iter().flatten())
+        })
     }
-    find(old, name) != find(new, name)
+    let before: HashMap<&str, &k8s_openapi::api::core::v1::Container> =
+        all(old).map(|c| (c.name.as_str(), c)).collect();
+    all(new)
+        .filter(|c| before.get(c.name.as_str()) != Some(c))
+        .map(|c| c.name.as_str())
+        .collect()
 }
 
 fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<Reported> {
@@ -537,13 +546,18 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
     {
         // An existing workload must stay operable (scalable during an incident): report only
         // what this update introduces, or what it touches (a container it changes).
-        let before: Vec<(RuleId, String)> = findings_of(old, policy, eval, ctx)
+        // Linear: one set of the old findings, one lookup per new finding.
+        let before: HashSet<(RuleId, String)> = findings_of(old, policy, eval, ctx)
             .into_iter()
             .map(|f| (f.rule, f.subject))
             .collect();
+        let changed = changed_containers(old, sts);
         found.retain(|f| {
-            let existed = before.iter().any(|(r, s)| *r == f.rule && *s == f.subject);
-            !existed || container_changed(&f.subject, old, sts)
+            let existed = before.contains(&(f.rule, f.subject.clone()));
+            !existed
+                || f.subject
+                    .strip_prefix("container/")
+                    .is_some_and(|name| changed.contains(name))
         });
     }
     let rules = &policy.spec.rules;

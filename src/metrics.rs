@@ -9,7 +9,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub endpoint: &'static str,
-    pub kind: String,
+    /// A kind the webhook handles, or `other`.
+    pub kind: &'static str,
     pub operation: &'static str,
     pub decision: &'static str,
 }
@@ -58,6 +59,7 @@ pub struct Metrics {
     pub policy_reloads: Family<ResultLabels, Counter>,
     pub policy_errors: Family<SourceLabels, Counter>,
     pub policies_loaded: Gauge,
+    pub policy_sources_lost: Gauge,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -133,6 +135,12 @@ impl Metrics {
             "Policies currently in force",
             policies_loaded.clone(),
         );
+        let policy_sources_lost = Gauge::default();
+        registry.register(
+            "policy_sources_lost",
+            "1 while every policy source is gone and the last good policies keep serving (every response warns)",
+            policy_sources_lost.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -156,6 +164,7 @@ impl Metrics {
             policy_reloads,
             policy_errors,
             policies_loaded,
+            policy_sources_lost,
             cert_reloads,
             cert_not_after,
         }

@@ -14,32 +14,6 @@ use hyper::{Request, StatusCode};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A server on certificates from `stateful-guard certs`, mounted like a Secret volume.
-fn secure_server(extra: &[&str]) -> (Server, tempfile::TempDir, SecretVolume) {
-    let dir = tempfile::tempdir().unwrap();
-    generate_certs(&dir.path().join("gen"));
-    let read = |f: &str| std::fs::read(dir.path().join("gen").join(f)).unwrap();
-    let vol = SecretVolume::new(
-        &dir.path().join("secret"),
-        &[("tls.crt", &read("tls.crt")), ("tls.key", &read("tls.key"))],
-    );
-    let cert = vol.dir.join("tls.crt");
-    let key = vol.dir.join("tls.key");
-    let mut args = vec![
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--reload-interval",
-        "100ms",
-        "--header-read-timeout",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    let server = start(&args, read("ca.crt"), SERVICE_NAME);
-    (server, dir, vol)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_fixture_is_answered_over_one_keep_alive_connection() {
     let (server, _dir, _vol) = secure_server(&[]);

@@ -86,6 +86,31 @@ fn wrong_values_are_errors_naming_the_field() {
         err.contains("spec.rules.fast-storage-class.fastClass: required"),
         "{err}"
     );
+    // Namespace selectors are validated as the apiserver validates LabelSelectors: `NotIn`
+    // with no values would otherwise match every namespace, `In` with none no namespace.
+    for (selector, expected) in [
+        (
+            "{matchExpressions: [{key: team, operator: NotIn}]}",
+            "spec.match.namespaceSelector.matchExpressions[0].values: Required value",
+        ),
+        (
+            "{matchExpressions: [{key: team, operator: In, values: []}]}",
+            "values: Required value",
+        ),
+        (
+            "{matchExpressions: [{key: team, operator: Exists, values: [a]}]}",
+            "values: Forbidden",
+        ),
+        (
+            "{matchExpressions: [{key: team, operator: Within, values: [a]}]}",
+            "operator: Invalid value: \"Within\"",
+        ),
+    ] {
+        let err = error_of(&format!(
+            "{HEAD}  match: {{namespaceSelector: {selector}}}\n"
+        ));
+        assert!(err.contains(expected), "{selector}: {err}");
+    }
     let err = error_of(&HEAD.replace("v1alpha1", "v1"));
     assert!(
         err.contains("apiVersion: expected \"stateful-guard.io/v1alpha1\""),
@@ -205,9 +230,70 @@ fn configmap_watch_events_drive_the_policies() {
     );
     source.handle(&store, Event::InitDone);
     assert_eq!(mode_of(&store), Some(Mode::Enforce));
-    // Deleting the ConfigMap removes its policies.
+    // Deleting the only policy ConfigMap (or dropping its label, which a `kubectl apply` of
+    // a regenerated ConfigMap does) never leaves admission unchecked: the last good policy
+    // keeps serving, and every response says why.
+    assert!(store.current().orphaned_warning().is_none());
     source.handle(&store, Event::Delete(configmap("guard", "policy.yaml", "")));
-    assert!(!store.is_loaded());
+    assert_eq!(mode_of(&store), Some(Mode::Enforce));
+    let warning = store.current().orphaned_warning().map(str::to_owned);
+    assert!(
+        warning
+            .as_deref()
+            .is_some_and(|w| w.contains("every policy source is gone") && w.contains("mode: off")),
+        "{warning:?}"
+    );
+    // Back: the new policy replaces it, and the warning is gone.
+    source.handle(
+        &store,
+        Event::Apply(configmap("guard", "policy.yaml", &policy_text("audit"))),
+    );
+    assert_eq!(mode_of(&store), Some(Mode::Audit));
+    assert!(store.current().orphaned_warning().is_none());
+}
+
+#[test]
+fn renaming_a_configmap_key_swaps_its_policy_atomically() {
+    let store = Arc::new(store());
+    let mut source = ConfigMapSource::default();
+    source.handle(
+        &store,
+        Event::Apply(configmap("guard", "policy.yaml", &policy_text("enforce"))),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let current = store.current();
+                assert_eq!(current.policies().len(), 1, "exactly one policy, always");
+                assert!(current.orphaned_warning().is_none(), "never orphaned");
+                seen += 1;
+            }
+            seen
+        })
+    };
+    for i in 0..200 {
+        let (key, mode) = if i % 2 == 0 {
+            ("renamed.yaml", "audit")
+        } else {
+            ("policy.yaml", "enforce")
+        };
+        source.handle(
+            &store,
+            Event::Apply(configmap("guard", key, &policy_text(mode))),
+        );
+        let expected = if i % 2 == 0 {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        };
+        assert_eq!(mode_of(&store), Some(expected));
+        assert_eq!(store.source_ids().len(), 1, "{:?}", store.source_ids());
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(watcher.join().expect("no moment without the policy") > 0);
 }
 
 #[test]
@@ -219,9 +305,18 @@ fn a_relist_forgets_configmaps_deleted_while_the_watch_was_down() {
         Event::Apply(configmap("old", "a.yaml", &policy_text("audit"))),
     );
     assert!(store.is_loaded());
+    let other = "apiVersion: stateful-guard.io/v1alpha1\nkind: Policy\nmetadata:\n  name: other\nspec:\n  mode: enforce\n";
     source.handle(&store, Event::Init);
+    source.handle(&store, Event::InitApply(configmap("new", "b.yaml", other)));
     source.handle(&store, Event::InitDone);
-    assert!(!store.is_loaded());
+    let names: Vec<String> = store
+        .current()
+        .policies()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(names, ["other"], "the deleted ConfigMap's policy is gone");
+    assert!(store.current().orphaned_warning().is_none());
 }
 
 #[test]
@@ -267,6 +362,7 @@ fn reload_under_concurrent_requests_never_fails_a_request() {
                             assert_eq!(applied, 0);
                             audited.fetch_add(1, Ordering::Relaxed)
                         }
+                        Mode::Off => unreachable!("the test's policies are never off"),
                     };
                     assert!(!eval.mutations.is_empty(), "a policy was always in force");
                 }

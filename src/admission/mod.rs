@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::cluster::cache::ClusterCache;
-use crate::cluster::{ClaimOwner, ClusterView, WithLivePdbs};
+use crate::cluster::{ClaimOwner, ClusterView, WithLive};
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
@@ -104,6 +104,23 @@ impl Reviewer<'_> {
         phase: Phase,
         body: &[u8],
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+        let (mut review, outcome) = self.answer(phase, body).await?;
+        if let (Some(why), Some(response)) =
+            (self.policies.orphaned_warning(), review.response.as_mut())
+        {
+            response
+                .warnings
+                .get_or_insert_with(Vec::new)
+                .push(format!("stateful-guard: {why}"));
+        }
+        Ok((review, outcome))
+    }
+
+    async fn answer(
+        &self,
+        phase: Phase,
+        body: &[u8],
+    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
         let peek: Peek = serde_json::from_slice(body)?;
         if peek.api_version != kadm::META_API_VERSION_V1 {
             return Err(BadReview::Version(peek.api_version));
@@ -125,7 +142,9 @@ impl Reviewer<'_> {
         } else {
             let reason = format!(
                 "stateful-guard does not handle {}/{} {}",
-                kind.group, kind.version, kind.kind
+                bounded(&kind.group),
+                bounded(&kind.version),
+                bounded(&kind.kind)
             );
             self.uninterpretable(body, reason)
         }
@@ -152,10 +171,10 @@ impl Reviewer<'_> {
         let req: AdmissionRequest<K> = review.try_into().map_err(|_| BadReview::NoRequest)?;
         let namespace = req.namespace.clone().unwrap_or_default();
         let mut outcome = Outcome {
-            uid: req.uid.clone(),
-            kind: req.kind.kind.clone(),
-            namespace: namespace.clone(),
-            name: req.name.clone(),
+            uid: bounded(&req.uid),
+            kind: bounded(&req.kind.kind),
+            namespace: bounded(&namespace),
+            name: bounded(&req.name),
             operation: operation_name(&req.operation),
             decision: "allowed",
             evaluation: None,
@@ -170,7 +189,7 @@ impl Reviewer<'_> {
             return Ok((AdmissionResponse::from(&req).into_review(), outcome));
         };
         if outcome.name.is_empty() {
-            outcome.name = display_name(object.meta(), &namespace);
+            outcome.name = bounded(&display_name(object.meta(), &namespace));
         }
         let object = wrap(object);
         let claim_owner = match object {
@@ -188,7 +207,22 @@ impl Reviewer<'_> {
             claim_owner: claim_owner.as_ref(),
             written: None,
         };
-        let mut eval = engine::evaluate(phase, &subject, self.policies, self.cluster);
+        let mut view = WithLive::new(self.cluster, &namespace);
+        if let Some(live) = self.live
+            && self.policies.selects_by_namespace_labels()
+            && self.cluster.is_known()
+            && self.cluster.namespace_labels(&namespace).is_none()
+        {
+            // A namespace created or relabelled a moment ago: read its labels before choosing
+            // the policy, rather than fall through to a weaker one.
+            match live.live_namespace_labels(&namespace).await {
+                Ok(labels) => view.namespace_labels = labels,
+                Err(error) => {
+                    tracing::warn!(%error, "live Namespace read failed; using the cache")
+                }
+            }
+        }
+        let mut eval = engine::evaluate(phase, &subject, self.policies, &view);
         if let Some(live) = self.live
             && eval
                 .findings
@@ -198,12 +232,8 @@ impl Reviewer<'_> {
             // The cache may lag a PDB created a moment ago: one live list before denying.
             match live.live_pdbs(&namespace).await {
                 Ok(pdbs) => {
-                    let fresh = WithLivePdbs {
-                        base: self.cluster,
-                        namespace: &namespace,
-                        pdbs,
-                    };
-                    eval = engine::evaluate(phase, &subject, self.policies, &fresh);
+                    view.pdbs = Some(pdbs);
+                    eval = engine::evaluate(phase, &subject, self.policies, &view);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "live PodDisruptionBudget list failed; using the cache")
@@ -268,6 +298,7 @@ impl Reviewer<'_> {
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
         let req = generic_request(body)?;
         let outcome = outcome_of(&req, "uninterpretable");
+        let reason = response::truncate(&reason, response::limits::ITEM);
         let resp = AdmissionResponse::from(&req);
         let resp = match self.uninterpretable {
             Uninterpretable::Allow => {
@@ -283,6 +314,22 @@ impl Reviewer<'_> {
         };
         tracing::warn!(uid = %req.uid, %reason, "uninterpretable review");
         Ok((resp.into_review(), outcome))
+    }
+}
+
+/// A string from the request, bounded before it reaches logs, metrics and warnings (Kubernetes
+/// names are at most 253 characters; a hostile request may send megabytes).
+fn bounded(s: &str) -> String {
+    response::truncate(s, 253).into_owned()
+}
+
+/// The kinds the webhook handles, as a metric label; anything else is `other`, so a request
+/// can never add a label value of its own.
+pub fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "StatefulSet" => "StatefulSet",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
+        _ => "other",
     }
 }
 
@@ -303,10 +350,10 @@ fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRe
 
 fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: &'static str) -> Outcome {
     Outcome {
-        uid: req.uid.clone(),
-        kind: req.kind.kind.clone(),
-        namespace: req.namespace.clone().unwrap_or_default(),
-        name: req.name.clone(),
+        uid: bounded(&req.uid),
+        kind: bounded(&req.kind.kind),
+        namespace: bounded(req.namespace.as_deref().unwrap_or_default()),
+        name: bounded(&req.name),
         operation: operation_name(&req.operation),
         decision,
         evaluation: None,

@@ -15,14 +15,96 @@ pub fn headline(message: &str) -> &str {
     message.split('\n').next().unwrap_or(message)
 }
 
-fn annotate(annotations: &mut HashMap<String, String>, key: &str, value: String) {
-    annotations
-        .entry(key.to_owned())
-        .and_modify(|v| {
-            v.push_str(" | ");
-            v.push_str(&value);
-        })
-        .or_insert(value);
+/// Bounds on what one response carries, whatever the object's size: a StatefulSet with 200,000
+/// containers must not turn into a 177 MB response. kube-apiserver itself truncates warnings
+/// at 4096 characters in all (256 each beyond that); we stay within the same order.
+pub mod limits {
+    /// Characters of one warning, one denial line, one audit annotation entry.
+    pub const ITEM: usize = 512;
+    /// Warnings per response; the last one says how many were left out.
+    pub const WARNINGS: usize = 12;
+    /// Findings spelled out in a denial message, and the characters of each (a denial may
+    /// hold a ready-to-apply manifest).
+    pub const DENIALS: usize = 12;
+    pub const DENIAL: usize = 2048;
+    /// Characters of one audit annotation value (entries are joined with ` | `).
+    pub const ANNOTATION: usize = 2048;
+    /// Characters of the `would-patch` audit annotation (the exact JSON Patch).
+    pub const WOULD_PATCH: usize = 64 * 1024;
+}
+
+/// `s`, cut to at most `max` characters (on a char boundary) with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..at])),
+    }
+}
+
+/// Audit annotations, each value bounded: entries past the bound are counted, not kept.
+#[derive(Default)]
+struct Annotations {
+    values: HashMap<String, String>,
+    omitted: HashMap<String, usize>,
+}
+
+impl Annotations {
+    fn insert(&mut self, key: &str, value: String) {
+        self.values.insert(key.to_owned(), value);
+    }
+
+    fn append(&mut self, key: &str, value: &str) {
+        let value = truncate(value, limits::ITEM);
+        match self.values.get_mut(key) {
+            Some(v) if v.len() + value.len() + 3 > limits::ANNOTATION => {
+                *self.omitted.entry(key.to_owned()).or_default() += 1;
+            }
+            Some(v) => {
+                v.push_str(" | ");
+                v.push_str(&value);
+            }
+            None => {
+                self.values.insert(key.to_owned(), value.into_owned());
+            }
+        }
+    }
+
+    fn finish(mut self) -> HashMap<String, String> {
+        for (key, n) in self.omitted {
+            if let Some(v) = self.values.get_mut(&key) {
+                v.push_str(&format!(" | ... and {n} more"));
+            }
+        }
+        self.values
+    }
+}
+
+/// Warnings, bounded in number and length; the last says how many were left out.
+#[derive(Default)]
+struct Warnings {
+    kept: Vec<String>,
+    omitted: usize,
+}
+
+impl Warnings {
+    fn push(&mut self, warning: String) {
+        if self.kept.len() < limits::WARNINGS {
+            self.kept
+                .push(truncate(&warning, limits::ITEM).into_owned());
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.omitted > 0 {
+            self.kept.push(format!(
+                "stateful-guard: ... and {} more warnings (see the audit annotations and logs)",
+                self.omitted
+            ));
+        }
+        self.kept
+    }
 }
 
 /// Applies `eval` to the response built from the request.
@@ -32,11 +114,11 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
         return resp;
     }
     let auditing = eval.mode == Mode::Audit;
-    let mut warnings = Vec::new();
-    let mut annotations = HashMap::new();
+    let mut warnings = Warnings::default();
+    let mut annotations = Annotations::default();
     if eval.policy.is_some() {
         annotations.insert(
-            "policy".to_owned(),
+            "policy",
             format!("{} ({})", eval.policy_name(), eval.mode.as_str()),
         );
     }
@@ -53,16 +135,15 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
                         "stateful-guard (audit mode): {rule}: would have {summary}"
                     ));
                 }
-                annotate(
-                    &mut annotations,
+                annotations.append(
                     rule,
-                    format!("{}: would have {summary}", m.action.as_str()),
+                    &format!("{}: would have {summary}", m.action.as_str()),
                 );
             }
         }
         for note in &m.mutation.notes {
             if m.action == MutateAction::Audit && !auditing {
-                annotate(&mut annotations, rule, format!("audit: {note}"));
+                annotations.append(rule, &format!("audit: {note}"));
             } else {
                 warnings.push(format!("stateful-guard: {rule}: {note}"));
             }
@@ -76,17 +157,27 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
             .map(|m| m.rule.as_str())
             .collect();
         if !rules.is_empty() {
-            annotations.insert(key.to_owned(), rules.join(","));
+            annotations.insert(key, rules.join(","));
         }
     }
     let would = eval.would_be_patch(meta);
     if !would.is_empty()
         && let Ok(json) = serde_json::to_string(&would)
     {
-        annotations.insert("would-patch".to_owned(), json);
+        let json = if json.len() > limits::WOULD_PATCH {
+            format!(
+                "too large to record ({} bytes, {} operations)",
+                json.len(),
+                would.len()
+            )
+        } else {
+            json
+        };
+        annotations.insert("would-patch", json);
     }
 
     let mut denials = Vec::new();
+    let mut denials_omitted = 0;
     for r in &eval.findings {
         let rule = r.finding.rule.as_str();
         let head = headline(&r.finding.message);
@@ -96,21 +187,31 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
                 "stateful-guard (audit mode): would deny: {rule}: {head}"
             )),
             (Mode::Enforce, ValidateAction::Enforce) => {
-                denials.push(format!("[{rule}] {}", r.finding.message.trim_end()))
+                if denials.len() < limits::DENIALS {
+                    denials.push(format!(
+                        "[{rule}] {}",
+                        truncate(r.finding.message.trim_end(), limits::DENIAL)
+                    ))
+                } else {
+                    denials_omitted += 1;
+                }
             }
-            (_, ValidateAction::Audit | ValidateAction::Off) => {}
+            // A policy in mode off evaluates nothing: no findings reach here.
+            (_, ValidateAction::Audit | ValidateAction::Off) | (Mode::Off, _) => {}
         }
-        annotate(
-            &mut annotations,
-            rule,
-            format!("{}: {head}", r.action.as_str()),
-        );
+        annotations.append(rule, &format!("{}: {head}", r.action.as_str()));
     }
 
     let mut resp = resp;
-    resp.audit_annotations = annotations;
+    resp.audit_annotations = annotations.finish();
+    let warnings = warnings.finish();
     if !warnings.is_empty() {
         resp.warnings = Some(warnings);
+    }
+    if denials_omitted > 0 {
+        denials.push(format!(
+            "... and {denials_omitted} more findings of the same kinds"
+        ));
     }
     if !denials.is_empty() {
         return resp.deny(format!("stateful-guard: {}", denials.join("\n")));

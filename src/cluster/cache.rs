@@ -108,6 +108,20 @@ impl ClusterCache {
         Ok(list.items.into_iter().map(Arc::new).collect())
     }
 
+    /// One live read of a namespace's labels, for a namespace the cache does not know yet
+    /// (created or relabelled a moment ago); bounded by [`LIVE_LIST_BUDGET`]. `None` when the
+    /// namespace does not exist.
+    pub async fn live_namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, LiveListError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = tokio::time::timeout(LIVE_LIST_BUDGET, api.get_opt(namespace))
+            .await
+            .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
+        Ok(ns.map(|ns| ns.metadata.labels.unwrap_or_default()))
+    }
+
     /// One live list of a namespace's StatefulSets, to find the owner of a claim the cache does
     /// not know yet (its StatefulSet was created a moment ago); bounded by [`LIVE_LIST_BUDGET`].
     pub async fn live_claim_owner(

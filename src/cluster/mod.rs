@@ -198,15 +198,30 @@ impl ClusterView for Snapshot {
     }
 }
 
-/// A view that adds freshly listed PDBs of one namespace on top of another view: used once, on a
-/// cache miss, so a PDB created a moment before its StatefulSet never causes a false denial.
-pub struct WithLivePdbs<'a> {
+/// A view that adds what was just read live about one namespace on top of another view: its
+/// PDBs (read once, on a cache miss, so a PDB created a moment before its StatefulSet never
+/// causes a false denial) and its labels (a namespace created or relabelled a moment ago must
+/// not fall through to a weaker policy).
+pub struct WithLive<'a> {
     pub base: &'a dyn ClusterView,
     pub namespace: &'a str,
-    pub pdbs: Vec<Arc<PodDisruptionBudget>>,
+    pub pdbs: Option<Vec<Arc<PodDisruptionBudget>>>,
+    pub namespace_labels: Option<BTreeMap<String, String>>,
 }
 
-impl ClusterView for WithLivePdbs<'_> {
+impl<'a> WithLive<'a> {
+    /// Nothing read live yet: the base view.
+    pub fn new(base: &'a dyn ClusterView, namespace: &'a str) -> Self {
+        Self {
+            base,
+            namespace,
+            pdbs: None,
+            namespace_labels: None,
+        }
+    }
+}
+
+impl ClusterView for WithLive<'_> {
     fn is_known(&self) -> bool {
         self.base.is_known()
     }
@@ -214,10 +229,9 @@ impl ClusterView for WithLivePdbs<'_> {
         self.base.storage_classes_known()
     }
     fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
-        if namespace == self.namespace {
-            self.pdbs.clone()
-        } else {
-            self.base.pdbs(namespace)
+        match &self.pdbs {
+            Some(pdbs) if namespace == self.namespace => pdbs.clone(),
+            _ => self.base.pdbs(namespace),
         }
     }
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
@@ -227,7 +241,10 @@ impl ClusterView for WithLivePdbs<'_> {
         self.base.storage_classes()
     }
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
-        self.base.namespace_labels(namespace)
+        match &self.namespace_labels {
+            Some(labels) if namespace == self.namespace => Some(labels.clone()),
+            _ => self.base.namespace_labels(namespace),
+        }
     }
     fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner> {
         self.base.claim_owner(namespace, claim)

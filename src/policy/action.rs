@@ -59,6 +59,10 @@ pub enum Mode {
     /// Dry-run audit: nothing is denied or patched, whatever the actions say; every would-be
     /// denial and patch is reported.
     Audit,
+    /// The guard is switched off where this policy governs: nothing is evaluated, changed or
+    /// reported (decisions made at creation are still kept on update, so updates keep working).
+    /// The deliberate way to switch it off, beside deleting the webhook configurations.
+    Off,
 }
 
 impl Mode {
@@ -66,6 +70,7 @@ impl Mode {
         match self {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
+            Mode::Off => "off",
         }
     }
 }

@@ -342,6 +342,9 @@ fn validate_document(doc: &PolicyDocument, source: &str) -> Result<(), PolicyErr
     if doc.metadata.name.is_empty() {
         return Err(invalid("metadata.name: must not be empty".into()));
     }
+    if let Some(selector) = &doc.spec.scope.namespace_selector {
+        labels::validate(selector, "spec.match.namespaceSelector").map_err(invalid)?;
+    }
     doc.spec.rules.validate().map_err(invalid)
 }
 
@@ -388,6 +391,9 @@ pub struct PolicySet {
     policies: Vec<Arc<Policy>>,
     /// Namespaces never evaluated, whatever the policies say (the webhook's own).
     always_exempt: Vec<String>,
+    /// Set when every source of policies is gone and these are the last good ones, kept so
+    /// that admission never silently stops checking: every response carries it as a warning.
+    orphaned: Option<String>,
 }
 
 impl PolicySet {
@@ -433,9 +439,24 @@ impl PolicySet {
             Self {
                 policies,
                 always_exempt,
+                orphaned: None,
             },
             errors,
         )
+    }
+
+    /// The same policies, kept after every source is gone, with the warning `why`.
+    pub fn orphaned(&self, why: String) -> Self {
+        Self {
+            policies: self.policies.clone(),
+            always_exempt: self.always_exempt.clone(),
+            orphaned: Some(why),
+        }
+    }
+
+    /// Why these are the last good policies of sources that are gone, if they are.
+    pub fn orphaned_warning(&self) -> Option<&str> {
+        self.orphaned.as_deref()
     }
 
     /// The embedded default policy.
@@ -450,6 +471,13 @@ impl PolicySet {
 
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// Whether choosing a policy may depend on namespace labels.
+    pub fn selects_by_namespace_labels(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.spec.scope.namespace_selector.is_some())
     }
 
     pub fn policies(&self) -> &[Arc<Policy>] {

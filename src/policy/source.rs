@@ -75,6 +75,46 @@ impl PolicyStore {
         }
     }
 
+    /// Replaces every source under `prefix` (one ConfigMap's keys) at once, so that renaming a
+    /// key never leaves a moment without its policy. A key whose new text is rejected keeps its
+    /// last good documents.
+    pub fn set_prefixed(
+        &self,
+        prefix: &str,
+        parsed: Vec<(String, Result<Vec<PolicyDocument>, PolicyError>)>,
+    ) {
+        let mut sources = self.lock();
+        let mut fresh = Documents::new();
+        for (id, result) in parsed {
+            match result {
+                Ok(docs) => {
+                    fresh.insert(id, docs);
+                }
+                Err(error) => {
+                    self.reject(&error);
+                    if let Some(docs) = sources.get(&id) {
+                        fresh.insert(id, docs.clone());
+                    }
+                }
+            }
+        }
+        let unchanged = sources
+            .range(prefix.to_owned()..)
+            .take_while(|(id, _)| id.starts_with(prefix))
+            .eq(fresh.iter());
+        if unchanged {
+            return;
+        }
+        sources.retain(|id, _| !id.starts_with(prefix));
+        sources.extend(fresh);
+        self.recompile(&sources);
+        self.metrics
+            .policy_reloads
+            .get_or_create(&ResultLabels { result: "ok" })
+            .inc();
+        tracing::info!(source = prefix, "policy source loaded");
+    }
+
     /// Forgets a source (file deleted, ConfigMap deleted).
     pub fn remove_source(&self, id: &str) {
         let mut sources = self.lock();
@@ -123,6 +163,31 @@ impl PolicyStore {
         for error in &errors {
             self.reject(error);
         }
+        let previous = self.current.load_full();
+        let set = if set.is_empty() && !previous.is_empty() {
+            // Every source is gone: a label dropped by `kubectl apply` of a regenerated
+            // ConfigMap, a file deleted. Admission must not silently stop checking.
+            let names: Vec<&str> = previous
+                .policies()
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect();
+            let why = format!(
+                "every policy source is gone (ConfigMap deleted or no longer labelled {CONFIGMAP_LABEL}, or policy file removed); the last good policies ({}) keep serving until one is back. To switch stateful-guard off, set mode: off in a policy or delete its webhook configurations",
+                names.join(", ")
+            );
+            if previous.orphaned_warning().is_none() {
+                tracing::error!(policies = %names.join(","), "every policy source is gone; keeping the last good policies");
+            }
+            self.metrics.policy_sources_lost.set(1);
+            previous.orphaned(why)
+        } else {
+            if previous.orphaned_warning().is_some() {
+                tracing::info!("a policy source is back");
+            }
+            self.metrics.policy_sources_lost.set(0);
+            set
+        };
         self.metrics
             .policies_loaded
             .set(set.policies().len() as i64);
@@ -273,18 +338,7 @@ impl ConfigMapSource {
     pub fn handle(&mut self, store: &PolicyStore, event: watcher::Event<ConfigMap>) {
         match event {
             watcher::Event::Apply(cm) => {
-                let prefix = configmap_prefix(&cm);
-                let docs = configmap_documents(&cm);
-                for stale in store
-                    .source_ids()
-                    .into_iter()
-                    .filter(|id| id.starts_with(&prefix) && !docs.iter().any(|(d, _)| d == id))
-                {
-                    store.remove_source(&stale);
-                }
-                for (id, parsed) in docs {
-                    store.set_source(&id, parsed);
-                }
+                store.set_prefixed(&configmap_prefix(&cm), configmap_documents(&cm));
             }
             watcher::Event::Delete(cm) => {
                 let prefix = configmap_prefix(&cm);

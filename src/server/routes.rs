@@ -13,14 +13,17 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tracing::{Instrument, field};
 
-use crate::admission::{Outcome, Reviewer, Uninterpretable, response::headline};
+use crate::admission::response::{headline, limits, truncate};
+use crate::admission::{Outcome, Reviewer, Uninterpretable};
 use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
 use crate::engine::Phase;
 use crate::metrics::{
     EndpointLabels, FindingLabels, Metrics, MutationLabels, RequestLabels, RuleLabels,
 };
+use crate::policy::ValidateAction;
 use crate::policy::source::PolicyStore;
+use crate::rules::RuleId;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -148,7 +151,19 @@ async fn handle(
             uninterpretable: state.uninterpretable,
             statefulset_controllers: &state.statefulset_controllers,
         };
-        match reviewer.review(phase, &body).await {
+        let answer = if body.len() > LARGE_BODY
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            // A large object takes milliseconds to decode and evaluate: off the async workers,
+            // so that /healthz, /readyz and other reviews keep being answered meanwhile.
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(reviewer.review(phase, &body))
+            })
+        } else {
+            reviewer.review(phase, &body).await
+        };
+        match answer {
             Ok((review, outcome)) => {
                 record(&state.metrics, endpoint, &outcome);
                 let encoded = crate::admission::response::to_wire(review);
@@ -173,7 +188,16 @@ async fn handle(
     .await
 }
 
-/// Logs and counts what a review decided, inside its span.
+/// Bodies larger than this are decoded and evaluated off the async worker threads. Captured
+/// reviews are 1.4 to 17 KB; a StatefulSet near etcd's 1.5 MiB object limit takes tens of ms.
+const LARGE_BODY: usize = 256 * 1024;
+
+/// Debug events (one per mutation or finding) logged for one review at most.
+const DETAIL_EVENTS: usize = 20;
+/// Deny and warn messages carried by a review's log event at most.
+const LOGGED_MESSAGES: usize = 5;
+
+/// Logs and counts what a review decided, inside its span: one event at info.
 fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
     let span = tracing::Span::current();
     span.record("uid", outcome.uid.as_str());
@@ -186,7 +210,7 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
         .requests
         .get_or_create(&RequestLabels {
             endpoint,
-            kind: outcome.kind.clone(),
+            kind: crate::admission::kind_label(&outcome.kind),
             operation: outcome.operation,
             decision: outcome.decision,
         })
@@ -195,7 +219,17 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
         tracing::info!("admission review");
         return;
     };
+    // One event per review at info, whatever the object's size; details at debug, bounded.
+    let mut detailed = 0;
+    let mut detail = || {
+        detailed += 1;
+        detailed <= DETAIL_EVENTS
+    };
+    let mut changes: Vec<String> = Vec::new();
     for m in &eval.mutations {
+        if m.mutation.ops.is_empty() {
+            continue;
+        }
         if m.kept {
             metrics
                 .kept
@@ -203,19 +237,29 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
                     rule: m.rule.as_str(),
                 })
                 .inc();
-            tracing::info!(rule = m.rule.as_str(), summary = %m.mutation.summary, "kept a decision made at creation");
-            continue;
+            changes.push(format!("{}(kept)", m.rule));
+        } else {
+            let applied = if m.applied { "true" } else { "false" };
+            metrics
+                .mutations
+                .get_or_create(&MutationLabels {
+                    rule: m.rule.as_str(),
+                    applied,
+                })
+                .inc();
+            changes.push(if m.applied {
+                m.rule.to_string()
+            } else {
+                format!("{}(would)", m.rule)
+            });
         }
-        let applied = if m.applied { "true" } else { "false" };
-        metrics
-            .mutations
-            .get_or_create(&MutationLabels {
-                rule: m.rule.as_str(),
-                applied,
-            })
-            .inc();
-        tracing::info!(rule = m.rule.as_str(), action = m.action.as_str(), applied = m.applied, summary = %m.mutation.summary, notes = ?m.mutation.notes, "mutation");
+        if detail() {
+            tracing::debug!(rule = m.rule.as_str(), action = m.action.as_str(), applied = m.applied, kept = m.kept, summary = %m.mutation.summary, notes = ?m.mutation.notes, "mutation");
+        }
     }
+    // (rule, action) -> count, in rule order; messages only of findings that deny or warn.
+    let mut counts: std::collections::BTreeMap<(RuleId, &str), usize> = Default::default();
+    let mut messages: Vec<String> = Vec::new();
     for r in &eval.findings {
         metrics
             .findings
@@ -224,21 +268,37 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
                 action: r.action.as_str(),
             })
             .inc();
-        tracing::info!(
-            rule = r.finding.rule.as_str(),
-            action = r.action.as_str(),
-            mode = eval.mode.as_str(),
-            message = headline(&r.finding.message),
-            "finding"
-        );
+        *counts
+            .entry((r.finding.rule, r.action.as_str()))
+            .or_default() += 1;
+        let speaks = matches!(r.action, ValidateAction::Enforce | ValidateAction::Warn);
+        if speaks && messages.len() < LOGGED_MESSAGES {
+            messages.push(truncate(headline(&r.finding.message), limits::ITEM).into_owned());
+        }
+        if detail() {
+            tracing::debug!(
+                rule = r.finding.rule.as_str(),
+                action = r.action.as_str(),
+                mode = eval.mode.as_str(),
+                message = %truncate(headline(&r.finding.message), limits::ITEM),
+                "finding"
+            );
+        }
     }
-    if let Some(reason) = &eval.skipped {
-        tracing::info!(reason = %reason, "admission review skipped");
-    } else {
-        tracing::info!(
-            policy = eval.policy_name(),
-            mode = eval.mode.as_str(),
-            "admission review"
-        );
-    }
+    let findings: Vec<String> = counts
+        .into_iter()
+        .map(|((rule, action), n)| match n {
+            1 => format!("{rule}:{action}"),
+            n => format!("{rule}:{action}x{n}"),
+        })
+        .collect();
+    tracing::info!(
+        policy = eval.policy_name(),
+        mode = eval.mode.as_str(),
+        skipped = eval.skipped.as_deref(),
+        mutations = %changes.join(","),
+        findings = %findings.join(","),
+        messages = ?messages,
+        "admission review"
+    );
 }

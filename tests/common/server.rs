@@ -138,6 +138,32 @@ impl Drop for Server {
     }
 }
 
+/// A server on certificates from `stateful-guard certs`, mounted like a Secret volume.
+pub fn secure_server(extra: &[&str]) -> (Server, tempfile::TempDir, SecretVolume) {
+    let dir = tempfile::tempdir().unwrap();
+    generate_certs(&dir.path().join("gen"));
+    let read = |f: &str| std::fs::read(dir.path().join("gen").join(f)).unwrap();
+    let vol = SecretVolume::new(
+        &dir.path().join("secret"),
+        &[("tls.crt", &read("tls.crt")), ("tls.key", &read("tls.key"))],
+    );
+    let cert = vol.dir.join("tls.crt");
+    let key = vol.dir.join("tls.key");
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--reload-interval",
+        "100ms",
+        "--header-read-timeout",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let server = start(&args, read("ca.crt"), SERVICE_NAME);
+    (server, dir, vol)
+}
+
 /// Starts `stateful-guard serve --listen 127.0.0.1:0 ...` and waits until it serves.
 pub fn start(args: &[&str], ca: Vec<u8>, server_name: &str) -> Server {
     let mut child = Command::new(binary())
