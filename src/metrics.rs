@@ -60,6 +60,8 @@ pub struct Metrics {
     pub policy_errors: Family<SourceLabels, Counter>,
     pub policies_loaded: Gauge,
     pub policy_sources_lost: Gauge,
+    pub api_errors: Counter,
+    pub api_unavailable: Gauge,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -141,6 +143,18 @@ impl Metrics {
             "1 while every policy source is gone and the last good policies keep serving (every response warns)",
             policy_sources_lost.clone(),
         );
+        let api_errors = Counter::default();
+        registry.register(
+            "api_errors",
+            "Kubernetes API calls that failed (5xx, 429, or no answer); each is retried with backoff",
+            api_errors.clone(),
+        );
+        let api_unavailable = Gauge::default();
+        registry.register(
+            "api_unavailable",
+            "1 while the Kubernetes API's last answer was a failure (admission answers from the caches)",
+            api_unavailable.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -165,6 +179,8 @@ impl Metrics {
             policy_errors,
             policies_loaded,
             policy_sources_lost,
+            api_errors,
+            api_unavailable,
             cert_reloads,
             cert_not_after,
         }

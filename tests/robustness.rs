@@ -235,3 +235,52 @@ async fn when_every_policy_source_is_gone_the_last_good_keeps_serving_and_says_s
     let (_, metrics) = server.get("/metrics").await;
     assert!(String::from_utf8_lossy(&metrics).contains("stateful_guard_policy_sources_lost 0"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apiserver_outage_is_one_warning_not_a_flood() {
+    use base64::Engine as _;
+    let apiserver = common::unavailable::Unavailable::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let ca = base64::engine::general_purpose::STANDARD.encode(apiserver.ca.as_bytes());
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'https://{}', certificate-authority-data: {ca}}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+            apiserver.addr
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--generated-ca"])
+        .arg(dir.path().join("ca.crt"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("SG_POLICY")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Log::capture(child.stderr.take().unwrap());
+    let started = log.wait_for("\"serving HTTPS\"", Duration::from_secs(30));
+    // Let kube's watchers retry for a while (several requests, all answered 503).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = log.text();
+    assert!(started.is_some(), "{text}");
+    let retried = apiserver.requests().len();
+    assert!(retried >= 4, "the watchers retried: {retried} requests");
+    assert_eq!(
+        text.matches("Kubernetes API unavailable").count(),
+        1,
+        "one warning when the outage starts:\n{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.contains("\"target\":\"kube_client")),
+        "kube's per-attempt errors stay out of the log:\n{text}"
+    );
+    assert!(!text.contains("\"level\":\"ERROR\""), "{text}");
+}

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cli::{ClusterMode, ServeArgs};
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::health;
 use crate::cluster::{ClusterView, Snapshot};
 use crate::metrics::Metrics;
 use crate::policy;
@@ -123,12 +124,16 @@ fn policies(args: &ServeArgs, store: &PolicyStore) -> anyhow::Result<Option<File
     Ok(Some(source))
 }
 
-async fn cluster(args: &ServeArgs) -> Option<kube::Client> {
+async fn cluster(args: &ServeArgs, metrics: &Arc<Metrics>) -> Option<kube::Client> {
     if args.cluster == ClusterMode::Off {
         return None;
     }
     match kube::Config::infer().await {
-        Ok(config) => match kube::Client::try_from(config) {
+        Ok(config) => match health::client(config, {
+            let health = health::global();
+            health.attach(metrics.clone());
+            health
+        }) {
             Ok(client) => Some(client),
             Err(error) => {
                 tracing::warn!(%error, "cannot build a cluster client; running without cluster state");
@@ -145,7 +150,7 @@ async fn cluster(args: &ServeArgs) -> Option<kube::Client> {
 /// `stateful-guard serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let client = cluster(&args).await;
+    let client = cluster(&args, &metrics).await;
     let Certificates {
         files: certs,
         watched,
