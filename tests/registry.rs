@@ -46,12 +46,14 @@ fn every_rule_is_in_the_shipped_policies_and_the_docs() {
 fn the_rust_defaults_are_the_defaults_default_yaml_writes_out() {
     let docs = parse_documents(&read("policies/default.yaml"), "default.yaml").unwrap();
     let shipped = &docs[0].spec.rules;
-    let mut expected = Rules::default();
     // The one parameter without a default: the cluster's fast class (the rule is off without).
-    expected.fast_storage_class = Some(fast_storage_class::Config {
-        fast_class: Some("fast-ssd".into()),
-        ..fast_storage_class::Config::default()
-    });
+    let expected = Rules {
+        fast_storage_class: Some(fast_storage_class::Config {
+            fast_class: Some("fast-ssd".into()),
+            ..fast_storage_class::Config::default()
+        }),
+        ..Rules::default()
+    };
     assert_eq!(shipped, &expected);
 }
 
