@@ -205,14 +205,14 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
     span.record("namespace", outcome.namespace.as_str());
     span.record("name", outcome.name.as_str());
     span.record("operation", outcome.operation);
-    span.record("decision", outcome.decision);
+    span.record("decision", outcome.decision.as_str());
     metrics
         .requests
         .get_or_create(&RequestLabels {
             endpoint,
             kind: crate::admission::kind_label(&outcome.kind),
             operation: outcome.operation,
-            decision: outcome.decision,
+            decision: outcome.decision.as_str(),
         })
         .inc();
     let Some(eval) = &outcome.evaluation else {
