@@ -62,6 +62,7 @@ pub struct Metrics {
     pub policy_sources_lost: Gauge,
     pub api_errors: Counter,
     pub api_unavailable: Gauge,
+    pub log_lines_dropped: Gauge,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -155,6 +156,12 @@ impl Metrics {
             "1 while the Kubernetes API's last answer was a failure (admission answers from the caches)",
             api_unavailable.clone(),
         );
+        let log_lines_dropped = Gauge::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped so far because the log writer's buffer was full (logging never delays a response)",
+            log_lines_dropped.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -181,6 +188,7 @@ impl Metrics {
             policy_sources_lost,
             api_errors,
             api_unavailable,
+            log_lines_dropped,
             cert_reloads,
             cert_not_after,
         }
@@ -188,6 +196,8 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.log_lines_dropped
+            .set(crate::telemetry::dropped_lines() as i64);
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(%error, "encoding metrics failed");
