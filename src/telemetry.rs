@@ -20,7 +20,6 @@ pub fn dropped_lines() -> usize {
 /// log reader never delays a response: when its buffer (128k lines) is full, lines are dropped
 /// and counted (`stateful_guard_log_lines_dropped`). Keep the guard until exit: dropping it
 /// flushes what is buffered.
-#[must_use]
 pub fn init(args: &LogArgs) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
