@@ -521,6 +521,124 @@ fn webhook_killed(i: &mut Installed) {
     );
 }
 
+/// The shared manifests through `kubectl apply --dry-run=server`: admitted exactly when
+/// `stateful-guard check` says so, denied by the rules check names.
+fn check_predicts_admission(i: &Installed) {
+    let api = &i.api;
+    // Some manifests name `default` themselves.
+    let ns = "default";
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_stateful-guard"))
+            .args(["check", "-n", ns, "-o", "json", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let out = api.kubectl_with(
+            &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+            Some(&text),
+        );
+        let denied_by_check = check.status.code() == Some(1);
+        assert_eq!(
+            !out.status.success(),
+            denied_by_check,
+            "{}: the apiserver said\n{}",
+            file.display(),
+            stderr(&out)
+        );
+        for object in report["objects"].as_array().unwrap() {
+            for finding in object["findings"].as_array().unwrap() {
+                if finding["action"] == "enforce" {
+                    let rule = finding["rule"].as_str().unwrap();
+                    assert!(
+                        stderr(&out).contains(&format!("[{rule}]")),
+                        "{}: check denies for {rule}; the apiserver said\n{}",
+                        file.display(),
+                        stderr(&out)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// With the StatefulSet controller running, the claims it creates (at creation and at a
+/// scale-up) carry exactly their claim template's class, also for a StatefulSet that opted out.
+fn controller_created_claims(i: &Installed) {
+    let api = &i.api;
+    let Some(_controllers) = api.controller_manager() else {
+        return;
+    };
+    let ns = "ctrl";
+    namespace(api, ns);
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    let keep = web("0.7", 2).replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: keep\n  annotations:\n    stateful-guard.io/storage-class: keep\n",
+        1,
+    );
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(&keep));
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(&web("0.7", 2)));
+    let classes = |sts: &str, n: usize| {
+        let api = &i.api;
+        eventually(
+            60,
+            &format!("the controller creates {n} claims of {sts}"),
+            || {
+                api.get(&["pvc", "-n", ns])["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| {
+                        p["metadata"]["name"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with(&format!("www-{sts}-"))
+                    })
+                    .count()
+                    >= n
+            },
+        );
+        api.get(&["pvc", "-n", ns])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("www-{sts}-"))
+            })
+            .map(|p| {
+                p["spec"]["storageClassName"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    // The opted-out template has no class: its claims get the default, as the template says.
+    assert_eq!(classes("keep", 2), ["standard", "standard"]);
+    assert_eq!(classes("web", 2), ["fast-ssd", "fast-ssd"]);
+    api.ok(
+        &["scale", "-n", ns, "statefulset/keep", "--replicas=3"],
+        None,
+    );
+    assert_eq!(classes("keep", 3), ["standard", "standard", "standard"]);
+    assert!(
+        i.logs()
+            .contains("is created by the StatefulSet controller"),
+        "reported once in the review's log"
+    );
+}
+
 #[test]
 fn a_real_apiserver_agrees() {
     let Some((apiserver, etcd)) = available() else {
@@ -534,7 +652,13 @@ fn a_real_apiserver_agrees() {
         run(&mut installed);
         eprintln!("{name}: {:.1} s", t.elapsed().as_secs_f64());
     };
+    timed("check predicts admission", &mut |i| {
+        check_predicts_admission(i)
+    });
     timed("day-2 updates", &mut |i| day_two_updates(i));
+    timed("controller-created claims", &mut |i| {
+        controller_created_claims(i)
+    });
     timed("dry run and claims", &mut |i| dry_run_and_claims(i));
     timed("policy ConfigMap", &mut |i| policy_configmap(i));
     timed("certificate bootstrap", &mut |i| certificate_bootstrap(i));

@@ -381,6 +381,76 @@ impl Apiserver {
     }
 }
 
+/// kube-controller-manager with only the StatefulSet and ServiceAccount controllers, each
+/// calling the API as its own ServiceAccount, as in most clusters. Stopped on drop.
+pub struct ControllerManager(Child);
+
+impl Drop for ControllerManager {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Apiserver {
+    /// Starts kube-controller-manager when its binary is found (`SG_TEST_KUBE_CONTROLLER_MANAGER`
+    /// or `../shared/k8s/kube-controller-manager-v1.26.0.gz`); `None` after saying why not.
+    pub fn controller_manager(&self) -> Option<ControllerManager> {
+        let binary = match std::env::var_os("SG_TEST_KUBE_CONTROLLER_MANAGER") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let packed = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../shared/k8s/kube-controller-manager-v1.26.0.gz");
+                if !packed.is_file() {
+                    eprintln!(
+                        "skipped: no kube-controller-manager (set SG_TEST_KUBE_CONTROLLER_MANAGER)"
+                    );
+                    return None;
+                }
+                let binary = target_dir().join("k8s/kube-controller-manager-v1.26.0");
+                if !binary.is_file() {
+                    let partial = binary.with_extension(format!("{}.partial", std::process::id()));
+                    let ok = Command::new("sh")
+                        .arg("-c")
+                        .arg(format!(
+                            "gunzip -c '{}' > '{}' && chmod +x '{}'",
+                            packed.display(),
+                            partial.display(),
+                            partial.display()
+                        ))
+                        .status()
+                        .unwrap()
+                        .success();
+                    assert!(ok, "cannot unpack {}", packed.display());
+                    std::fs::rename(&partial, &binary).unwrap();
+                }
+                binary
+            }
+        };
+        let d = self.dir.path();
+        let child = Command::new(binary)
+            .env("NO_PROXY", "*")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args([
+                "--controllers=statefulset,serviceaccount",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+            ])
+            .arg(format!("--secure-port={}", free_port()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                d.join("sa.key").display()
+            ))
+            .arg(format!("--root-ca-file={}", d.join("ca.crt").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kube-controller-manager starts");
+        Some(ControllerManager(child))
+    }
+}
+
 pub fn write_kubeconfig(file: &Path, port: u16, ca_pem: &str, token: &str) {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
     std::fs::write(
