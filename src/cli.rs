@@ -68,9 +68,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_CERT_SECRET", default_value = "stateful-guard-tls")]
     pub cert_secret: String,
 
-    /// With --cert-bootstrap: the Service name the certificate is for (NAME.NAMESPACE.svc).
+    /// The Service name the certificate is for (NAME.NAMESPACE.svc): with --cert-bootstrap, the
+    /// name it is issued for; with --tls-cert, the name it must be valid for.
     #[arg(long, env = "SG_SERVICE", default_value = "stateful-guard")]
     pub service: String,
+
+    /// With --tls-cert: the name the certificate must be valid for (default
+    /// SERVICE.NAMESPACE.svc, the name kube-apiserver verifies; empty: not checked). A pair that
+    /// is expired, not yet valid or not valid for it is refused at start-up and on reload.
+    #[arg(long, env = "SG_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 
     /// With --cert-bootstrap: the name of both webhook configurations to put the caBundle into.
     #[arg(long, env = "SG_WEBHOOK_NAME", default_value = "stateful-guard")]
@@ -205,4 +212,13 @@ pub struct CheckArgs {
     /// Print the input objects with the mutations applied (YAML), ready for `kubectl apply -f -`.
     #[arg(long)]
     pub fix: bool,
+}
+
+impl ServeArgs {
+    /// The name a given --tls-cert must be valid for.
+    pub fn tls_server_name(&self) -> String {
+        self.tls_server_name
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}.svc", self.service, self.namespace))
+    }
 }

@@ -162,9 +162,7 @@ fn rbac_is_least_privilege() {
         let webhook_rules = of_kind(&objects, "ClusterRole")
             .iter()
             .flat_map(|r| r["rules"].as_array().unwrap().clone())
-            .filter(|r| {
-                r["apiGroups"] == json!(["admissionregistration.k8s.io"])
-            })
+            .filter(|r| r["apiGroups"] == json!(["admissionregistration.k8s.io"]))
             .count();
         if target.ends_with("cert-manager") {
             assert_eq!(
@@ -176,7 +174,10 @@ fn rbac_is_least_privilege() {
                 "with cert-manager the webhook needs no rights on its webhook configurations"
             );
         } else {
-            assert_eq!(webhook_rules, 1, "{target}: the bootstrap keeps caBundle current");
+            assert_eq!(
+                webhook_rules, 1,
+                "{target}: the bootstrap keeps caBundle current"
+            );
         }
     }
 }

@@ -284,3 +284,44 @@ async fn an_apiserver_outage_is_one_warning_not_a_flood() {
     );
     assert!(!text.contains("\"level\":\"ERROR\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_or_misnamed_certificate_is_refused_and_the_old_one_keeps_serving() {
+    let (server, _certs, mut secret) = secure_server(&[]);
+    let served = served_certificate(&server).await;
+    let misnamed = stateful_guard::certs::generate(&["other.example".into()], 30, 30).unwrap();
+    secret.update(&[
+        ("tls.crt", misnamed.cert.as_bytes()),
+        ("tls.key", misnamed.key.as_bytes()),
+    ]);
+    assert!(
+        server.wait_for_log("not valid for", Duration::from_secs(10)),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(served_certificate(&server).await, served);
+
+    // Expired yesterday, for the right name.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![SERVICE_NAME.to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(10);
+    params.not_after = now - time::Duration::days(1);
+    let expired = params.self_signed(&key).unwrap();
+    secret.update(&[
+        ("tls.crt", expired.pem().as_bytes()),
+        ("tls.key", key.serialize_pem().as_bytes()),
+    ]);
+    assert!(
+        server.wait_for_log("the certificate expired", Duration::from_secs(10)),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(served_certificate(&server).await, served);
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("stateful_guard_certificate_reloads_total{result=\"error\"}"),
+        "counted"
+    );
+}

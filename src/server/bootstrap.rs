@@ -62,8 +62,17 @@ impl Bootstrap {
     /// there. The socket can then be bound at once: kubelet's HTTPS probes do not verify
     /// certificates, so liveness passes during an API outage (no restart loop), while readiness
     /// waits for [`Bootstrap::run`] (no apiserver traffic on the provisional certificate).
+    /// The name kube-apiserver verifies: `SERVICE.NAMESPACE.svc`.
+    fn server_name(&self) -> String {
+        format!("{}.{}.svc", self.settings.service, self.settings.namespace)
+    }
+
     pub fn provisional(&self) -> anyhow::Result<CertFiles> {
-        if let Ok(files) = CertFiles::load(&self.cert_path(), &self.key_path()) {
+        if let Ok(files) = CertFiles::load(
+            &self.cert_path(),
+            &self.key_path(),
+            Some(self.server_name()),
+        ) {
             return Ok(files);
         }
         let names = crate::certs::service_names(&self.settings.service, &self.settings.namespace);
@@ -78,7 +87,11 @@ impl Bootstrap {
                 key: bundle.key,
             },
         )?;
-        Ok(CertFiles::load(&self.cert_path(), &self.key_path())?)
+        Ok(CertFiles::load(
+            &self.cert_path(),
+            &self.key_path(),
+            Some(self.server_name()),
+        )?)
     }
 
     /// After the socket is bound: the certificate from the Secret replaces the provisional one,

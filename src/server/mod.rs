@@ -49,7 +49,7 @@ async fn certificates(
 ) -> anyhow::Result<Certificates> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         return Ok(Certificates {
-            files: tls::CertFiles::load(cert, key)?,
+            files: tls::CertFiles::load(cert, key, Some(args.tls_server_name()))?,
             watched: true,
             bootstrap: None,
         });
@@ -77,7 +77,11 @@ async fn certificates(
     crate::certs::write_file(&dir.join("tls.crt"), &bundle.cert, false)?;
     crate::certs::write_file(&dir.join("tls.key"), &bundle.key, true)?;
     crate::certs::write_file(&args.generated_ca, &bundle.ca_cert, false)?;
-    let files = tls::CertFiles::load(&dir.join("tls.crt"), &dir.join("tls.key"))?;
+    let files = tls::CertFiles::load(
+        &dir.join("tls.crt"),
+        &dir.join("tls.key"),
+        Some("localhost".to_owned()),
+    )?;
     tracing::info!(
         ca = %args.generated_ca.display(),
         "no --tls-cert given: generated a CA and a certificate for localhost"
