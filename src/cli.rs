@@ -139,6 +139,24 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
 
+    /// Time a client has to send the whole request body once its headers arrived; a client that
+    /// announces a body and never sends it is answered 408 and its connection closed.
+    #[arg(long, env = "SG_BODY_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_read_timeout: Duration,
+
+    /// Reviews evaluated at once; one more is answered 503 at once (and counted), never queued
+    /// without limit. With --max-body-bytes, this bounds the memory bodies can take.
+    #[arg(long, env = "SG_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub max_in_flight: usize,
+
+    /// Open connections; one more is closed at once (and counted).
+    #[arg(long, env = "SG_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// HTTP/2 streams per connection.
+    #[arg(long, env = "SG_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
+    pub max_concurrent_streams: u32,
+
     /// After SIGTERM, how long /readyz reports not-ready before the listener closes, so that
     /// endpoints stop routing here.
     #[arg(long, env = "SG_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]

@@ -38,6 +38,12 @@ pub struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `overloaded`, `too_large`, `body_timeout`, `connections`, `no_request`
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -63,6 +69,7 @@ pub struct Metrics {
     pub api_errors: Counter,
     pub api_unavailable: Gauge,
     pub log_lines_dropped: Gauge,
+    pub refused: Family<ReasonLabels, Counter>,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -162,6 +169,12 @@ impl Metrics {
             "Log lines dropped so far because the log writer's buffer was full (logging never delays a response)",
             log_lines_dropped.clone(),
         );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused",
+            "Requests and connections refused before evaluation, by reason (overloaded: 503, too_large: 413, body_timeout: 408, connections: closed at accept, no_request: HTTP/2 connection without a request in time)",
+            refused.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -189,6 +202,7 @@ impl Metrics {
             api_errors,
             api_unavailable,
             log_lines_dropped,
+            refused,
             cert_reloads,
             cert_not_after,
         }
