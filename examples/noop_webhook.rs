@@ -26,7 +26,9 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::
     });
     Ok(Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(&out).unwrap_or_default())))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&out).unwrap_or_default(),
+        )))
         .expect("a static response"))
 }
 

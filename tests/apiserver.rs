@@ -586,36 +586,26 @@ fn controller_created_claims(i: &Installed) {
     );
     api.ok(&["apply", "-n", ns, "-f", "-"], Some(&keep));
     api.ok(&["apply", "-n", ns, "-f", "-"], Some(&web("0.7", 2)));
-    let classes = |sts: &str, n: usize| {
-        let api = &i.api;
-        eventually(
-            60,
-            &format!("the controller creates {n} claims of {sts}"),
-            || {
-                api.get(&["pvc", "-n", ns])["items"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|p| {
-                        p["metadata"]["name"]
-                            .as_str()
-                            .unwrap()
-                            .starts_with(&format!("www-{sts}-"))
-                    })
-                    .count()
-                    >= n
-            },
-        );
-        api.get(&["pvc", "-n", ns])["items"]
+    let claims_of = |sts: &str| -> Vec<Value> {
+        let prefix = format!("www-{sts}-");
+        let mut claims: Vec<Value> = i.api.get(&["pvc", "-n", ns])["items"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|p| {
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("www-{sts}-"))
-            })
+            .filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with(&prefix))
+            .cloned()
+            .collect();
+        claims.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap().to_owned());
+        claims
+    };
+    let classes = |sts: &str, n: usize| {
+        eventually(
+            60,
+            &format!("the controller creates {n} claims of {sts}"),
+            || claims_of(sts).len() >= n,
+        );
+        claims_of(sts)
+            .iter()
             .map(|p| {
                 p["spec"]["storageClassName"]
                     .as_str()

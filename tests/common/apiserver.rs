@@ -21,6 +21,8 @@ use super::server::Log;
 use super::tool;
 
 const APISERVER_SHA256: &str = "fc73551de7ffb1006a854f54bd955a71eaceceac182cf152459cb43101de5085";
+const CONTROLLER_MANAGER_SHA256: &str =
+    "2a601d8a816d93432a6f0916b04652757554fdbdcde1935f89800c195900b3e9";
 const ADMIN_TOKEN: &str = "stateful-guard-test-admin-token";
 /// The same length as 127.0.0.1, so a byte substitution in etcd keeps the protobuf valid.
 const PLACEHOLDER_IP: &str = "192.0.2.1";
@@ -73,34 +75,43 @@ fn binaries() -> Result<(PathBuf, PathBuf), String> {
 
 /// Unpacks the gzipped apiserver into the target directory once, checking its sha256.
 fn unpack(packed: &Path) -> Result<PathBuf, String> {
+    unpack_as(packed, "kube-apiserver-v1.26.0", Some(APISERVER_SHA256))
+}
+
+/// Unpacks a gzipped binary into `target/k8s/NAME` once (a partial file renamed when complete).
+fn unpack_as(packed: &Path, name: &str, sha256: Option<&str>) -> Result<PathBuf, String> {
     let dir = target_dir().join("k8s");
-    let binary = dir.join("kube-apiserver-v1.26.0");
-    if !binary.is_file() {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let partial = dir.join(format!("kube-apiserver.{}.partial", std::process::id()));
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "gunzip -c '{}' > '{}' && chmod +x '{}'",
-                packed.display(),
-                partial.display(),
-                partial.display()
-            ))
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !out.success() {
-            return Err(format!("cannot unpack {}", packed.display()));
-        }
+    let binary = dir.join(name);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gunzip -c '{}' > '{}' && chmod +x '{}'",
+            packed.display(),
+            partial.display(),
+            partial.display()
+        ))
+        .status()
+        .map_err(|e| e.to_string())?
+        .success();
+    if !ok {
+        return Err(format!("cannot unpack {}", packed.display()));
+    }
+    if let Some(expected) = sha256 {
         let sum = Command::new("sha256sum")
             .arg(&partial)
             .output()
             .map_err(|e| e.to_string())?;
         let sum = String::from_utf8_lossy(&sum.stdout);
-        if !sum.starts_with(APISERVER_SHA256) {
+        if !sum.starts_with(expected) {
             return Err(format!("{}: unexpected sha256 {sum}", packed.display()));
         }
-        std::fs::rename(&partial, &binary).map_err(|e| e.to_string())?;
     }
+    std::fs::rename(&partial, &binary).map_err(|e| e.to_string())?;
     Ok(binary)
 }
 
@@ -407,24 +418,12 @@ impl Apiserver {
                     );
                     return None;
                 }
-                let binary = target_dir().join("k8s/kube-controller-manager-v1.26.0");
-                if !binary.is_file() {
-                    let partial = binary.with_extension(format!("{}.partial", std::process::id()));
-                    let ok = Command::new("sh")
-                        .arg("-c")
-                        .arg(format!(
-                            "gunzip -c '{}' > '{}' && chmod +x '{}'",
-                            packed.display(),
-                            partial.display(),
-                            partial.display()
-                        ))
-                        .status()
-                        .unwrap()
-                        .success();
-                    assert!(ok, "cannot unpack {}", packed.display());
-                    std::fs::rename(&partial, &binary).unwrap();
-                }
-                binary
+                unpack_as(
+                    &packed,
+                    "kube-controller-manager-v1.26.0",
+                    Some(CONTROLLER_MANAGER_SHA256),
+                )
+                .unwrap_or_else(|e| panic!("{e}"))
             }
         };
         let d = self.dir.path();
