@@ -317,6 +317,65 @@ fn day_two_updates(i: &Installed) {
         &["scale", "-n", ns, "statefulset/web", "--replicas=1"],
         None,
     );
+    helm_upgrades(i);
+}
+
+/// A chart holding the StatefulSet, installed, then upgraded with Helm 4's server-side apply
+/// and with Helm 3's three-way merge (`--server-side=false`).
+fn helm_upgrades(i: &Installed) {
+    let api = &i.api;
+    let ns = "helm";
+    namespace(api, ns);
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    let chart = api.dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(chart.join("values.yaml"), "image: \"0.7\"\nreplicas: 2\n").unwrap();
+    std::fs::write(
+        chart.join("templates/statefulset.yaml"),
+        web("{{ .Values.image }}", 2).replace("replicas: 2", "replicas: {{ .Values.replicas }}"),
+    )
+    .unwrap();
+    let helm = |args: &[&str]| {
+        let out = std::process::Command::new(tool("helm"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["-n", ns])
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm {args:?} was rejected:\n{}",
+            stderr(&out)
+        );
+    };
+    let chart = chart.to_str().unwrap();
+    helm(&["install", "web", chart]);
+    assert_keeps_decisions(api, ns, "helm install");
+    helm(&["upgrade", "web", chart, "--set", "image=0.8"]);
+    let sts = assert_keeps_decisions(api, ns, "helm upgrade (server-side apply)");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.k8s.io/nginx-slim:0.8"
+    );
+    helm(&[
+        "upgrade",
+        "web",
+        chart,
+        "--server-side=false",
+        "--set",
+        "image=0.9",
+        "--set",
+        "replicas=3",
+    ]);
+    let sts = assert_keeps_decisions(api, ns, "helm upgrade --server-side=false");
+    assert_eq!(sts["spec"]["replicas"], 3);
 }
 
 fn dry_run_and_claims(i: &Installed) {
