@@ -553,6 +553,22 @@ fn certificate_bootstrap(i: &mut Installed) {
         mutating, validating,
         "both webhook configurations trust the same CA"
     );
+    // A GitOps tool (or a re-apply of the rendered manifests) resets caBundle: it is put back
+    // within seconds, and the apiserver's calls verify again.
+    i.api.ok(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "stateful-guard",
+            "--type=json",
+            "-p",
+            r#"[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]"#,
+        ],
+        None,
+    );
+    eventually(20, "caBundle put back", || {
+        ca_bundle(&i.api, "mutatingwebhookconfiguration") == mutating
+    });
     // A restart keeps the CA (the apiserver's calls keep verifying with the bundle it has).
     i.start_webhook();
     assert_eq!(ca_bundle(&i.api, "mutatingwebhookconfiguration"), mutating);

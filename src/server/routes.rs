@@ -167,7 +167,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         problems.push("shutting down");
     }
     if !state.certificate_ready.load(Ordering::Acquire) {
-        problems.push("serving certificate not bootstrapped yet");
+        problems.push(
+            "serving certificate not bootstrapped yet, or not trusted by the webhook configurations' caBundle",
+        );
     }
     if !state.policies.is_loaded() {
         problems.push("no policy loaded");
