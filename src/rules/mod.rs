@@ -45,6 +45,8 @@ registry! {
         RequireLivenessProbe => require_liveness_probe: "require-liveness-probe",
         ProbesDiffer => probes_differ: "probes-differ",
         RequirePersistentStorage => require_persistent_storage: "require-persistent-storage",
+        PdbKeepsQuorum => pdb_keeps_quorum: "pdb-keeps-quorum",
+        DataRetention => data_retention: "data-retention",
     ],
 }
 

@@ -16,7 +16,7 @@ use crate::policy::action::ValidateAction;
 pub type Config = super::ActionOnly<super::WarnByDefault>;
 
 /// Resolves an int-or-percent against `total`, rounding up as the disruption controller does.
-fn scaled(value: &IntOrString, total: i32) -> Option<i32> {
+pub(crate) fn scaled(value: &IntOrString, total: i32) -> Option<i32> {
     match value {
         IntOrString::Int(n) => Some(*n),
         IntOrString::String(s) => {
@@ -45,7 +45,7 @@ pub fn blocks_every_eviction(pdb: &PodDisruptionBudget, replicas: i32) -> Option
     None
 }
 
-fn show(v: &IntOrString) -> String {
+pub(crate) fn show(v: &IntOrString) -> String {
     match v {
         IntOrString::Int(n) => n.to_string(),
         IntOrString::String(s) => s.clone(),
