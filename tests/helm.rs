@@ -589,3 +589,39 @@ fn the_service_monitor_scrapes_the_service_and_needs_its_crd() {
     assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
     assert!(of_kind(&helm_template(&[]), "ServiceMonitor").is_empty());
 }
+
+/// The README's values table names every value of values.yaml (free-form maps, like
+/// `resources`, as one).
+#[test]
+fn the_readme_documents_every_value() {
+    fn leaves(value: &Value, at: &str, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(map) if !map.is_empty() && at != "resources" => {
+                for (key, value) in map {
+                    let path = if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    leaves(value, &path, out);
+                }
+            }
+            _ => out.push(at.to_owned()),
+        }
+    }
+    let mut values = Vec::new();
+    leaves(&chart_file("values.yaml"), "", &mut values);
+    assert!(values.len() >= 20, "{values:?}");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    for value in values {
+        let last = value.rsplit('.').next().unwrap();
+        assert!(
+            table
+                .iter()
+                .any(|row| row.contains(&format!("`{value}`"))
+                    || row.contains(&format!("`.{last}`"))),
+            "README.md's values table lacks `{value}`"
+        );
+    }
+}
