@@ -37,24 +37,10 @@ pub enum InputError {
         document: usize,
         message: String,
     },
-    #[error("{path}: document {document}: {kind} {name} does not decode: {message}")]
-    Object {
-        path: String,
-        document: usize,
-        kind: String,
-        name: String,
-        message: String,
-    },
-    #[error(
-        "{path}: document {document}: {kind} {name} is invalid, kube-apiserver would reject it: {message}"
-    )]
-    Invalid {
-        path: String,
-        document: usize,
-        kind: String,
-        name: String,
-        message: String,
-    },
+    #[error("{at} does not decode: {message}")]
+    Object { at: ObjectAt, message: String },
+    #[error("{at} is invalid, kube-apiserver would reject it: {message}")]
+    Invalid { at: ObjectAt, message: String },
     #[error("invalid policy: {0}")]
     Policy(String),
 }
@@ -170,17 +156,46 @@ fn type_of(v: &Value) -> (&str, &str) {
     )
 }
 
+/// Where an object of the input is: `FILE: document N: KIND NAME`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectAt {
+    pub path: String,
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ObjectAt {
+            path,
+            document,
+            kind,
+            name,
+        } = self;
+        write!(f, "{path}: document {document}: {kind} {name}")
+    }
+}
+
+impl ObjectAt {
+    fn of(doc: &Document) -> Self {
+        ObjectAt {
+            path: doc.path.clone(),
+            document: doc.index,
+            kind: type_of(&doc.value).1.to_owned(),
+            name: doc
+                .value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned(),
+        }
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(doc: &Document, value: Value) -> Result<T, InputError> {
     serde_json::from_value(value).map_err(|e| InputError::Object {
-        path: doc.path.clone(),
-        document: doc.index,
-        kind: type_of(&doc.value).1.to_owned(),
-        name: doc
-            .value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_owned(),
+        at: ObjectAt::of(doc),
         message: e.to_string(),
     })
 }
@@ -188,15 +203,7 @@ fn decode<T: serde::de::DeserializeOwned>(doc: &Document, value: Value) -> Resul
 /// An object kube-apiserver's own validation refuses, in its words.
 fn invalid(doc: &Document, message: String) -> InputError {
     InputError::Invalid {
-        path: doc.path.clone(),
-        document: doc.index,
-        kind: type_of(&doc.value).1.to_owned(),
-        name: doc
-            .value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_owned(),
+        at: ObjectAt::of(doc),
         message,
     }
 }
@@ -360,10 +367,7 @@ fn evaluate_value(
     let patch = mutation.patch(&meta);
     let mut mutated = value.clone();
     json_patch::patch(&mut mutated, &patch).map_err(|e| InputError::Object {
-        path: doc.path.clone(),
-        document: doc.index,
-        kind: kind.to_owned(),
-        name: meta.name.clone().unwrap_or_default(),
+        at: ObjectAt::of(doc),
         message: format!("internal error: the patch does not apply: {e}"),
     })?;
     let (validation, _) = run(Phase::Validate, mutated.clone())?;

@@ -68,9 +68,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_CERT_SECRET", default_value = "stateful-guard-tls")]
     pub cert_secret: String,
 
-    /// With --cert-bootstrap: the Service name the certificate is for (NAME.NAMESPACE.svc).
+    /// The Service name the certificate is for (NAME.NAMESPACE.svc): with --cert-bootstrap, the
+    /// name it is issued for; with --tls-cert, the name it must be valid for.
     #[arg(long, env = "SG_SERVICE", default_value = "stateful-guard")]
     pub service: String,
+
+    /// With --tls-cert: the name the certificate must be valid for (default
+    /// SERVICE.NAMESPACE.svc, the name kube-apiserver verifies; empty: not checked). A pair that
+    /// is expired, not yet valid or not valid for it is refused at start-up and on reload.
+    #[arg(long, env = "SG_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 
     /// With --cert-bootstrap: the name of both webhook configurations to put the caBundle into.
     #[arg(long, env = "SG_WEBHOOK_NAME", default_value = "stateful-guard")]
@@ -131,6 +138,24 @@ pub struct ServeArgs {
     /// connection is closed.
     #[arg(long, env = "SG_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
+
+    /// Time a client has to send the whole request body once its headers arrived; a client that
+    /// announces a body and never sends it is answered 408 and its connection closed.
+    #[arg(long, env = "SG_BODY_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub body_read_timeout: Duration,
+
+    /// Reviews evaluated at once; one more is answered 503 at once (and counted), never queued
+    /// without limit. With --max-body-bytes, this bounds the memory bodies can take.
+    #[arg(long, env = "SG_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub max_in_flight: usize,
+
+    /// Open connections; one more is closed at once (and counted).
+    #[arg(long, env = "SG_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// HTTP/2 streams per connection.
+    #[arg(long, env = "SG_MAX_CONCURRENT_STREAMS", default_value_t = 32)]
+    pub max_concurrent_streams: u32,
 
     /// After SIGTERM, how long /readyz reports not-ready before the listener closes, so that
     /// endpoints stop routing here.
@@ -205,4 +230,13 @@ pub struct CheckArgs {
     /// Print the input objects with the mutations applied (YAML), ready for `kubectl apply -f -`.
     #[arg(long)]
     pub fix: bool,
+}
+
+impl ServeArgs {
+    /// The name a given --tls-cert must be valid for.
+    pub fn tls_server_name(&self) -> String {
+        self.tls_server_name
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}.svc", self.service, self.namespace))
+    }
 }

@@ -13,7 +13,8 @@ use crate::policy::{
     Mode, MutateAction, Policy, PolicySet, Selection, UpdateValidation, ValidateAction,
 };
 use crate::rules::{
-    self, Context, Finding, Mutation, Operation, RuleId, fast_storage_class, patch,
+    Context, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, RuleId, Rules,
+    ValidationRule, ValidationVisitor, patch,
 };
 
 /// The annotation listing the mutation rules applied to an object.
@@ -265,12 +266,12 @@ pub fn evaluate(
         (Phase::Mutate, Object::StatefulSet(new), Some(Object::StatefulSet(old)))
             if subject.operation == Operation::Update =>
         {
-            let storage = match &selection {
-                Selection::Policy(p) => p.spec.rules.fast_storage_class.as_ref(),
+            let rules = match &selection {
+                Selection::Policy(p) => Some(&p.spec.rules),
                 _ => None,
             };
             (
-                keep_decisions(new, old, storage),
+                keep_decisions(new, old, rules),
                 recorded_on(&old.metadata).cloned(),
             )
         }
@@ -333,58 +334,65 @@ pub fn evaluate(
     eval
 }
 
-fn active(eval: &Evaluation, rule: RuleId, action_off: bool) -> bool {
-    !action_off && !eval.exempted.contains(&rule)
-}
-
 /// The decisions recorded on the stored object (its [`MUTATED_ANNOTATION`]) that an UPDATE
-/// reverted, put back: each mutation rule's `keep`, in the order the rules run.
+/// reverted, put back: each mutation rule's `keep`, in the order the rules run. `rules` is the
+/// governing policy's, if any.
 fn keep_decisions(
     new: &StatefulSet,
     old: &StatefulSet,
-    storage: Option<&fast_storage_class::Config>,
+    rules: Option<&Rules>,
 ) -> Vec<RuleMutation> {
     let Some(recorded) = recorded_on(&old.metadata) else {
         return Vec::new();
     };
-    let was = |rule: RuleId| recorded_entries(recorded).any(|r| r == rule.as_str());
-    let mut out = Vec::new();
-    for rule in MUTATION_ORDER {
-        if !was(rule) {
-            continue;
-        }
-        let result = match rule {
-            RuleId::FastStorageClass => fast_storage_class::keep(new, old, storage),
-            RuleId::PodAntiAffinity => rules::pod_anti_affinity::keep(new, old),
-            RuleId::TopologySpread => rules::topology_spread::keep(new, old),
-            RuleId::ParallelPodManagement => rules::parallel_pod_management::keep(new, old),
-            _ => continue,
-        };
-        match result {
-            Ok(mutation) if !mutation.ops.is_empty() => out.push(RuleMutation {
-                rule,
-                action: MutateAction::Mutate,
-                applied: true,
-                kept: true,
-                mutation,
-            }),
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%rule, %error, "rule failed to build the patch that keeps its decision")
+    struct Keep<'a> {
+        new: &'a StatefulSet,
+        old: &'a StatefulSet,
+        recorded: &'a str,
+        configured: bool,
+        out: Vec<RuleMutation>,
+    }
+    impl<'r> MutationVisitor<'r> for Keep<'_> {
+        fn visit<R: MutationRule>(&mut self, rule: RuleId, config: &'r R::Config) {
+            if !recorded_entries(self.recorded).any(|r| r == rule.as_str()) {
+                return;
+            }
+            match R::keep(self.new, self.old, self.configured.then_some(config)) {
+                Ok(mutation) if !mutation.ops.is_empty() => self.out.push(RuleMutation {
+                    rule,
+                    action: MutateAction::Mutate,
+                    applied: true,
+                    kept: true,
+                    mutation,
+                }),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%rule, %error, "rule failed to build the patch that keeps its decision")
+                }
             }
         }
     }
-    out
+    let defaults;
+    let (rules, configured) = match rules {
+        Some(rules) => (rules, true),
+        None => {
+            defaults = Rules::default();
+            (&defaults, false)
+        }
+    };
+    let mut keep = Keep {
+        new,
+        old,
+        recorded,
+        configured,
+        out: Vec::new(),
+    };
+    rules.each_mutation(&mut keep);
+    keep.out
 }
 
-/// The mutation rules, in the order they run on a StatefulSet.
-const MUTATION_ORDER: [RuleId; 4] = [
-    RuleId::FastStorageClass,
-    RuleId::PodAntiAffinity,
-    RuleId::TopologySpread,
-    RuleId::ParallelPodManagement,
-];
-
+/// Runs every active mutation rule, in the registry's order, each seeing what earlier ones
+/// provide ([`Earlier`]).
 fn mutate(
     object: Object,
     policy: &Policy,
@@ -392,129 +400,94 @@ fn mutate(
     kept: &[RuleMutation],
     ctx: &Context,
 ) -> Vec<RuleMutation> {
-    let rules = &policy.spec.rules;
-    let mut out = Vec::new();
-    let mut push = |rule: RuleId, result: Result<Mutation, serde_json::Error>| {
-        let action = rules.mutate_action(rule);
-        let mutation = result.unwrap_or_else(|error| {
-            tracing::error!(%rule, %error, "rule failed to build its patch");
-            Mutation::note(format!("internal error, no change made: {error}"))
-        });
-        if !mutation.is_empty() {
-            out.push(RuleMutation {
-                rule,
-                action,
-                applied: action == MutateAction::Mutate && eval.mode == Mode::Enforce,
-                kept: false,
-                mutation,
+    struct Mutate<'a, 'r> {
+        object: Object<'a>,
+        eval: &'a Evaluation,
+        kept: &'a [RuleMutation],
+        ctx: &'a Context<'a>,
+        earlier: Earlier<'r>,
+        out: Vec<RuleMutation>,
+    }
+    impl<'r> MutationVisitor<'r> for Mutate<'_, 'r> {
+        fn visit<R: MutationRule>(&mut self, rule: RuleId, config: &'r R::Config) {
+            let action = R::action(config);
+            // A rule whose earlier decision was just kept has nothing new to add.
+            if action == MutateAction::Off
+                || self.eval.exempted.contains(&rule)
+                || self.kept.iter().any(|k| k.rule == rule)
+            {
+                return;
+            }
+            let applied = action == MutateAction::Mutate && self.eval.mode == Mode::Enforce;
+            let result = match self.object {
+                Object::StatefulSet(sts) => R::mutate(sts, config, &self.earlier, self.ctx),
+                Object::Pvc(pvc) => R::mutate_pvc(pvc, config, self.ctx),
+            };
+            if applied {
+                R::provide(config, &mut self.earlier);
+            }
+            let mutation = result.unwrap_or_else(|error| {
+                tracing::error!(%rule, %error, "rule failed to build its patch");
+                Mutation::note(format!("internal error, no change made: {error}"))
             });
-        }
-    };
-    // A rule whose earlier decision was just kept has nothing new to add.
-    let on = |rule| {
-        active(eval, rule, rules.mutate_action(rule) == MutateAction::Off)
-            && !kept.iter().any(|k| k.rule == rule)
-    };
-    let storage = rules.fast_storage_class.as_ref();
-    match object {
-        Object::StatefulSet(sts) => {
-            if let Some(cfg) = storage.filter(|_| on(RuleId::FastStorageClass)) {
-                push(
-                    RuleId::FastStorageClass,
-                    fast_storage_class::mutate_statefulset(sts, cfg, ctx),
-                );
-            }
-            if on(RuleId::PodAntiAffinity) {
-                push(
-                    RuleId::PodAntiAffinity,
-                    rules::pod_anti_affinity::mutate(sts, &rules.pod_anti_affinity, ctx),
-                );
-            }
-            if on(RuleId::TopologySpread) {
-                // The classes the pods will really use: the fast one if it is being applied.
-                let applied_storage = storage.filter(|c| {
-                    on(RuleId::FastStorageClass)
-                        && c.action == MutateAction::Mutate
-                        && eval.mode == Mode::Enforce
+            if !mutation.is_empty() {
+                self.out.push(RuleMutation {
+                    rule,
+                    action,
+                    applied,
+                    kept: false,
+                    mutation,
                 });
-                push(
-                    RuleId::TopologySpread,
-                    rules::topology_spread::mutate(
-                        sts,
-                        &rules.topology_spread,
-                        applied_storage,
-                        ctx,
-                    ),
-                );
-            }
-            if on(RuleId::ParallelPodManagement) {
-                push(
-                    RuleId::ParallelPodManagement,
-                    rules::parallel_pod_management::mutate(
-                        sts,
-                        &rules.parallel_pod_management,
-                        ctx,
-                    ),
-                );
-            }
-        }
-        Object::Pvc(pvc) => {
-            if let Some(cfg) = storage.filter(|_| on(RuleId::FastStorageClass)) {
-                push(
-                    RuleId::FastStorageClass,
-                    fast_storage_class::mutate_pvc(pvc, cfg, ctx),
-                );
             }
         }
     }
-    out
+    let mut visitor = Mutate {
+        object,
+        eval,
+        kept,
+        ctx,
+        earlier: Earlier::default(),
+        out: Vec::new(),
+    };
+    policy.spec.rules.each_mutation(&mut visitor);
+    visitor.out
 }
 
-/// Runs every active validation rule on a StatefulSet.
+/// Runs every active validation rule on a StatefulSet; each finding with its rule's action.
 fn findings_of(
     sts: &StatefulSet,
     policy: &Policy,
     eval: &Evaluation,
     ctx: &Context,
-) -> Vec<Finding> {
-    let r = &policy.spec.rules;
-    let on = |rule| active(eval, rule, r.validate_action(rule) == ValidateAction::Off);
-    let mut found = Vec::new();
-    if on(RuleId::RequirePdb) {
-        found.extend(rules::require_pdb::validate(sts, &r.require_pdb, ctx));
+) -> Vec<Reported> {
+    struct Validate<'a> {
+        sts: &'a StatefulSet,
+        exempted: &'a [RuleId],
+        ctx: &'a Context<'a>,
+        out: Vec<Reported>,
     }
-    if on(RuleId::PdbAllowsDisruption) {
-        found.extend(rules::pdb_allows_disruption::validate(
-            sts,
-            &r.pdb_allows_disruption,
-            ctx,
-        ));
+    impl<'r> ValidationVisitor<'r> for Validate<'_> {
+        fn visit<R: ValidationRule>(&mut self, rule: RuleId, config: &'r R::Config) {
+            let action = R::action(config);
+            if action == ValidateAction::Off || self.exempted.contains(&rule) {
+                return;
+            }
+            let found = R::validate(self.sts, config, self.ctx);
+            self.out.extend(
+                found
+                    .into_iter()
+                    .map(|finding| Reported { finding, action }),
+            );
+        }
     }
-    if on(RuleId::RequireReadinessProbe) {
-        found.extend(rules::require_readiness_probe::validate(
-            sts,
-            &r.require_readiness_probe,
-            ctx,
-        ));
-    }
-    if on(RuleId::RequireLivenessProbe) {
-        found.extend(rules::require_liveness_probe::validate(
-            sts,
-            &r.require_liveness_probe,
-            ctx,
-        ));
-    }
-    if on(RuleId::ProbesDiffer) {
-        found.extend(rules::probes_differ::validate(sts, &r.probes_differ, ctx));
-    }
-    if on(RuleId::RequirePersistentStorage) {
-        found.extend(rules::require_persistent_storage::validate(
-            sts,
-            &r.require_persistent_storage,
-            ctx,
-        ));
-    }
-    found
+    let mut visitor = Validate {
+        sts,
+        exempted: &eval.exempted,
+        ctx,
+        out: Vec::new(),
+    };
+    policy.spec.rules.each_validation(&mut visitor);
+    visitor.out
 }
 
 /// The names of the containers (and init containers) this update adds or changes, in linear
@@ -549,10 +522,11 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
         // Linear: one set of the old findings, one lookup per new finding.
         let before: HashSet<(RuleId, String)> = findings_of(old, policy, eval, ctx)
             .into_iter()
-            .map(|f| (f.rule, f.subject))
+            .map(|r| (r.finding.rule, r.finding.subject))
             .collect();
         let changed = changed_containers(old, sts);
-        found.retain(|f| {
+        found.retain(|r| {
+            let f = &r.finding;
             let existed = before.contains(&(f.rule, f.subject.clone()));
             !existed
                 || f.subject
@@ -560,15 +534,11 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
                     .is_some_and(|name| changed.contains(name))
         });
     }
-    let rules = &policy.spec.rules;
+    // A rule that could not verify (no cluster state) never denies.
+    for r in &mut found {
+        if r.finding.unverified && r.action == ValidateAction::Enforce {
+            r.action = ValidateAction::Warn;
+        }
+    }
     found
-        .into_iter()
-        .map(|finding| {
-            let mut action = rules.validate_action(finding.rule);
-            if finding.unverified && action == ValidateAction::Enforce {
-                action = ValidateAction::Warn;
-            }
-            Reported { finding, action }
-        })
-        .collect()
 }

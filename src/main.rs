@@ -6,7 +6,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            stateful_guard::telemetry::init(&args.log);
+            let _logs = stateful_guard::telemetry::init(&args.log);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(error) => {

@@ -38,6 +38,12 @@ pub struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `overloaded`, `too_large`, `body_timeout`, `connections`, `no_request`
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -62,6 +68,8 @@ pub struct Metrics {
     pub policy_sources_lost: Gauge,
     pub api_errors: Counter,
     pub api_unavailable: Gauge,
+    pub log_lines_dropped: Gauge,
+    pub refused: Family<ReasonLabels, Counter>,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -155,6 +163,18 @@ impl Metrics {
             "1 while the Kubernetes API's last answer was a failure (admission answers from the caches)",
             api_unavailable.clone(),
         );
+        let log_lines_dropped = Gauge::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped so far because the log writer's buffer was full (logging never delays a response)",
+            log_lines_dropped.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused",
+            "Requests and connections refused before evaluation, by reason (overloaded: 503, too_large: 413, body_timeout: 408, connections: closed at accept, no_request: HTTP/2 connection without a request in time)",
+            refused.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -181,6 +201,8 @@ impl Metrics {
             policy_sources_lost,
             api_errors,
             api_unavailable,
+            log_lines_dropped,
+            refused,
             cert_reloads,
             cert_not_after,
         }
@@ -188,6 +210,8 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        self.log_lines_dropped
+            .set(crate::telemetry::dropped_lines() as i64);
         let mut out = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(%error, "encoding metrics failed");

@@ -7,7 +7,24 @@ use tracing_subscriber::{Layer, fmt};
 use crate::cli::{LogArgs, LogFormat};
 use crate::cluster::health::{KUBE_CLIENT_TARGET, KubeFailures};
 
-pub fn init(args: &LogArgs) {
+/// Lines the log writer had to drop because its buffer was full (it never blocks a request).
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Log lines dropped so far.
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, |c| c.dropped_lines())
+}
+
+/// Sets up logging. Lines go to stderr through a buffered writer on its own thread, so a slow
+/// log reader never delays a response: when its buffer (128k lines) is full, lines are dropped
+/// and counted (`stateful_guard_log_lines_dropped`). Keep the guard until exit: dropping it
+/// flushes what is buffered.
+pub fn init(args: &LogArgs) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     // kube's client logs an ERROR for every failed API attempt it retries; an outage is
     // reported by `cluster::health` instead, once when it starts and once when it ends.
     let quiet = format!("{KUBE_CLIENT_TARGET}=off");
@@ -19,7 +36,7 @@ pub fn init(args: &LogArgs) {
             );
             EnvFilter::new(format!("info,{quiet}"))
         });
-    let output = fmt::layer().with_writer(std::io::stderr);
+    let output = fmt::layer().with_writer(writer);
     let output = match args.log_format {
         LogFormat::Json => output.json().flatten_event(true).boxed(),
         LogFormat::Text => output.boxed(),
@@ -31,4 +48,5 @@ pub fn init(args: &LogArgs) {
                 .with_filter(Targets::new().with_target(KUBE_CLIENT_TARGET, tracing::Level::ERROR)),
         )
         .init();
+    guard
 }

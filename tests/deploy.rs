@@ -159,10 +159,24 @@ fn rbac_is_least_privilege() {
             .flat_map(|r| r["rules"].as_array().unwrap().clone())
             .filter(|r| r["resources"] == json!(["secrets"]))
             .count();
+        let webhook_rules = of_kind(&objects, "ClusterRole")
+            .iter()
+            .flat_map(|r| r["rules"].as_array().unwrap().clone())
+            .filter(|r| r["apiGroups"] == json!(["admissionregistration.k8s.io"]))
+            .count();
         if target.ends_with("cert-manager") {
             assert_eq!(
                 secret_rules, 0,
                 "with cert-manager the webhook needs no Secret access"
+            );
+            assert_eq!(
+                webhook_rules, 0,
+                "with cert-manager the webhook needs no rights on its webhook configurations"
+            );
+        } else {
+            assert_eq!(
+                webhook_rules, 1,
+                "{target}: the bootstrap keeps caBundle current"
             );
         }
     }

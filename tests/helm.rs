@@ -419,7 +419,8 @@ fn an_existing_policy_configmap_replaces_the_charts_own() {
 }
 
 /// certificates.mode=secret: the user's Secret is served, its CA is in both webhooks, and the
-/// webhook gets no Secret access at all (nor a Role, with its own policy ConfigMap too).
+/// webhook gets no access to Secrets or its webhook configurations (nor a Role, with its own
+/// policy ConfigMap too).
 #[test]
 fn a_user_provided_certificate_secret() {
     let args = [
@@ -451,6 +452,15 @@ fn a_user_provided_certificate_secret() {
     assert_eq!(
         role["rules"],
         json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}])
+    );
+    let cluster_role = of_kind(&objects, "ClusterRole")[0];
+    assert!(
+        cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["apiGroups"] != json!(["admissionregistration.k8s.io"])),
+        "the chart sets the caBundle: no rights on the webhook configurations"
     );
     let mut own_policy = args.to_vec();
     own_policy.extend(["--set", "existingPolicyConfigMap=p"]);

@@ -77,8 +77,15 @@ async fn bad_requests_get_clear_http_errors() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("only admission.k8s.io/v1"));
 
-    let (status, _) = server.post("/mutate", vec![b' '; 2 * 1024 * 1024]).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Refused from its Content-Length, before anything is read: the client either reads the
+    // 413 or, still writing, sees the connection reset (the kernel resets a socket closed with
+    // unread data). tests/robustness.rs sends only the headers and always reads the 413.
+    let mut conn = server.http1().await;
+    if let Ok((status, _)) =
+        send_one(&mut conn, "POST", "/mutate", vec![b' '; 2 * 1024 * 1024]).await
+    {
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
 
     let (status, _) = server.get("/mutate").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

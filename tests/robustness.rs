@@ -284,3 +284,143 @@ async fn an_apiserver_outage_is_one_warning_not_a_flood() {
     );
     assert!(!text.contains("\"level\":\"ERROR\""), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_or_misnamed_certificate_is_refused_and_the_old_one_keeps_serving() {
+    let (server, _certs, mut secret) = secure_server(&[]);
+    let served = served_certificate(&server).await;
+    let misnamed = stateful_guard::certs::generate(&["other.example".into()], 30, 30).unwrap();
+    secret.update(&[
+        ("tls.crt", misnamed.cert.as_bytes()),
+        ("tls.key", misnamed.key.as_bytes()),
+    ]);
+    assert!(
+        server.wait_for_log("not valid for", Duration::from_secs(10)),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(served_certificate(&server).await, served);
+
+    // Expired yesterday, for the right name.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![SERVICE_NAME.to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(10);
+    params.not_after = now - time::Duration::days(1);
+    let expired = params.self_signed(&key).unwrap();
+    secret.update(&[
+        ("tls.crt", expired.pem().as_bytes()),
+        ("tls.key", key.serialize_pem().as_bytes()),
+    ]);
+    assert!(
+        server.wait_for_log("the certificate expired", Duration::from_secs(10)),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(served_certificate(&server).await, served);
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("stateful_guard_certificate_reloads_total{result=\"error\"}"),
+        "counted"
+    );
+}
+
+/// Reads what the server sends until it closes the connection (or `limit` passes).
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    limit: Duration,
+) -> Option<String> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(limit, stream.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_and_bodies_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let (server, _certs, _secret) = secure_server(&[
+        "--body-read-timeout",
+        "1s",
+        "--max-in-flight",
+        "1",
+        "--max-connections",
+        "4",
+    ]);
+    // A body announced larger than the limit: 413 at once, nothing read.
+    let mut tls = server.tls(&[b"http/1.1"]).await.unwrap();
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut tls, &mut head),
+    )
+    .await
+    .expect("answered at once")
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    drop(tls);
+
+    // A body announced and never sent holds the only review slot until the body timeout...
+    let mut stalled = server.tls(&[b"http/1.1"]).await.unwrap();
+    stalled
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ... meanwhile another review is refused at once with 503, not queued,
+    let body = review_fixture("pvc-create.mutating.json");
+    let (status, _) = server.post("/mutate", body.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // ... and health is still answered.
+    assert_eq!(server.get("/healthz").await.0, StatusCode::OK);
+    // The stalled client gets 408 and its connection is closed.
+    let answer = read_until_closed(&mut stalled, Duration::from_secs(5))
+        .await
+        .expect("the stalled body is cut off within the body timeout");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let (status, _) = server.post("/mutate", body).await;
+    assert_eq!(status, StatusCode::OK, "the slot is free again");
+
+    // Connections beyond the cap are closed at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(server.tls(&[b"http/1.1"]).await.unwrap());
+    }
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut tcp, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "a connection beyond --max-connections is closed at once"
+    );
+    drop(held);
+
+    // An HTTP/2 connection that never sends its preface is closed after the header timeout.
+    let (h2_server, _c, _s) = secure_server(&[]);
+    let mut silent = h2_server.tls(&[b"h2"]).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "silent HTTP/2 client not closed"
+    );
+    let (_, metrics) = server.get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    for reason in ["too_large", "overloaded", "body_timeout", "connections"] {
+        assert!(
+            metrics.contains(&format!(
+                "stateful_guard_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} counted:\n{metrics}"
+        );
+    }
+}

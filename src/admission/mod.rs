@@ -61,6 +61,32 @@ pub const DEFAULT_STATEFULSET_CONTROLLERS: [&str; 2] = [
     "system:kube-controller-manager",
 ];
 
+/// What the answer to a review was, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted unchanged.
+    Allowed,
+    /// Admitted with a patch.
+    Patched,
+    Denied,
+    /// Not evaluated (exempt namespace, no policy, subresource, ...).
+    Skipped,
+    /// A kind it does not handle, or an object that does not decode.
+    Uninterpretable,
+}
+
+impl Decision {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Patched => "patched",
+            Decision::Denied => "denied",
+            Decision::Skipped => "skipped",
+            Decision::Uninterpretable => "uninterpretable",
+        }
+    }
+}
+
 /// What a review decided, for logs and metrics.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -69,8 +95,7 @@ pub struct Outcome {
     pub namespace: String,
     pub name: String,
     pub operation: &'static str,
-    /// `allowed`, `patched`, `denied`, `skipped`, `uninterpretable`
-    pub decision: &'static str,
+    pub decision: Decision,
     pub evaluation: Option<Evaluation>,
     /// The JSON Patch that was not applied (audit), as recorded in the audit annotations.
     pub would_patch: Option<String>,
@@ -176,7 +201,7 @@ impl Reviewer<'_> {
             namespace: bounded(&namespace),
             name: bounded(&req.name),
             operation: operation_name(&req.operation),
-            decision: "allowed",
+            decision: Decision::Allowed,
             evaluation: None,
             would_patch: None,
         };
@@ -242,13 +267,13 @@ impl Reviewer<'_> {
         }
         let resp = response::build(AdmissionResponse::from(&req), &eval, object.meta());
         outcome.decision = if !resp.allowed {
-            "denied"
+            Decision::Denied
         } else if resp.patch.is_some() {
-            "patched"
+            Decision::Patched
         } else if eval.skipped.is_some() {
-            "skipped"
+            Decision::Skipped
         } else {
-            "allowed"
+            Decision::Allowed
         };
         outcome.evaluation = Some(eval);
         outcome.would_patch = resp.audit_annotations.get("would-patch").cloned();
@@ -286,7 +311,7 @@ impl Reviewer<'_> {
         why: &str,
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
         let req = generic_request(body)?;
-        let outcome = outcome_of(&req, "skipped");
+        let outcome = outcome_of(&req, Decision::Skipped);
         tracing::debug!(uid = %req.uid, why, "not evaluated");
         Ok((AdmissionResponse::from(&req).into_review(), outcome))
     }
@@ -297,7 +322,7 @@ impl Reviewer<'_> {
         reason: String,
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
         let req = generic_request(body)?;
-        let outcome = outcome_of(&req, "uninterpretable");
+        let outcome = outcome_of(&req, Decision::Uninterpretable);
         let reason = response::truncate(&reason, response::limits::ITEM);
         let resp = AdmissionResponse::from(&req);
         let resp = match self.uninterpretable {
@@ -348,7 +373,7 @@ fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadRe
     review.try_into().map_err(|_| BadReview::NoRequest)
 }
 
-fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: &'static str) -> Outcome {
+fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: Decision) -> Outcome {
     Outcome {
         uid: bounded(&req.uid),
         kind: bounded(&req.kind.kind),

@@ -16,7 +16,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{ClaimOwner, ClusterView, claim_owner_among, statefulset_projection};
+use super::{
+    ClaimOwner, ClusterView, claim_owner_among, namespace_projection, pdb_projection,
+    statefulset_projection, storage_class_projection,
+};
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
 /// milliseconds; but an overloaded apiserver answers 429/503, which kube's client retries for
@@ -49,9 +52,13 @@ impl ClusterCache {
     /// Starts the watches on the current tokio runtime. The cache reports `is_known() == false`
     /// (and `/readyz` stays false) until every store has received its initial list.
     pub fn start(client: Client) -> Self {
-        let pdbs = spawn_reflector::<PodDisruptionBudget>(Api::all(client.clone()), |_| {});
-        let storage_classes = spawn_reflector::<StorageClass>(Api::all(client.clone()), |_| {});
-        let namespaces = spawn_reflector::<Namespace>(Api::all(client.clone()), |_| {});
+        // Each store keeps a projection (what the rules read), not the whole object: with
+        // 10,000 PDBs, managedFields alone would be most of the memory.
+        let pdbs = spawn_reflector::<PodDisruptionBudget>(Api::all(client.clone()), pdb_projection);
+        let storage_classes =
+            spawn_reflector::<StorageClass>(Api::all(client.clone()), storage_class_projection);
+        let namespaces =
+            spawn_reflector::<Namespace>(Api::all(client.clone()), namespace_projection);
         let statefulsets =
             spawn_reflector::<StatefulSet>(Api::all(client.clone()), statefulset_projection);
         let synced = Arc::new(AtomicBool::new(false));

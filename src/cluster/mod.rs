@@ -94,6 +94,37 @@ pub fn claim_owner_among<'a>(
     })
 }
 
+/// A PodDisruptionBudget reduced to what the rules read (name, namespace, selector, budget):
+/// the cache keeps this, not managedFields, annotations and status.
+pub fn pdb_projection(pdb: &mut PodDisruptionBudget) {
+    pdb.metadata.managed_fields = None;
+    pdb.metadata.annotations = None;
+    pdb.metadata.labels = None;
+    pdb.metadata.owner_references = None;
+    pdb.status = None;
+}
+
+/// A StorageClass reduced to what the rules read (name, provisioner, binding mode, reclaim
+/// policy, expansion, the default-class annotations, the creation time that breaks ties).
+pub fn storage_class_projection(sc: &mut StorageClass) {
+    sc.metadata.managed_fields = None;
+    sc.metadata.labels = None;
+    if let Some(annotations) = &mut sc.metadata.annotations {
+        annotations.retain(|k, _| DEFAULT_CLASS_ANNOTATIONS.contains(&k.as_str()));
+    }
+    sc.parameters = None;
+    sc.mount_options = None;
+}
+
+/// A Namespace reduced to its name and labels (what policy selection reads).
+pub fn namespace_projection(ns: &mut Namespace) {
+    ns.metadata.managed_fields = None;
+    ns.metadata.annotations = None;
+    ns.metadata.owner_references = None;
+    ns.spec = None;
+    ns.status = None;
+}
+
 /// A StatefulSet reduced to what the cluster view needs (name, namespace, claim template names):
 /// the cache keeps this, not the whole object with its pod template and managedFields.
 pub fn statefulset_projection(sts: &mut StatefulSet) {
@@ -343,6 +374,59 @@ mod tests {
         assert_eq!(
             snap.claim_owner("db", "www-web-3").unwrap().statefulset,
             "web"
+        );
+    }
+
+    #[test]
+    fn projections_keep_what_the_rules_read() {
+        let mut sc = class("fast", true, 7);
+        sc.metadata.annotations.as_mut().unwrap().insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "x".repeat(4096),
+        );
+        sc.volume_binding_mode = Some("WaitForFirstConsumer".into());
+        sc.reclaim_policy = Some("Retain".into());
+        let before = sc.clone();
+        storage_class_projection(&mut sc);
+        assert!(is_default_class(&sc));
+        assert_eq!(sc.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(
+            sc.metadata.creation_timestamp,
+            before.metadata.creation_timestamp
+        );
+        assert_eq!(
+            (&sc.provisioner, &sc.volume_binding_mode, &sc.reclaim_policy),
+            (
+                &before.provisioner,
+                &before.volume_binding_mode,
+                &before.reclaim_policy
+            )
+        );
+
+        let mut pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "n", "labels": {"a": "b"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "db"}}},
+            "status": {"currentHealthy": 3, "desiredHealthy": 2, "disruptionsAllowed": 1, "expectedPods": 3}
+        }))
+        .unwrap();
+        let spec = pdb.spec.clone();
+        pdb_projection(&mut pdb);
+        assert_eq!(pdb.spec, spec);
+        assert_eq!(pdb.metadata.name.as_deref(), Some("db"));
+        assert_eq!(pdb.metadata.namespace.as_deref(), Some("n"));
+        assert!(pdb.metadata.managed_fields.is_none() && pdb.status.is_none());
+
+        let mut ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n", "labels": {"team": "db"}, "annotations": {"x": "y"}},
+            "status": {"phase": "Active"}
+        }))
+        .unwrap();
+        namespace_projection(&mut ns);
+        let snap = Snapshot::known(vec![], vec![], vec![ns]);
+        assert_eq!(
+            snap.namespace_labels("n"),
+            Some([("team".to_string(), "db".to_string())].into())
         );
     }
 

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterView;
 use crate::labels;
-use crate::rules::{self, RuleId};
+use crate::rules::RuleId;
+pub use crate::rules::Rules;
 
 pub mod action;
 pub mod source;
@@ -149,71 +150,6 @@ pub struct Updates {
     /// Allow mutation rules to change `spec.template` on UPDATE (rolls every pod).
     #[serde(default)]
     pub mutate_template: bool,
-}
-
-/// Every rule's configuration, keyed by rule id.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct Rules {
-    pub pod_anti_affinity: rules::pod_anti_affinity::Config,
-    pub topology_spread: rules::topology_spread::Config,
-    pub parallel_pod_management: rules::parallel_pod_management::Config,
-    /// Absent means off: the rule needs the name of the cluster's fast class.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fast_storage_class: Option<rules::fast_storage_class::Config>,
-    pub require_pdb: rules::require_pdb::Config,
-    pub pdb_allows_disruption: rules::pdb_allows_disruption::Config,
-    pub require_readiness_probe: rules::require_readiness_probe::Config,
-    pub require_liveness_probe: rules::require_liveness_probe::Config,
-    pub probes_differ: rules::probes_differ::Config,
-    pub require_persistent_storage: rules::require_persistent_storage::Config,
-}
-
-impl Rules {
-    /// The action of a mutation rule.
-    pub fn mutate_action(&self, rule: RuleId) -> MutateAction {
-        match rule {
-            RuleId::PodAntiAffinity => self.pod_anti_affinity.action,
-            RuleId::TopologySpread => self.topology_spread.action,
-            RuleId::ParallelPodManagement => self.parallel_pod_management.action,
-            RuleId::FastStorageClass => self
-                .fast_storage_class
-                .as_ref()
-                .map_or(MutateAction::Off, |c| c.action),
-            _ => MutateAction::Off,
-        }
-    }
-
-    /// The action of a validation rule.
-    pub fn validate_action(&self, rule: RuleId) -> ValidateAction {
-        match rule {
-            RuleId::RequirePdb => self.require_pdb.action,
-            RuleId::PdbAllowsDisruption => self.pdb_allows_disruption.action,
-            RuleId::RequireReadinessProbe => self.require_readiness_probe.action,
-            RuleId::RequireLivenessProbe => self.require_liveness_probe.action,
-            RuleId::ProbesDiffer => self.probes_differ.action,
-            RuleId::RequirePersistentStorage => self.require_persistent_storage.action,
-            _ => ValidateAction::Off,
-        }
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        let checks: [(RuleId, Result<(), String>); 4] = [
-            (RuleId::PodAntiAffinity, self.pod_anti_affinity.validate()),
-            (RuleId::TopologySpread, self.topology_spread.validate()),
-            (
-                RuleId::FastStorageClass,
-                self.fast_storage_class
-                    .as_ref()
-                    .map_or(Ok(()), |c| c.validate()),
-            ),
-            (RuleId::RequirePdb, self.require_pdb.validate()),
-        ];
-        for (rule, result) in checks {
-            result.map_err(|e| format!("spec.rules.{rule}.{e}"))?;
-        }
-        Ok(())
-    }
 }
 
 /// Why a policy document was rejected.
@@ -345,7 +281,7 @@ fn validate_document(doc: &PolicyDocument, source: &str) -> Result<(), PolicyErr
     if let Some(selector) = &doc.spec.scope.namespace_selector {
         labels::validate(selector, "spec.match.namespaceSelector").map_err(invalid)?;
     }
-    doc.spec.rules.validate().map_err(invalid)
+    doc.spec.rules.check().map_err(invalid)
 }
 
 /// A policy ready to evaluate requests.

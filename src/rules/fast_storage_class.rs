@@ -314,6 +314,54 @@ pub fn keep(
     Ok(out)
 }
 
+/// The rule, as the registry in `rules/mod.rs` lists it. Its section in a policy is optional:
+/// absent means off (the rule needs the name of the cluster's fast class).
+pub struct FastStorageClass;
+
+impl super::Rule for FastStorageClass {
+    type Config = Option<Config>;
+    fn check(config: &Option<Config>) -> Result<(), String> {
+        config.as_ref().map_or(Ok(()), Config::validate)
+    }
+}
+
+impl super::MutationRule for FastStorageClass {
+    fn action(config: &Option<Config>) -> MutateAction {
+        config.as_ref().map_or(MutateAction::Off, |c| c.action)
+    }
+    fn mutate(
+        sts: &StatefulSet,
+        config: &Option<Config>,
+        _earlier: &super::Earlier,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        match config {
+            Some(config) => mutate_statefulset(sts, config, ctx),
+            None => Ok(Mutation::none()),
+        }
+    }
+    fn mutate_pvc(
+        pvc: &PersistentVolumeClaim,
+        config: &Option<Config>,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        match config {
+            Some(config) => mutate_pvc(pvc, config, ctx),
+            None => Ok(Mutation::none()),
+        }
+    }
+    fn keep(
+        new: &StatefulSet,
+        old: &StatefulSet,
+        config: Option<&Option<Config>>,
+    ) -> Result<Mutation, serde_json::Error> {
+        keep(new, old, config.and_then(Option::as_ref))
+    }
+    fn provide<'a>(config: &'a Option<Config>, earlier: &mut super::Earlier<'a>) {
+        earlier.storage = config.as_ref();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,75 +4,197 @@
 //! and notes when they chose not to); validation rules return [`Finding`]s. Neither knows about
 //! HTTP, policies' actions or modes: the [`crate::engine`] decides what each outcome does.
 use std::fmt;
+use std::marker::PhantomData;
 
 use json_patch::PatchOperation;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterView;
+use crate::policy::action::{MutateAction, ValidateAction};
 
 pub mod explicit;
 pub mod patch;
-
-pub mod fast_storage_class;
-pub mod parallel_pod_management;
-pub mod pdb_allows_disruption;
-pub mod pod_anti_affinity;
 pub mod probes;
-pub mod probes_differ;
-pub mod require_liveness_probe;
-pub mod require_pdb;
-pub mod require_persistent_storage;
-pub mod require_readiness_probe;
-pub mod topology_spread;
+#[macro_use]
+mod registry;
 
-/// Every rule's id: the name used in policy files, messages, metrics and annotations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RuleId {
-    PodAntiAffinity,
-    TopologySpread,
-    ParallelPodManagement,
-    FastStorageClass,
-    RequirePdb,
-    PdbAllowsDisruption,
-    RequireReadinessProbe,
-    RequireLivenessProbe,
-    ProbesDiffer,
-    RequirePersistentStorage,
+// ---------------------------------------------------------------------------------------------
+// THE RULES. To add one: write `src/rules/<module>.rs` with a unit struct implementing
+// [`MutationRule`] or [`ValidationRule`] (see `require_liveness_probe.rs` for the smallest),
+// then add one line below. Everything else is derived from this list: the [`RuleId`] and its
+// name, the policy's `rules:` schema ([`Rules`], with the defaults), the action lookup, the
+// configuration checks and the engine's loops. Mutation rules run in the order listed.
+// `tests/registry.rs` checks that every rule is in policies/default.yaml (with the Rust
+// defaults), in policies/README.md and in the README's table.
+// ---------------------------------------------------------------------------------------------
+registry! {
+    mutations: [
+        FastStorageClass => fast_storage_class: "fast-storage-class",
+        PodAntiAffinity => pod_anti_affinity: "pod-anti-affinity",
+        TopologySpread => topology_spread: "topology-spread",
+        ParallelPodManagement => parallel_pod_management: "parallel-pod-management",
+    ],
+    validations: [
+        RequirePdb => require_pdb: "require-pdb",
+        PdbAllowsDisruption => pdb_allows_disruption: "pdb-allows-disruption",
+        RequireReadinessProbe => require_readiness_probe: "require-readiness-probe",
+        RequireLivenessProbe => require_liveness_probe: "require-liveness-probe",
+        ProbesDiffer => probes_differ: "probes-differ",
+        RequirePersistentStorage => require_persistent_storage: "require-persistent-storage",
+    ],
 }
 
-impl RuleId {
-    pub const ALL: [RuleId; 10] = [
-        RuleId::PodAntiAffinity,
-        RuleId::TopologySpread,
-        RuleId::ParallelPodManagement,
-        RuleId::FastStorageClass,
-        RuleId::RequirePdb,
-        RuleId::PdbAllowsDisruption,
-        RuleId::RequireReadinessProbe,
-        RuleId::RequireLivenessProbe,
-        RuleId::ProbesDiffer,
-        RuleId::RequirePersistentStorage,
-    ];
+/// What every rule has: its parameters in a policy's `rules:` section, with their defaults.
+pub trait Rule {
+    type Config: Default + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned;
+    /// Checks the parameters beyond their types (ranges, required values).
+    fn check(_config: &Self::Config) -> Result<(), String> {
+        Ok(())
+    }
+}
 
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RuleId::PodAntiAffinity => "pod-anti-affinity",
-            RuleId::TopologySpread => "topology-spread",
-            RuleId::ParallelPodManagement => "parallel-pod-management",
-            RuleId::FastStorageClass => "fast-storage-class",
-            RuleId::RequirePdb => "require-pdb",
-            RuleId::PdbAllowsDisruption => "pdb-allows-disruption",
-            RuleId::RequireReadinessProbe => "require-readiness-probe",
-            RuleId::RequireLivenessProbe => "require-liveness-probe",
-            RuleId::ProbesDiffer => "probes-differ",
-            RuleId::RequirePersistentStorage => "require-persistent-storage",
+/// A rule that changes objects: a pure function from the object to a [`Mutation`].
+pub trait MutationRule: Rule {
+    fn action(config: &Self::Config) -> MutateAction;
+    /// On a StatefulSet CREATE (and UPDATE, for pod-template rules with
+    /// `updates.mutateTemplate`).
+    fn mutate(
+        sts: &StatefulSet,
+        config: &Self::Config,
+        earlier: &Earlier,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error>;
+    /// On a PVC CREATE.
+    fn mutate_pvc(
+        _pvc: &PersistentVolumeClaim,
+        _config: &Self::Config,
+        _ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        Ok(Mutation::none())
+    }
+    /// On UPDATE of a StatefulSet this rule changed at CREATE: put back what the update
+    /// reverted (see the README's Day 2 section). `config` is `None` when no policy governs the
+    /// namespace any more.
+    fn keep(
+        _new: &StatefulSet,
+        _old: &StatefulSet,
+        _config: Option<&Self::Config>,
+    ) -> Result<Mutation, serde_json::Error> {
+        Ok(Mutation::none())
+    }
+    /// What later rules may read of this one (their declared input, [`Earlier`]), when it
+    /// applies its changes.
+    fn provide<'a>(_config: &'a Self::Config, _earlier: &mut Earlier<'a>) {}
+}
+
+/// A rule that reports problems: a pure function from the object to [`Finding`]s.
+pub trait ValidationRule: Rule {
+    fn action(config: &Self::Config) -> ValidateAction;
+    fn validate(sts: &StatefulSet, config: &Self::Config, ctx: &Context) -> Vec<Finding>;
+}
+
+/// What earlier mutation rules provide to later ones (filled by [`MutationRule::provide`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Earlier<'a> {
+    /// `fast-storage-class` applies, with these parameters: the classes pods will really use
+    /// (`topology-spread` reads their binding mode).
+    pub storage: Option<&'a fast_storage_class::Config>,
+}
+
+/// The configuration of a rule that has no parameter besides its action; `D` names the
+/// default action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default, bound = "")]
+pub struct ActionOnly<D: DefaultAction> {
+    pub action: D::Action,
+    #[serde(skip)]
+    default: PhantomData<D>,
+}
+
+impl<D: DefaultAction> Default for ActionOnly<D> {
+    fn default() -> Self {
+        Self::new(D::ACTION)
+    }
+}
+
+impl<D: DefaultAction> ActionOnly<D> {
+    pub fn new(action: D::Action) -> Self {
+        Self {
+            action,
+            default: PhantomData,
         }
     }
+}
 
-    pub fn parse(s: &str) -> Option<RuleId> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
+/// A rule's default action, as a type (see [`ActionOnly`]).
+pub trait DefaultAction {
+    type Action: Copy + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
+    const ACTION: Self::Action;
+}
+
+macro_rules! default_action {
+    ($($name:ident: $ty:ident::$action:ident),* $(,)?) => {$(
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name;
+        impl DefaultAction for $name {
+            type Action = $ty;
+            const ACTION: $ty = $ty::$action;
+        }
+    )*};
+}
+
+default_action! {
+    MutateByDefault: MutateAction::Mutate,
+    EnforceByDefault: ValidateAction::Enforce,
+    WarnByDefault: ValidateAction::Warn,
+}
+
+/// A rule's action, of either kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Mutate(MutateAction),
+    Validate(ValidateAction),
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Mutate(a) => a.as_str(),
+            Action::Validate(a) => a.as_str(),
+        }
+    }
+}
+
+/// Visits each mutation rule with its configuration (borrowed for `'r`), in the order they run.
+pub trait MutationVisitor<'r> {
+    fn visit<R: MutationRule>(&mut self, id: RuleId, config: &'r R::Config);
+}
+
+/// Visits each validation rule with its configuration.
+pub trait ValidationVisitor<'r> {
+    fn visit<R: ValidationRule>(&mut self, id: RuleId, config: &'r R::Config);
+}
+
+impl Serialize for RuleId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RuleId::parse(&name).ok_or_else(|| {
+            let names: Vec<&str> = RuleId::ALL.iter().map(|r| r.as_str()).collect();
+            serde::de::Error::custom(format!(
+                "unknown rule {name:?}, expected one of {}",
+                names.join(", ")
+            ))
+        })
     }
 }
 

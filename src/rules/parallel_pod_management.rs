@@ -4,7 +4,6 @@
 //! whose readiness needs a quorum never comes back after all its pods die at once (a full
 //! cluster restart): pod 0 waits for a quorum, and the other pods wait for pod 0.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use serde::{Deserialize, Serialize};
 
 use super::explicit::{Provenance, provenance, provenance_in};
 use super::{Context, Mutation, Operation, has_annotation, patch};
@@ -14,12 +13,8 @@ use crate::policy::action::MutateAction;
 /// `stateful-guard.io/pod-management-policy: OrderedReady`.
 pub const OPT_OUT_ANNOTATION: &str = "stateful-guard.io/pod-management-policy";
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Config {
-    pub action: MutateAction,
-}
-
+/// Only an action (default `mutate`).
+pub type Config = super::ActionOnly<super::MutateByDefault>;
 pub fn mutate(
     sts: &StatefulSet,
     _cfg: &Config,
@@ -78,6 +73,34 @@ pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json
             .into(),
         notes: vec![],
     })
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct ParallelPodManagement;
+
+impl super::Rule for ParallelPodManagement {
+    type Config = Config;
+}
+
+impl super::MutationRule for ParallelPodManagement {
+    fn action(config: &Config) -> MutateAction {
+        config.action
+    }
+    fn mutate(
+        sts: &StatefulSet,
+        config: &Config,
+        _earlier: &super::Earlier,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        mutate(sts, config, ctx)
+    }
+    fn keep(
+        new: &StatefulSet,
+        old: &StatefulSet,
+        _config: Option<&Config>,
+    ) -> Result<Mutation, serde_json::Error> {
+        keep(new, old)
+    }
 }
 
 #[cfg(test)]

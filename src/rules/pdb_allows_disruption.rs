@@ -7,25 +7,13 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::{Deserialize, Serialize};
 
 use super::require_pdb::matching_pdbs;
 use super::{Context, Finding, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Config {
-    pub action: ValidateAction,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            action: ValidateAction::Warn,
-        }
-    }
-}
+/// Only an action (default `warn`).
+pub type Config = super::ActionOnly<super::WarnByDefault>;
 
 /// Resolves an int-or-percent against `total`, rounding up as the disruption controller does.
 fn scaled(value: &IntOrString, total: i32) -> Option<i32> {
@@ -101,6 +89,22 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
         }
     }
     findings
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct PdbAllowsDisruption;
+
+impl super::Rule for PdbAllowsDisruption {
+    type Config = Config;
+}
+
+impl super::ValidationRule for PdbAllowsDisruption {
+    fn action(config: &Config) -> ValidateAction {
+        config.action
+    }
+    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
+        validate(sts, config, ctx)
+    }
 }
 
 #[cfg(test)]

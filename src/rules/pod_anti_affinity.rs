@@ -3,7 +3,7 @@
 //! Why: replicas that land on one node die together when it fails or is drained, and a
 //! replicated database loses its quorum with them.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PodAffinityTerm, PodAntiAffinity, WeightedPodAffinityTerm};
+use k8s_openapi::api::core::v1::{self as core, PodAffinityTerm, WeightedPodAffinityTerm};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, Mutation, patch};
@@ -84,7 +84,7 @@ pub fn mutate(
         ..Default::default()
     };
     let anti = match cfg.mode {
-        Strength::Preferred => PodAntiAffinity {
+        Strength::Preferred => core::PodAntiAffinity {
             preferred_during_scheduling_ignored_during_execution: Some(vec![
                 WeightedPodAffinityTerm {
                     weight: cfg.weight,
@@ -93,7 +93,7 @@ pub fn mutate(
             ]),
             ..Default::default()
         },
-        Strength::Required => PodAntiAffinity {
+        Strength::Required => core::PodAntiAffinity {
             required_during_scheduling_ignored_during_execution: Some(vec![term]),
             ..Default::default()
         },
@@ -154,6 +154,37 @@ pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json
         summary: "kept the pod anti-affinity set at creation (the update dropped it; without it replicas can land on one node)".into(),
         notes: vec![],
     })
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct PodAntiAffinity;
+
+impl super::Rule for PodAntiAffinity {
+    type Config = Config;
+    fn check(config: &Config) -> Result<(), String> {
+        config.validate()
+    }
+}
+
+impl super::MutationRule for PodAntiAffinity {
+    fn action(config: &Config) -> MutateAction {
+        config.action
+    }
+    fn mutate(
+        sts: &StatefulSet,
+        config: &Config,
+        _earlier: &super::Earlier,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        mutate(sts, config, ctx)
+    }
+    fn keep(
+        new: &StatefulSet,
+        old: &StatefulSet,
+        _config: Option<&Config>,
+    ) -> Result<Mutation, serde_json::Error> {
+        keep(new, old)
+    }
 }
 
 #[cfg(test)]

@@ -4,24 +4,12 @@
 //! same thing, a slow dependency makes the kubelet restart healthy pods, turning a slowdown into
 //! an outage. Liveness should only check that the process itself is alive.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use serde::{Deserialize, Serialize};
 
 use super::{Context, Finding, RuleId, display_name, probes};
 use crate::policy::action::ValidateAction;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Config {
-    pub action: ValidateAction,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            action: ValidateAction::Warn,
-        }
-    }
-}
+/// Only an action (default `warn`).
+pub type Config = super::ActionOnly<super::WarnByDefault>;
 
 pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
     probes::long_running_containers(sts)
@@ -38,6 +26,22 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             )
         })
         .collect()
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct ProbesDiffer;
+
+impl super::Rule for ProbesDiffer {
+    type Config = Config;
+}
+
+impl super::ValidationRule for ProbesDiffer {
+    fn action(config: &Config) -> ValidateAction {
+        config.action
+    }
+    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
+        validate(sts, config, ctx)
+    }
 }
 
 #[cfg(test)]

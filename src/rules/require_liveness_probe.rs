@@ -3,24 +3,12 @@
 //! Why: a deadlocked database process keeps its pod Running forever; only a liveness probe lets
 //! the kubelet restart it.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use serde::{Deserialize, Serialize};
 
 use super::{Context, Finding, RuleId, probes};
 use crate::policy::action::ValidateAction;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Config {
-    pub action: ValidateAction,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            action: ValidateAction::Warn,
-        }
-    }
-}
+/// Only an action (default `warn`).
+pub type Config = super::ActionOnly<super::WarnByDefault>;
 
 pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
     probes::missing(
@@ -31,6 +19,22 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
         "otherwise a hung process is never restarted",
         |c| c.liveness_probe.as_ref(),
     )
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct RequireLivenessProbe;
+
+impl super::Rule for RequireLivenessProbe {
+    type Config = Config;
+}
+
+impl super::ValidationRule for RequireLivenessProbe {
+    fn action(config: &Config) -> ValidateAction {
+        config.action
+    }
+    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
+        validate(sts, config, ctx)
+    }
 }
 
 #[cfg(test)]

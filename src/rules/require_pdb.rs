@@ -131,6 +131,25 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
     )]
 }
 
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct RequirePdb;
+
+impl super::Rule for RequirePdb {
+    type Config = Config;
+    fn check(config: &Config) -> Result<(), String> {
+        config.validate()
+    }
+}
+
+impl super::ValidationRule for RequirePdb {
+    fn action(config: &Config) -> ValidateAction {
+        config.action
+    }
+    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
+        validate(sts, config, ctx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,24 +3,12 @@
 //! Why: data in `emptyDir` or in the container's own filesystem is lost whenever the pod is
 //! rescheduled; a StatefulSet without durable storage is usually a mistake.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use serde::{Deserialize, Serialize};
 
 use super::{Context, Finding, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Config {
-    pub action: ValidateAction,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            action: ValidateAction::Warn,
-        }
-    }
-}
+/// Only an action (default `warn`).
+pub type Config = super::ActionOnly<super::WarnByDefault>;
 
 pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
     let spec = &sts.spec;
@@ -45,6 +33,22 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             display_name(&sts.metadata, ctx.namespace)
         ),
     )]
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct RequirePersistentStorage;
+
+impl super::Rule for RequirePersistentStorage {
+    type Config = Config;
+}
+
+impl super::ValidationRule for RequirePersistentStorage {
+    fn action(config: &Config) -> ValidateAction {
+        config.action
+    }
+    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
+        validate(sts, config, ctx)
+    }
 }
 
 #[cfg(test)]

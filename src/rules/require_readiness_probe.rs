@@ -3,24 +3,12 @@
 //! Why: without one, a pod is Ready as soon as its process starts, so Services route traffic to
 //! a database still replaying its log or not yet in the quorum.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use serde::{Deserialize, Serialize};
 
 use super::{Context, Finding, RuleId, probes};
 use crate::policy::action::ValidateAction;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Config {
-    pub action: ValidateAction,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            action: ValidateAction::Enforce,
-        }
-    }
-}
+/// Only an action (default `enforce`).
+pub type Config = super::ActionOnly<super::EnforceByDefault>;
 
 pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
     probes::missing(
@@ -31,6 +19,22 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
         "otherwise traffic reaches pods that cannot serve yet",
         |c| c.readiness_probe.as_ref(),
     )
+}
+
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct RequireReadinessProbe;
+
+impl super::Rule for RequireReadinessProbe {
+    type Config = Config;
+}
+
+impl super::ValidationRule for RequireReadinessProbe {
+    fn action(config: &Config) -> ValidateAction {
+        config.action
+    }
+    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
+        validate(sts, config, ctx)
+    }
 }
 
 #[cfg(test)]

@@ -184,6 +184,38 @@ pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json
     })
 }
 
+/// The rule, as the registry in `rules/mod.rs` lists it. Its declared input: the classes
+/// `fast-storage-class` will set ([`super::Earlier::storage`]).
+pub struct TopologySpread;
+
+impl super::Rule for TopologySpread {
+    type Config = Config;
+    fn check(config: &Config) -> Result<(), String> {
+        config.validate()
+    }
+}
+
+impl super::MutationRule for TopologySpread {
+    fn action(config: &Config) -> MutateAction {
+        config.action
+    }
+    fn mutate(
+        sts: &StatefulSet,
+        config: &Config,
+        earlier: &super::Earlier,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        mutate(sts, config, earlier.storage, ctx)
+    }
+    fn keep(
+        new: &StatefulSet,
+        old: &StatefulSet,
+        _config: Option<&Config>,
+    ) -> Result<Mutation, serde_json::Error> {
+        keep(new, old)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

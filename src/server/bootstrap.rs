@@ -16,8 +16,14 @@ pub struct Bootstrap {
     settings: Settings,
     cert_dir: PathBuf,
     webhook_name: String,
+    /// How often the Secret is checked (rotation when due).
     interval: Duration,
+    /// How often the webhook configurations' caBundle is checked (and put back).
+    bundle_interval: Duration,
 }
+
+/// Every call to the API here gets this long; a hung call is retried at the next tick.
+const API_CALL_BUDGET: Duration = Duration::from_secs(10);
 
 impl Bootstrap {
     pub fn from_args(args: &ServeArgs) -> Self {
@@ -33,6 +39,7 @@ impl Bootstrap {
             cert_dir: args.cert_dir.clone(),
             webhook_name: args.webhook_name.clone(),
             interval: args.cert_check_interval,
+            bundle_interval: args.reload_interval.max(Duration::from_secs(1)),
         }
     }
 
@@ -48,12 +55,21 @@ impl Bootstrap {
         kube::Api::namespaced(client.clone(), &self.settings.namespace)
     }
 
-    async fn inject(&self, client: &kube::Client, material: &Material) {
-        if let Err(error) =
-            bootstrap::inject_ca_bundle(client, &self.webhook_name, material.ca_bundle.as_bytes())
-                .await
-        {
-            tracing::warn!(%error, "cannot set the webhooks' caBundle; will retry");
+    /// Makes both webhook configurations trust `material`'s CA bundle; whether they do now
+    /// (the apiserver can verify us). A missing configuration or an unanswered call is not.
+    async fn inject(&self, client: &kube::Client, material: &Material) -> bool {
+        let call =
+            bootstrap::inject_ca_bundle(client, &self.webhook_name, material.ca_bundle.as_bytes());
+        match tokio::time::timeout(API_CALL_BUDGET, call).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot set the webhooks' caBundle; will retry");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(budget = ?API_CALL_BUDGET, "setting the webhooks' caBundle timed out; will retry");
+                false
+            }
         }
     }
 
@@ -62,8 +78,17 @@ impl Bootstrap {
     /// there. The socket can then be bound at once: kubelet's HTTPS probes do not verify
     /// certificates, so liveness passes during an API outage (no restart loop), while readiness
     /// waits for [`Bootstrap::run`] (no apiserver traffic on the provisional certificate).
+    /// The name kube-apiserver verifies: `SERVICE.NAMESPACE.svc`.
+    fn server_name(&self) -> String {
+        format!("{}.{}.svc", self.settings.service, self.settings.namespace)
+    }
+
     pub fn provisional(&self) -> anyhow::Result<CertFiles> {
-        if let Ok(files) = CertFiles::load(&self.cert_path(), &self.key_path()) {
+        if let Ok(files) = CertFiles::load(
+            &self.cert_path(),
+            &self.key_path(),
+            Some(self.server_name()),
+        ) {
             return Ok(files);
         }
         let names = crate::certs::service_names(&self.settings.service, &self.settings.namespace);
@@ -78,83 +103,134 @@ impl Bootstrap {
                 key: bundle.key,
             },
         )?;
-        Ok(CertFiles::load(&self.cert_path(), &self.key_path())?)
+        Ok(CertFiles::load(
+            &self.cert_path(),
+            &self.key_path(),
+            Some(self.server_name()),
+        )?)
     }
 
     /// After the socket is bound: the certificate from the Secret replaces the provisional one,
     /// `ready` turns true, and then the certificate is kept current until the process ends.
     pub async fn run(self, client: kube::Client, files: Arc<CertFiles>, ready: Arc<AtomicBool>) {
+        let mut loaded = false;
+        let mut material = None;
         match self.initial(&client).await {
-            Ok(()) => match files.reload() {
-                Ok(_) => {
-                    ready.store(true, Ordering::Release);
-                    tracing::info!("serving the certificate from the Secret");
+            Ok(m) => {
+                match files.reload() {
+                    Ok(_) => {
+                        loaded = true;
+                        tracing::info!("serving the certificate from the Secret");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot load the bootstrapped certificate; will retry");
+                    }
                 }
-                Err(error) => {
-                    tracing::error!(%error, "cannot load the bootstrapped certificate; will retry");
-                }
-            },
+                material = Some(m);
+            }
             Err(error) => tracing::error!(
                 error = format!("{error:#}"),
                 "cannot write the bootstrapped certificate; will retry"
             ),
         }
-        // The file watcher reloads later changes; readiness waits for the first good load.
-        let ready_files = (!ready.load(Ordering::Acquire)).then_some((files, ready));
-        self.keep_current(client, ready_files).await;
+        self.keep_current(client, files, ready, loaded, material)
+            .await;
     }
 
     /// The Secret is made valid and its certificate written, retrying with backoff while the
-    /// API is unreachable (the pod is not ready meanwhile).
-    async fn initial(&self, client: &kube::Client) -> anyhow::Result<()> {
+    /// API is unreachable (the pod is not ready meanwhile). The CA reaches the webhook
+    /// configurations before the certificate it signs is served.
+    async fn initial(&self, client: &kube::Client) -> anyhow::Result<Material> {
         let api = self.secrets(client);
         let mut delay = Duration::from_millis(500);
         let material = loop {
-            match bootstrap::ensure(&api, &self.settings).await {
-                Ok(m) => break m,
-                Err(error) => {
+            let attempt =
+                tokio::time::timeout(API_CALL_BUDGET, bootstrap::ensure(&api, &self.settings));
+            match attempt.await {
+                Ok(Ok(m)) => break m,
+                Ok(Err(error)) => {
                     tracing::warn!(%error, retry_in = ?delay, "certificate bootstrap failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(_) => {
+                    tracing::warn!(retry_in = ?delay, "certificate bootstrap timed out");
                 }
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
         };
-        write(&self.cert_dir, &material)?;
         self.inject(client, &material).await;
-        Ok(())
+        write(&self.cert_dir, &material)?;
+        Ok(material)
     }
 
-    /// Every interval: rotate when due, refresh the files (the file watcher reloads them), and
-    /// make sure both webhook configurations carry the CA bundle.
-    /// `pending` holds the files and the readiness flag while the first load has not succeeded.
+    /// Every `bundle_interval`: both webhook configurations carry the CA bundle (put back
+    /// within seconds if a GitOps tool or a re-apply reset it, or if the configurations appear
+    /// after the pod). Every `interval`: the Secret is checked and the certificate rotated when
+    /// due, its new CA bundle reaching the configurations before the new leaf is written (the
+    /// file watcher then serves it). Readiness: the Secret's certificate is served and the
+    /// configurations trust it, so the apiserver can verify us.
     async fn keep_current(
         self,
         client: kube::Client,
-        mut pending: Option<(Arc<CertFiles>, Arc<AtomicBool>)>,
+        files: Arc<CertFiles>,
+        ready: Arc<AtomicBool>,
+        mut loaded: bool,
+        mut material: Option<Material>,
     ) {
         let api = self.secrets(&client);
+        let mut since_check = Duration::ZERO;
+        let mut trusted = match &material {
+            Some(m) => self.inject(&client, m).await,
+            None => false,
+        };
         loop {
-            tokio::time::sleep(self.interval).await;
-            match bootstrap::ensure(&api, &self.settings).await {
-                Ok(material) => {
-                    match write(&self.cert_dir, &material) {
-                        Ok(true) => tracing::info!("serving certificate updated from the Secret"),
-                        Ok(false) => {}
-                        Err(error) => tracing::error!(
-                            error = format!("{error:#}"),
-                            "cannot write the certificate files"
-                        ),
-                    }
-                    if let Some((files, ready)) = &pending
-                        && files.reload().is_ok()
-                    {
-                        ready.store(true, Ordering::Release);
-                        tracing::info!("serving the certificate from the Secret");
-                        pending = None;
-                    }
-                    self.inject(&client, &material).await;
+            let now_ready = loaded && trusted;
+            if ready.swap(now_ready, Ordering::AcqRel) != now_ready {
+                if now_ready {
+                    tracing::info!(
+                        "ready: the webhook configurations trust the served certificate"
+                    );
+                } else {
+                    tracing::warn!(
+                        "not ready: the webhook configurations do not trust the served certificate (yet)"
+                    );
                 }
-                Err(error) => tracing::warn!(%error, "certificate check failed; will retry"),
+            }
+            tokio::time::sleep(self.bundle_interval).await;
+            since_check += self.bundle_interval;
+            if material.is_none() || since_check >= self.interval {
+                since_check = Duration::ZERO;
+                match tokio::time::timeout(API_CALL_BUDGET, bootstrap::ensure(&api, &self.settings))
+                    .await
+                {
+                    Ok(Ok(fresh)) => {
+                        // The CA first, then the certificate it signs.
+                        trusted = self.inject(&client, &fresh).await;
+                        match write(&self.cert_dir, &fresh) {
+                            Ok(true) => {
+                                tracing::info!("serving certificate updated from the Secret")
+                            }
+                            Ok(false) => {}
+                            Err(error) => tracing::error!(
+                                error = format!("{error:#}"),
+                                "cannot write the certificate files"
+                            ),
+                        }
+                        if !loaded && files.reload().is_ok() {
+                            loaded = true;
+                            tracing::info!("serving the certificate from the Secret");
+                        }
+                        material = Some(fresh);
+                        continue;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "certificate check failed; will retry")
+                    }
+                    Err(_) => tracing::warn!("certificate check timed out; will retry"),
+                }
+            }
+            if let Some(m) = &material {
+                trusted = self.inject(&client, m).await;
             }
         }
     }

@@ -49,7 +49,7 @@ async fn certificates(
 ) -> anyhow::Result<Certificates> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         return Ok(Certificates {
-            files: tls::CertFiles::load(cert, key)?,
+            files: tls::CertFiles::load(cert, key, Some(args.tls_server_name()))?,
             watched: true,
             bootstrap: None,
         });
@@ -77,7 +77,11 @@ async fn certificates(
     crate::certs::write_file(&dir.join("tls.crt"), &bundle.cert, false)?;
     crate::certs::write_file(&dir.join("tls.key"), &bundle.key, true)?;
     crate::certs::write_file(&args.generated_ca, &bundle.ca_cert, false)?;
-    let files = tls::CertFiles::load(&dir.join("tls.crt"), &dir.join("tls.key"))?;
+    let files = tls::CertFiles::load(
+        &dir.join("tls.crt"),
+        &dir.join("tls.key"),
+        Some("localhost".to_owned()),
+    )?;
     tracing::info!(
         ca = %args.generated_ca.display(),
         "no --tls-cert given: generated a CA and a certificate for localhost"
@@ -198,7 +202,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutting_down: Default::default(),
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
     });
-    let app = routes::router(state.clone(), args.max_body_bytes);
+    let app = routes::router(
+        state.clone(),
+        routes::Limits {
+            max_body_bytes: args.max_body_bytes,
+            body_read_timeout: args.body_read_timeout,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1))),
+        },
+    );
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -274,8 +285,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(args.max_concurrent_streams);
     let (h1, h2) = (Arc::new(h1), Arc::new(h2));
+    let connections = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let handshake_timeout = args.header_read_timeout;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -300,8 +312,36 @@ pub async fn serve(
             }
             () = async { draining.as_mut().expect("guarded").as_mut().await }, if draining.is_some() => break,
         };
+        // A connection cap: one more is closed at once, never held.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            state
+                .metrics
+                .refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "connections",
+                })
+                .inc();
+            tracing::warn!(%peer, max = args.max_connections, "connection refused: --max-connections reached");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        // Whether the connection has sent a request yet (an HTTP/2 client that never sends
+        // its preface or a request is closed after the header timeout, like a silent HTTP/1.1
+        // one).
+        let requested = Arc::new(AtomicBool::new(false));
+        let service = {
+            let requested = requested.clone();
+            TowerToHyperService::new(
+                tower::ServiceBuilder::new()
+                    .map_request(move |r: axum::extract::Request<hyper::body::Incoming>| {
+                        requested.store(true, Ordering::Relaxed);
+                        r
+                    })
+                    .service(app.clone()),
+            )
+        };
+        let metrics = state.metrics.clone();
         let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -317,17 +357,40 @@ pub async fn serve(
                 }
             };
             // Protocol from ALPN: h2 when negotiated, HTTP/1.1 otherwise.
-            let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                h2
-            } else {
-                h1
-            };
+            let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if is_h2 { h2 } else { h1 };
             let conn = builder
                 .serve_connection(TokioIo::new(tls), service)
                 .into_owned();
-            if let Err(error) = watcher.watch(conn).await {
+            let conn = watcher.watch(conn);
+            let mut conn = std::pin::pin!(conn);
+            let result = if is_h2 {
+                tokio::select! {
+                    result = &mut conn => Some(result),
+                    () = tokio::time::sleep(handshake_timeout) => {
+                        if requested.load(Ordering::Relaxed) {
+                            None
+                        } else {
+                            metrics
+                                .refused
+                                .get_or_create(&crate::metrics::ReasonLabels { reason: "no_request" })
+                                .inc();
+                            tracing::debug!(%peer, "HTTP/2 connection sent no request in time; closed");
+                            return;
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            let result = match result {
+                Some(result) => result,
+                None => conn.await,
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -1,7 +1,7 @@
 //! HTTP routes: the two webhooks, health, readiness, metrics.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,7 +19,7 @@ use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
 use crate::engine::Phase;
 use crate::metrics::{
-    EndpointLabels, FindingLabels, Metrics, MutationLabels, RequestLabels, RuleLabels,
+    EndpointLabels, FindingLabels, Metrics, MutationLabels, ReasonLabels, RequestLabels, RuleLabels,
 };
 use crate::policy::ValidateAction;
 use crate::policy::source::PolicyStore;
@@ -39,10 +39,105 @@ pub struct AppState {
     pub certificate_ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    Router::new()
+/// What bounds one admission request before it is evaluated.
+#[derive(Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Permits for reviews in flight.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Before a review is evaluated: a body announced larger than the limit is refused at once
+/// (413, from `Content-Length`, nothing read), a full set of reviews in flight answers 503 at
+/// once (never an unbounded queue), and the whole body must arrive within the read timeout
+/// (408). Each refusal is logged and counted: with failurePolicy Ignore, the apiserver then
+/// admits the object unchecked.
+async fn admission_limits(
+    State((limits, metrics)): State<(Limits, Arc<Metrics>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let refuse = |reason: &'static str, status: StatusCode, message: String| {
+        metrics
+            .refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        tracing::warn!(reason, %message, "review refused before evaluation");
+        error(status, message)
+    };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return refuse(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body of {} bytes is larger than --max-body-bytes ({})",
+                announced.unwrap_or_default(),
+                limits.max_body_bytes
+            ),
+        );
+    }
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        return refuse(
+            "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many reviews in flight (--max-in-flight); retry".into(),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(
+        limits.body_read_timeout,
+        axum::body::to_bytes(body, limits.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => {
+            return refuse(
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the request body: {error}"),
+            );
+        }
+        Err(_) => {
+            let mut response = refuse(
+                "body_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?} (--body-read-timeout)",
+                    limits.body_read_timeout
+                ),
+            );
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return response;
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(body),
+    ))
+    .await
+}
+
+pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
+    let max_body_bytes = limits.max_body_bytes;
+    let admission = Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
+        .layer(axum::middleware::from_fn_with_state(
+            (limits, state.metrics.clone()),
+            admission_limits,
+        ));
+    Router::new()
+        .merge(admission)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -72,7 +167,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         problems.push("shutting down");
     }
     if !state.certificate_ready.load(Ordering::Acquire) {
-        problems.push("serving certificate not bootstrapped yet");
+        problems.push(
+            "serving certificate not bootstrapped yet, or not trusted by the webhook configurations' caBundle",
+        );
     }
     if !state.policies.is_loaded() {
         problems.push("no policy loaded");
@@ -205,14 +302,14 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
     span.record("namespace", outcome.namespace.as_str());
     span.record("name", outcome.name.as_str());
     span.record("operation", outcome.operation);
-    span.record("decision", outcome.decision);
+    span.record("decision", outcome.decision.as_str());
     metrics
         .requests
         .get_or_create(&RequestLabels {
             endpoint,
             kind: crate::admission::kind_label(&outcome.kind),
             operation: outcome.operation,
-            decision: outcome.decision,
+            decision: outcome.decision.as_str(),
         })
         .inc();
     let Some(eval) = &outcome.evaluation else {

@@ -31,6 +31,8 @@ pub enum TlsError {
     NoCertificate { path: PathBuf, detail: String },
     #[error("{path}: no usable PEM private key found: {detail}")]
     NoKey { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Unusable { path: PathBuf, detail: String },
     #[error("{cert} and {key}: {detail}")]
     Mismatch {
         cert: PathBuf,
@@ -60,6 +62,7 @@ fn certified_key(
     pair: &PemPair,
     cert_path: &Path,
     key_path: &Path,
+    server_name: Option<&str>,
 ) -> Result<CertifiedKey, TlsError> {
     let chain = CertificateDer::pem_slice_iter(&pair.cert)
         .collect::<Result<Vec<_>, _>>()
@@ -82,7 +85,80 @@ fn certified_key(
         key: key_path.to_owned(),
         detail: e.to_string(),
     })?;
+    if let Some(leaf) = ck.cert.first() {
+        usable(leaf.as_ref(), server_name).map_err(|detail| TlsError::Unusable {
+            path: cert_path.to_owned(),
+            detail,
+        })?;
+    }
     Ok(ck)
+}
+
+/// Whether a leaf certificate can serve now, for `server_name` (the name kube-apiserver
+/// verifies, `SERVICE.NAMESPACE.svc`): not expired, already valid, and naming it. A pair that is
+/// not would make every TLS handshake fail, so admission would silently stop (failurePolicy
+/// Ignore).
+fn usable(der: &[u8], server_name: Option<&str>) -> Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now < validity.not_before {
+        return Err(format!(
+            "the certificate is not valid yet (not before {})",
+            validity.not_before
+        ));
+    }
+    if now > validity.not_after {
+        return Err(format!(
+            "the certificate expired (not after {})",
+            validity.not_after
+        ));
+    }
+    let Some(name) = server_name.filter(|n| !n.is_empty()) else {
+        return Ok(());
+    };
+    let names: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => Some(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
+                        16 => <[u8; 16]>::try_from(*ip)
+                            .ok()
+                            .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let matches = |pattern: &str| {
+        pattern.eq_ignore_ascii_case(name)
+            || pattern.strip_prefix("*.").is_some_and(|suffix| {
+                name.split_once('.')
+                    .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix))
+            })
+    };
+    if names.iter().any(|n| matches(n)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the certificate is not valid for {name:?} (it names {}); kube-apiserver would refuse the handshake",
+            if names.is_empty() {
+                "no DNS name".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ))
+    }
 }
 
 /// The certificate currently served; swapped atomically on reload.
@@ -109,6 +185,8 @@ pub struct CertFiles {
     provider: Arc<CryptoProvider>,
     store: Arc<CertStore>,
     last: std::sync::Mutex<PemPair>,
+    /// The name every loaded leaf must be valid for (`None`: not checked).
+    server_name: Option<String>,
 }
 
 /// The crypto provider, installed once per process (style: explicit, never implicit).
@@ -120,14 +198,25 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 impl CertFiles {
-    /// Loads the pair; a missing or bad file is an error naming the file.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+    /// Loads the pair; a missing or bad file, or a certificate that is expired, not yet valid
+    /// or not valid for `server_name`, is an error naming the file.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        server_name: Option<String>,
+    ) -> Result<Self, TlsError> {
         let provider = provider();
         let pair = PemPair {
             cert: read(cert_path)?,
             key: read(key_path)?,
         };
-        let ck = certified_key(&provider, &pair, cert_path, key_path)?;
+        let ck = certified_key(
+            &provider,
+            &pair,
+            cert_path,
+            key_path,
+            server_name.as_deref(),
+        )?;
         Ok(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
@@ -136,6 +225,7 @@ impl CertFiles {
                 current: ArcSwap::from_pointee(ck),
             }),
             last: std::sync::Mutex::new(pair),
+            server_name,
         })
     }
 
@@ -160,7 +250,13 @@ impl CertFiles {
         if *last == pair {
             return Ok(false);
         }
-        let ck = certified_key(&self.provider, &pair, &self.cert_path, &self.key_path)?;
+        let ck = certified_key(
+            &self.provider,
+            &pair,
+            &self.cert_path,
+            &self.key_path,
+            self.server_name.as_deref(),
+        )?;
         self.store.current.store(Arc::new(ck));
         *last = pair;
         Ok(true)
@@ -236,15 +332,60 @@ mod tests {
     }
 
     #[test]
+    fn expired_future_and_misnamed_certificates_are_refused() {
+        let now =
+            crate::certs::generate(&["stateful-guard.stateful-guard.svc".into()], 1, 1).unwrap();
+        let der = CertificateDer::from_pem_slice(now.cert.as_bytes()).unwrap();
+        assert_eq!(
+            usable(der.as_ref(), Some("stateful-guard.stateful-guard.svc")),
+            Ok(())
+        );
+        assert_eq!(usable(der.as_ref(), None), Ok(()));
+        let err = usable(der.as_ref(), Some("other.example")).unwrap_err();
+        assert!(err.contains("not valid for \"other.example\""), "{err}");
+        let wildcard = crate::certs::generate(&["*.stateful-guard.svc".into()], 1, 1).unwrap();
+        let der = CertificateDer::from_pem_slice(wildcard.cert.as_bytes()).unwrap();
+        assert_eq!(
+            usable(der.as_ref(), Some("stateful-guard.stateful-guard.svc")),
+            Ok(())
+        );
+        assert!(usable(der.as_ref(), Some("a.b.stateful-guard.svc")).is_err());
+        let ip = crate::certs::generate(&["127.0.0.1".into()], 1, 1).unwrap();
+        let der = CertificateDer::from_pem_slice(ip.cert.as_bytes()).unwrap();
+        assert_eq!(usable(der.as_ref(), Some("127.0.0.1")), Ok(()));
+
+        // Expired yesterday, and valid only from tomorrow (rcgen, with explicit dates).
+        let dated = |from: time::OffsetDateTime, to: time::OffsetDateTime| {
+            let mut params = rcgen::CertificateParams::new(vec!["x".to_owned()]).unwrap();
+            params.not_before = from;
+            params.not_after = to;
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let day = time::Duration::days(1);
+        let now = time::OffsetDateTime::now_utc();
+        let err = usable(&dated(now - day * 10, now - day), None).unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+        let err = usable(&dated(now + day, now + day * 10), None).unwrap_err();
+        assert!(err.contains("not valid yet"), "{err}");
+    }
+
+    #[test]
     fn bad_files_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("tls.crt");
         let key = dir.path().join("tls.key");
-        let err = CertFiles::load(&cert, &key).err().unwrap().to_string();
+        let err = CertFiles::load(&cert, &key, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tls.crt"), "{err}");
         std::fs::write(&cert, "not pem").unwrap();
         std::fs::write(&key, "not pem").unwrap();
-        let err = CertFiles::load(&cert, &key).err().unwrap().to_string();
+        let err = CertFiles::load(&cert, &key, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("tls.crt") && err.contains("no PEM certificate"),
             "{err}"
@@ -253,7 +394,10 @@ mod tests {
         let b = crate::certs::generate(&["b".into()], 1, 1).unwrap();
         std::fs::write(&cert, &a.cert).unwrap();
         std::fs::write(&key, &b.key).unwrap();
-        let err = CertFiles::load(&cert, &key).err().unwrap().to_string();
+        let err = CertFiles::load(&cert, &key, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tls.key"), "{err}");
     }
 }

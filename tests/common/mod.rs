@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+pub mod apiserver;
 pub mod server;
 pub mod unavailable;
 use std::path::PathBuf;

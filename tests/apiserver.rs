@@ -1,0 +1,735 @@
+//! stateful-guard installed as `deploy/base` renders it, against a real kube-apiserver (see
+//! tests/common/apiserver.rs): the release binary with the Deployment's own arguments, talking
+//! to the API with its ServiceAccount's token (so the RBAC in deploy/ is what it has), reached
+//! by the rendered, Service-routed webhook configurations with the `caBundle` its own
+//! certificate bootstrap injects. The apiserver decides every outcome.
+//!
+//! One test runs the scenarios in order on one apiserver (start-up costs seconds and hundreds
+//! of MB); each scenario works in its own namespace.
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::apiserver::{Apiserver, Webhook, available};
+use common::*;
+use serde_json::{Value, json};
+
+const WEB: &str = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels:
+      app: nginx
+  serviceName: nginx
+  replicas: 2
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: registry.k8s.io/nginx-slim:IMAGE
+        ports:
+        - containerPort: 80
+          name: web
+        readinessProbe:
+          httpGet: {path: /, port: 80}
+        livenessProbe:
+          tcpSocket: {port: 80}
+        volumeMounts:
+        - name: www
+          mountPath: /usr/share/nginx/html
+  volumeClaimTemplates:
+  - metadata:
+      name: www
+    spec:
+      accessModes: ["ReadWriteOnce"]
+      resources:
+        requests:
+          storage: 1Gi
+"#;
+
+const PDB: &str = r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      app: nginx
+"#;
+
+fn web(image: &str, replicas: u32) -> String {
+    WEB.replace("IMAGE", image)
+        .replace("replicas: 2", &format!("replicas: {replicas}"))
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Waits until `check` holds, for up to `secs`.
+fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+struct Installed {
+    api: Apiserver,
+    webhook: Option<Webhook>,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+    port: u16,
+}
+
+impl Installed {
+    fn start_webhook(&mut self) {
+        self.webhook = None;
+        self.webhook = Some(Webhook::start(&self.args, self.port, &self.kubeconfig));
+        let api = &self.api;
+        // Ready when the apiserver really calls it: a server-side dry run shows its warning.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = api.kubectl_with(
+                &["create", "--dry-run=server", "-n", "default", "-f", "-"],
+                Some(&web("0.7", 1)),
+            );
+            if stderr(&out).contains("stateful-guard") {
+                break;
+            }
+            if Instant::now() > deadline {
+                let apiserver: Vec<String> = api
+                    .log
+                    .text()
+                    .lines()
+                    .filter(|l| l.contains("webhook") || l.contains("stateful-guard"))
+                    .map(str::to_owned)
+                    .collect();
+                panic!(
+                    "the apiserver does not call the webhook within 60 s:\n{}\nwebhook log:\n{}\napiserver log about webhooks:\n{}",
+                    stderr(&out),
+                    self.logs(),
+                    apiserver.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.webhook
+            .as_ref()
+            .map(|w| w.log.text())
+            .unwrap_or_default()
+    }
+}
+
+/// Installs everything `deploy/base` renders but the Deployment (no kubelet here).
+fn install(api: Apiserver) -> Installed {
+    let objects = kustomize("deploy/base");
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .unwrap()
+        .clone();
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let is_webhook = |o: &Value| {
+        o["kind"]
+            .as_str()
+            .unwrap()
+            .ends_with("WebhookConfiguration")
+    };
+    let list =
+        |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let rest: Vec<Value> = objects
+        .iter()
+        .filter(|o| o["kind"] != "Deployment" && !is_webhook(o))
+        .cloned()
+        .collect();
+    api.ok(&["apply", "-f", "-"], Some(&list(rest)));
+    // The Service's Endpoints, pointed at the webhook's loopback port before anything uses them.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoints = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "stateful-guard", "namespace": "stateful-guard"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.1"}], "ports": [{"name": "https", "port": port}]}]
+    });
+    api.ok(&["create", "-f", "-"], Some(&endpoints.to_string()));
+    api.point_endpoints_at_loopback("stateful-guard", "stateful-guard");
+    let webhooks: Vec<Value> = objects.iter().filter(|o| is_webhook(o)).cloned().collect();
+    api.ok(&["apply", "-f", "-"], Some(&list(webhooks)));
+    // Storage: a slow default class and the fast one the policy names.
+    api.ok(
+        &["apply", "-f", "-"],
+        Some(
+            r#"apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: example.com/slow
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: fast-ssd
+provisioner: example.com/fast
+volumeBindingMode: WaitForFirstConsumer
+"#,
+        ),
+    );
+    let kubeconfig = api.dir.path().join("webhook.kubeconfig");
+    let serviceaccount = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.service_account_kubeconfig("stateful-guard", &serviceaccount, &kubeconfig);
+    let mut installed = Installed {
+        api,
+        webhook: None,
+        args,
+        kubeconfig,
+        port,
+    };
+    installed.start_webhook();
+    installed
+}
+
+fn namespace(api: &Apiserver, name: &str) {
+    api.ok(&["create", "namespace", name], None);
+}
+
+/// The stored StatefulSet keeps every decision made at its creation.
+fn assert_keeps_decisions(api: &Apiserver, ns: &str, step: &str) -> Value {
+    let sts = api.get(&["statefulset", "web", "-n", ns]);
+    let spec = &sts["spec"];
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["spec"]["storageClassName"], "fast-ssd",
+        "{step}"
+    );
+    assert_eq!(spec["podManagementPolicy"], "Parallel", "{step}");
+    let pod = &spec["template"]["spec"];
+    assert!(pod["affinity"]["podAntiAffinity"].is_object(), "{step}");
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone",
+        "{step}"
+    );
+    assert!(
+        sts["metadata"]["annotations"]["stateful-guard.io/mutated"]
+            .as_str()
+            .is_some_and(|m| m.contains("fast-storage-class")),
+        "{step}"
+    );
+    sts
+}
+
+fn day_two_updates(i: &Installed) {
+    let api = &i.api;
+    let ns = "day2";
+    namespace(api, ns);
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(&web("0.7", 2)));
+    assert_keeps_decisions(api, ns, "created with kubectl apply");
+    let steps: [(&str, Vec<&str>, Option<String>); 6] = [
+        (
+            "kubectl apply, new image",
+            vec!["apply", "-n", ns, "-f", "-"],
+            Some(web("0.8", 2)),
+        ),
+        (
+            "kubectl apply, replicas 3",
+            vec!["apply", "-n", ns, "-f", "-"],
+            Some(web("0.8", 3)),
+        ),
+        (
+            "kubectl apply --server-side",
+            vec![
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-n",
+                ns,
+                "-f",
+                "-",
+            ],
+            Some(web("0.9", 3)),
+        ),
+        (
+            "kubectl replace",
+            vec!["replace", "-n", ns, "-f", "-"],
+            Some(web("0.10", 3)),
+        ),
+        (
+            "kubectl set image",
+            vec![
+                "set",
+                "image",
+                "-n",
+                ns,
+                "statefulset/web",
+                "nginx=registry.k8s.io/nginx-slim:0.11",
+            ],
+            None,
+        ),
+        (
+            "kubectl rollout restart",
+            vec!["rollout", "restart", "-n", ns, "statefulset/web"],
+            None,
+        ),
+    ];
+    for (step, args, stdin) in steps {
+        let out = api.kubectl_with(&args, stdin.as_deref());
+        assert!(
+            out.status.success(),
+            "{step} was rejected:\n{}",
+            stderr(&out)
+        );
+        let sts = assert_keeps_decisions(api, ns, step);
+        if step == "kubectl replace" {
+            assert_eq!(
+                sts["spec"]["template"]["spec"]["containers"][0]["image"],
+                "registry.k8s.io/nginx-slim:0.10"
+            );
+            assert!(stderr(&out).contains("kept"), "{}", stderr(&out));
+        }
+    }
+    let sts = api.get(&["statefulset", "web", "-n", ns]);
+    assert_eq!(sts["spec"]["replicas"], 3);
+    // Scaling goes through the scale subresource, which the webhooks never see.
+    api.ok(
+        &["scale", "-n", ns, "statefulset/web", "--replicas=1"],
+        None,
+    );
+    helm_upgrades(i);
+}
+
+/// A chart holding the StatefulSet, installed, then upgraded with Helm 4's server-side apply
+/// and with Helm 3's three-way merge (`--server-side=false`).
+fn helm_upgrades(i: &Installed) {
+    let api = &i.api;
+    let ns = "helm";
+    namespace(api, ns);
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    let chart = api.dir.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: web\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(chart.join("values.yaml"), "image: \"0.7\"\nreplicas: 2\n").unwrap();
+    std::fs::write(
+        chart.join("templates/statefulset.yaml"),
+        web("{{ .Values.image }}", 2).replace("replicas: 2", "replicas: {{ .Values.replicas }}"),
+    )
+    .unwrap();
+    let helm = |args: &[&str]| {
+        let out = std::process::Command::new(tool("helm"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["-n", ns])
+            .env("NO_PROXY", "*")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm {args:?} was rejected:\n{}",
+            stderr(&out)
+        );
+    };
+    let chart = chart.to_str().unwrap();
+    helm(&["install", "web", chart]);
+    assert_keeps_decisions(api, ns, "helm install");
+    helm(&["upgrade", "web", chart, "--set", "image=0.8"]);
+    let sts = assert_keeps_decisions(api, ns, "helm upgrade (server-side apply)");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.k8s.io/nginx-slim:0.8"
+    );
+    helm(&[
+        "upgrade",
+        "web",
+        chart,
+        "--server-side=false",
+        "--set",
+        "image=0.9",
+        "--set",
+        "replicas=3",
+    ]);
+    let sts = assert_keeps_decisions(api, ns, "helm upgrade --server-side=false");
+    assert_eq!(sts["spec"]["replicas"], 3);
+}
+
+fn dry_run_and_claims(i: &Installed) {
+    let api = &i.api;
+    let ns = "preview";
+    namespace(api, ns);
+    let out = api.kubectl_with(
+        &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+        Some(&web("0.7", 3)),
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "no PDB: denied");
+    assert!(
+        err.contains("require-pdb") && err.contains("kind: PodDisruptionBudget"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Warning: stateful-guard: pod-anti-affinity"),
+        "{err}"
+    );
+    assert_eq!(
+        api.get(&["statefulsets", "-n", ns])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "a dry run stores nothing"
+    );
+    // Server-side apply create, with its PDB: created, mutated.
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    api.ok(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        Some(&web("0.7", 3)),
+    );
+    assert_keeps_decisions(api, ns, "server-side apply create");
+
+    let claim = |name: &str, class: Option<&str>| {
+        let mut pvc = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        });
+        if let Some(class) = class {
+            pvc["spec"]["storageClassName"] = json!(class);
+        }
+        pvc
+    };
+    api.ok(
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&claim("filled", None).to_string()),
+    );
+    assert_eq!(
+        api.get(&["pvc", "filled", "-n", ns])["spec"]["storageClassName"],
+        "fast-ssd",
+        "the class DefaultStorageClass filled in is replaced"
+    );
+    api.ok(
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&claim("static", Some("")).to_string()),
+    );
+    assert_eq!(
+        api.get(&["pvc", "static", "-n", ns])["spec"]["storageClassName"],
+        "",
+        "storageClassName \"\" is left alone"
+    );
+    let mut generated = claim("x", None);
+    generated["metadata"] = json!({"generateName": "data-"});
+    let name = api.ok(
+        &["create", "-n", ns, "-o", "name", "-f", "-"],
+        Some(&generated.to_string()),
+    );
+    let stored = api.get(&[name.trim(), "-n", ns]);
+    assert_eq!(stored["spec"]["storageClassName"], "fast-ssd");
+}
+
+fn edit_policy(api: &Apiserver, from: &str, to: &str) {
+    let mut cm = api.get(&["configmap", "stateful-guard-policy", "-n", "stateful-guard"]);
+    let text = cm["data"]["policy.yaml"]
+        .as_str()
+        .unwrap()
+        .replace(from, to);
+    cm["data"]["policy.yaml"] = json!(text);
+    api.ok(&["replace", "-f", "-"], Some(&cm.to_string()));
+}
+
+fn policy_configmap(i: &Installed) {
+    let api = &i.api;
+    let ns = "switch";
+    namespace(api, ns);
+    let try_create = || {
+        api.kubectl_with(
+            &["create", "--dry-run=server", "-n", ns, "-f", "-"],
+            Some(&web("0.7", 3)),
+        )
+    };
+    let out = try_create();
+    assert!(!out.status.success(), "enforce: denied");
+    edit_policy(api, "mode: enforce", "mode: audit");
+    eventually(30, "mode: audit applies", || {
+        let out = try_create();
+        out.status.success() && stderr(&out).contains("(audit mode): would deny: require-pdb")
+    });
+    edit_policy(api, "mode: audit", "mode: enforce");
+    eventually(30, "mode: enforce applies again", || {
+        !try_create().status.success()
+    });
+
+    // The common way to update a ConfigMap regenerates it without its label: the policy source
+    // is gone. The last good policy keeps serving, and every answer says so.
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/default.yaml"
+    ))
+    .unwrap();
+    let regenerated = api.ok(
+        &[
+            "create",
+            "configmap",
+            "stateful-guard-policy",
+            "-n",
+            "stateful-guard",
+            "--from-literal",
+            &format!("policy.yaml={default}"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        None,
+    );
+    api.ok(&["apply", "-f", "-"], Some(&regenerated));
+    let labels = api.get(&["configmap", "stateful-guard-policy", "-n", "stateful-guard"])
+        ["metadata"]["labels"]
+        .clone();
+    assert!(
+        labels.get("stateful-guard.io/policy").is_none(),
+        "kubectl apply dropped the label: {labels}"
+    );
+    eventually(30, "the lost source is reported on every answer", || {
+        let out = try_create();
+        !out.status.success() && stderr(&out).contains("every policy source is gone")
+    });
+    assert!(i.logs().contains("every policy source is gone"));
+    api.ok(
+        &[
+            "label",
+            "configmap",
+            "stateful-guard-policy",
+            "-n",
+            "stateful-guard",
+            "stateful-guard.io/policy=true",
+        ],
+        None,
+    );
+    eventually(30, "the labelled policy is back", || {
+        let out = try_create();
+        !out.status.success() && !stderr(&out).contains("every policy source is gone")
+    });
+}
+
+fn certificate_bootstrap(i: &mut Installed) {
+    let ca_bundle = |api: &Apiserver, kind: &str| -> String {
+        api.get(&[kind, "stateful-guard"])["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let secret = i
+        .api
+        .get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
+    assert!(secret["data"]["tls.crt"].is_string() && secret["data"]["ca.crt"].is_string());
+    let mutating = ca_bundle(&i.api, "mutatingwebhookconfiguration");
+    let validating = ca_bundle(&i.api, "validatingwebhookconfiguration");
+    assert!(!mutating.is_empty(), "caBundle injected");
+    assert_eq!(
+        mutating, validating,
+        "both webhook configurations trust the same CA"
+    );
+    // A GitOps tool (or a re-apply of the rendered manifests) resets caBundle: it is put back
+    // within seconds, and the apiserver's calls verify again.
+    i.api.ok(
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "stateful-guard",
+            "--type=json",
+            "-p",
+            r#"[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]"#,
+        ],
+        None,
+    );
+    eventually(20, "caBundle put back", || {
+        ca_bundle(&i.api, "mutatingwebhookconfiguration") == mutating
+    });
+    // A restart keeps the CA (the apiserver's calls keep verifying with the bundle it has).
+    i.start_webhook();
+    assert_eq!(ca_bundle(&i.api, "mutatingwebhookconfiguration"), mutating);
+    let again = i
+        .api
+        .get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
+    assert_eq!(again["data"]["ca.crt"], secret["data"]["ca.crt"]);
+}
+
+fn webhook_killed(i: &mut Installed) {
+    let api = &i.api;
+    let ns = "down";
+    namespace(api, ns);
+    i.webhook = None;
+    let out = api.kubectl_with(&["create", "-n", ns, "-f", "-"], Some(&web("0.7", 3)));
+    assert!(
+        out.status.success(),
+        "failurePolicy Ignore: a create goes through while the webhook is down: {}",
+        stderr(&out)
+    );
+    let sts = api.get(&["statefulset", "web", "-n", ns]);
+    assert_eq!(
+        sts["spec"]["podManagementPolicy"], "OrderedReady",
+        "unmutated: nobody answered"
+    );
+}
+
+/// The shared manifests through `kubectl apply --dry-run=server`: admitted exactly when
+/// `stateful-guard check` says so, denied by the rules check names.
+fn check_predicts_admission(i: &Installed) {
+    let api = &i.api;
+    // Some manifests name `default` themselves.
+    let ns = "default";
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_stateful-guard"))
+            .args(["check", "-n", ns, "-o", "json", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let out = api.kubectl_with(
+            &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+            Some(&text),
+        );
+        let denied_by_check = check.status.code() == Some(1);
+        assert_eq!(
+            !out.status.success(),
+            denied_by_check,
+            "{}: the apiserver said\n{}",
+            file.display(),
+            stderr(&out)
+        );
+        for object in report["objects"].as_array().unwrap() {
+            for finding in object["findings"].as_array().unwrap() {
+                if finding["action"] == "enforce" {
+                    let rule = finding["rule"].as_str().unwrap();
+                    assert!(
+                        stderr(&out).contains(&format!("[{rule}]")),
+                        "{}: check denies for {rule}; the apiserver said\n{}",
+                        file.display(),
+                        stderr(&out)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// With the StatefulSet controller running, the claims it creates (at creation and at a
+/// scale-up) carry exactly their claim template's class, also for a StatefulSet that opted out.
+fn controller_created_claims(i: &Installed) {
+    let api = &i.api;
+    let Some(_controllers) = api.controller_manager() else {
+        return;
+    };
+    let ns = "ctrl";
+    namespace(api, ns);
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    let keep = web("0.7", 2).replacen(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: keep\n  annotations:\n    stateful-guard.io/storage-class: keep\n",
+        1,
+    );
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(&keep));
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(&web("0.7", 2)));
+    let claims_of = |sts: &str| -> Vec<Value> {
+        let prefix = format!("www-{sts}-");
+        let mut claims: Vec<Value> = i.api.get(&["pvc", "-n", ns])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with(&prefix))
+            .cloned()
+            .collect();
+        claims.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap().to_owned());
+        claims
+    };
+    let classes = |sts: &str, n: usize| {
+        eventually(
+            60,
+            &format!("the controller creates {n} claims of {sts}"),
+            || claims_of(sts).len() >= n,
+        );
+        claims_of(sts)
+            .iter()
+            .map(|p| {
+                p["spec"]["storageClassName"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    // The opted-out template has no class: its claims get the default, as the template says.
+    assert_eq!(classes("keep", 2), ["standard", "standard"]);
+    assert_eq!(classes("web", 2), ["fast-ssd", "fast-ssd"]);
+    api.ok(
+        &["scale", "-n", ns, "statefulset/keep", "--replicas=3"],
+        None,
+    );
+    assert_eq!(classes("keep", 3), ["standard", "standard", "standard"]);
+    assert!(
+        i.logs()
+            .contains("is created by the StatefulSet controller"),
+        "reported once in the review's log"
+    );
+}
+
+#[test]
+fn a_real_apiserver_agrees() {
+    let Some((apiserver, etcd)) = available() else {
+        return;
+    };
+    let started = Instant::now();
+    let api = Apiserver::start(&apiserver, &etcd);
+    let mut installed = install(api);
+    let mut timed = |name: &str, run: &mut dyn FnMut(&mut Installed)| {
+        let t = Instant::now();
+        run(&mut installed);
+        eprintln!("{name}: {:.1} s", t.elapsed().as_secs_f64());
+    };
+    timed("check predicts admission", &mut |i| {
+        check_predicts_admission(i)
+    });
+    timed("day-2 updates", &mut |i| day_two_updates(i));
+    timed("controller-created claims", &mut |i| {
+        controller_created_claims(i)
+    });
+    timed("dry run and claims", &mut |i| dry_run_and_claims(i));
+    timed("policy ConfigMap", &mut |i| policy_configmap(i));
+    timed("certificate bootstrap", &mut |i| certificate_bootstrap(i));
+    timed("webhook killed", &mut |i| webhook_killed(i));
+    eprintln!(
+        "real-apiserver integration tests: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
