@@ -287,3 +287,55 @@ pub fn kustomize(dir: &str) -> Vec<Value> {
 pub fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
+
+/// The chart in deploy/helm, relative to the crate root.
+pub const CHART: &str = "deploy/helm/stateful-guard";
+
+/// `helm`, found on PATH; scripts/test installs it (v4.1.4) when there is none.
+pub fn helm_tool() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("helm"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`helm` is not on PATH: run the tests with scripts/test (it installs helm v4.1.4 into .venv/bin when no helm is on PATH)"))
+}
+
+/// Runs `helm ARGS` in the crate root.
+pub fn helm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(helm_tool())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `helm template stateful-guard CHART --namespace NAMESPACE ARGS`, as objects; panics with
+/// helm's message when it refuses.
+pub fn helm_template_in(namespace: &str, args: &[&str]) -> Vec<Value> {
+    let mut all = vec![
+        "template",
+        "stateful-guard",
+        CHART,
+        "--namespace",
+        namespace,
+    ];
+    all.extend_from_slice(args);
+    let out = helm(&all);
+    assert!(
+        out.status.success(),
+        "helm {}: {}",
+        all.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    stateful_guard::check::parse_stream(&text, "helm template")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect()
+}
+
+/// `helm template` into the namespace `stateful-guard`, as deploy/ installs.
+pub fn helm_template(args: &[&str]) -> Vec<Value> {
+    helm_template_in("stateful-guard", args)
+}
