@@ -96,10 +96,15 @@ async fn audit_action_on_a_mutation_records_without_patching() {
 #[tokio::test]
 async fn validation_actions_have_their_exact_effect() {
     let body = zk_validating_create();
+    // Every other validation rule off, whichever the registry has.
     let rules = |action: &str| {
-        format!(
-            "    require-readiness-probe: {{action: {action}}}\n    require-liveness-probe: {{action: off}}\n    require-pdb: {{action: off}}\n    probes-differ: {{action: off}}\n    pdb-allows-disruption: {{action: off}}\n    require-persistent-storage: {{action: off}}"
-        )
+        let mut text = format!("    require-readiness-probe: {{action: {action}}}");
+        for rule in stateful_guard::rules::RuleId::ALL {
+            if !rule.is_mutation() && rule.as_str() != "require-readiness-probe" {
+                text.push_str(&format!("\n    {rule}: {{action: off}}"));
+            }
+        }
+        text
     };
 
     let resp = review(

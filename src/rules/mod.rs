@@ -47,6 +47,7 @@ registry! {
         RequirePersistentStorage => require_persistent_storage: "require-persistent-storage",
         PdbKeepsQuorum => pdb_keeps_quorum: "pdb-keeps-quorum",
         DataRetention => data_retention: "data-retention",
+        RequireResources => require_resources: "require-resources",
     ],
 }
 
