@@ -93,7 +93,12 @@ struct Installed {
 impl Installed {
     fn start_webhook(&mut self) {
         self.webhook = None;
-        self.webhook = Some(Webhook::start(&self.args, self.port, &self.kubeconfig));
+        self.webhook = Some(Webhook::start(
+            &self.args,
+            self.port,
+            &self.kubeconfig,
+            &self.api.dir.path().join("certs"),
+        ));
         let api = &self.api;
         // Ready when the apiserver really calls it: a server-side dry run shows its warning.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -578,6 +583,58 @@ fn certificate_bootstrap(i: &mut Installed) {
     assert_eq!(again["data"]["ca.crt"], secret["data"]["ca.crt"]);
 }
 
+/// Two replicas starting at once with no Secret yet: one creates it, the other reads it, and
+/// both serve the same certificate, which the webhook configurations trust.
+fn two_replicas_race(i: &mut Installed) {
+    i.webhook = None;
+    i.api.ok(
+        &[
+            "delete",
+            "secret",
+            "stateful-guard-tls",
+            "-n",
+            "stateful-guard",
+        ],
+        None,
+    );
+    let other_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dirs = [
+        i.api.dir.path().join("race-a"),
+        i.api.dir.path().join("race-b"),
+    ];
+    let replicas = [
+        Webhook::start(&i.args, i.port, &i.kubeconfig, &dirs[0]),
+        Webhook::start(&i.args, other_port, &i.kubeconfig, &dirs[1]),
+    ];
+    for replica in &replicas {
+        assert!(
+            replica
+                .log
+                .wait_for(
+                    "serving the certificate from the Secret",
+                    Duration::from_secs(60)
+                )
+                .is_some(),
+            "{}",
+            replica.log.text()
+        );
+    }
+    let served: Vec<Vec<u8>> = dirs
+        .iter()
+        .map(|d| std::fs::read(d.join("tls.crt")).unwrap())
+        .collect();
+    assert_eq!(
+        served[0], served[1],
+        "both replicas serve the Secret's one certificate"
+    );
+    drop(replicas);
+    i.start_webhook();
+}
+
 fn webhook_killed(i: &mut Installed) {
     let api = &i.api;
     let ns = "down";
@@ -651,6 +708,64 @@ fn controller_created_claims(i: &Installed) {
     let Some(_controllers) = api.controller_manager() else {
         return;
     };
+    // A StatefulSet created before stateful-guard watched its namespace (the namespace is
+    // excluded, then the exclusion is lifted: as if the guard were installed afterwards).
+    api.ok(&["create", "namespace", "before"], None);
+    api.ok(
+        &[
+            "label",
+            "namespace",
+            "before",
+            "stateful-guard.io/exclude=true",
+        ],
+        None,
+    );
+    // Parallel: without a kubelet no pod gets Ready, and OrderedReady would wait for pod 0.
+    let old = web("0.7", 1)
+        .replacen("metadata:\n  name: web\n", "metadata:\n  name: old\n", 1)
+        .replacen("spec:\n", "spec:\n  podManagementPolicy: Parallel\n", 1);
+    api.ok(&["apply", "-n", "before", "-f", "-"], Some(&old));
+    let claims_in = |ns: &str, sts: &str| -> Vec<String> {
+        let prefix = format!("www-{sts}-");
+        let mut claims: Vec<(String, String)> = i.api.get(&["pvc", "-n", ns])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with(&prefix))
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    p["spec"]["storageClassName"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                )
+            })
+            .collect();
+        claims.sort();
+        claims.into_iter().map(|(_, class)| class).collect()
+    };
+    eventually(
+        60,
+        "the controller creates the old StatefulSet's claim",
+        || claims_in("before", "old").len() == 1,
+    );
+    api.ok(
+        &["label", "namespace", "before", "stateful-guard.io/exclude-"],
+        None,
+    );
+    api.ok(
+        &["scale", "-n", "before", "statefulset/old", "--replicas=3"],
+        None,
+    );
+    eventually(60, "the scale-up creates two claims", || {
+        claims_in("before", "old").len() == 3
+    });
+    assert_eq!(
+        claims_in("before", "old"),
+        ["standard", "standard", "standard"],
+        "new replicas of a StatefulSet from before the guard keep its class: one StatefulSet, one class"
+    );
     let ns = "ctrl";
     namespace(api, ns);
     api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
@@ -727,6 +842,7 @@ fn a_real_apiserver_agrees() {
     timed("dry run and claims", &mut |i| dry_run_and_claims(i));
     timed("policy ConfigMap", &mut |i| policy_configmap(i));
     timed("certificate bootstrap", &mut |i| certificate_bootstrap(i));
+    timed("two replicas race", &mut |i| two_replicas_race(i));
     timed("webhook killed", &mut |i| webhook_killed(i));
     eprintln!(
         "real-apiserver integration tests: {:.1} s",

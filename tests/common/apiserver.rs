@@ -478,8 +478,9 @@ impl Drop for Webhook {
 
 impl Webhook {
     /// Starts `serve` with the rendered Deployment's arguments (listening on loopback `port`
-    /// instead of 0.0.0.0:8443), `POD_NAMESPACE`, and `kubeconfig`.
-    pub fn start(args: &[String], port: u16, kubeconfig: &Path) -> Webhook {
+    /// instead of 0.0.0.0:8443, its emptyDir for certificates at `cert_dir`), `POD_NAMESPACE`,
+    /// and `kubeconfig`.
+    pub fn start(args: &[String], port: u16, kubeconfig: &Path, cert_dir: &Path) -> Webhook {
         let binary = std::env::var_os("SG_IMAGE_BINARY")
             .map(PathBuf::from)
             .filter(|p| p.is_file())
@@ -498,6 +499,7 @@ impl Webhook {
             .collect();
         let mut child = Command::new(binary)
             .args(&args)
+            .arg(format!("--cert-dir={}", cert_dir.display()))
             .env("POD_NAMESPACE", "stateful-guard")
             .env("KUBECONFIG", kubeconfig)
             .env("NO_PROXY", "*")
