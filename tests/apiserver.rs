@@ -701,6 +701,109 @@ fn check_predicts_admission(i: &Installed) {
     }
 }
 
+/// The shared manifests made admissible (probes on every container, a PDB per StatefulSet),
+/// created with `kubectl apply`: the stored StatefulSets carry exactly what `check --fix` says
+/// for the same input (with the cluster's StorageClasses in it).
+fn check_fix_predicts_stored_objects(i: &Installed) {
+    let api = &i.api;
+    let ns = "default";
+    let classes = r#"apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: example.com/slow
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: fast-ssd
+provisioner: example.com/fast
+volumeBindingMode: WaitForFirstConsumer
+"#;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let docs = stateful_guard::check::parse_stream(&text, "f").unwrap();
+        let mut fixed: Vec<Value> = Vec::new();
+        for doc in docs {
+            let mut value = doc.value;
+            if value["kind"] == "StatefulSet" {
+                for c in value["spec"]["template"]["spec"]["containers"]
+                    .as_array_mut()
+                    .unwrap()
+                {
+                    c["readinessProbe"] = json!({"tcpSocket": {"port": 1}});
+                    c["livenessProbe"] = json!({"exec": {"command": ["true"]}});
+                }
+                let name = value["metadata"]["name"].as_str().unwrap().to_owned();
+                fixed.push(json!({
+                    "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                    "metadata": {"name": format!("{name}-pdb")},
+                    "spec": {"maxUnavailable": 1, "selector": value["spec"]["selector"].clone()}
+                }));
+            }
+            fixed.push(value);
+        }
+        let manifest = fixed
+            .iter()
+            .map(|v| serde_yaml_ng::to_string(v).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let input = api.dir.path().join("fixed.yaml");
+        std::fs::write(&input, format!("{manifest}---\n{classes}")).unwrap();
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_stateful-guard"))
+            .args(["check", "--fix", "-n", ns, "-f"])
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{}: check says it is admissible: {}",
+            file.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let predicted =
+            stateful_guard::check::parse_stream(&String::from_utf8(check.stdout).unwrap(), "fix")
+                .unwrap();
+        api.ok(&["apply", "-n", ns, "-f", "-"], Some(&manifest));
+        for sts in predicted
+            .iter()
+            .filter(|d| d.value["kind"] == "StatefulSet")
+        {
+            let name = sts.value["metadata"]["name"].as_str().unwrap();
+            let stored = api.get(&["statefulset", name, "-n", ns]);
+            let label = format!("{}: {name}", file.display());
+            assert_eq!(
+                stored["spec"]["podManagementPolicy"], sts.value["spec"]["podManagementPolicy"],
+                "{label}"
+            );
+            let classes_of = |v: &Value| -> Vec<Value> {
+                v["spec"]["volumeClaimTemplates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t["spec"]["storageClassName"].clone())
+                    .collect()
+            };
+            assert_eq!(classes_of(&stored), classes_of(&sts.value), "{label}");
+            for field in ["affinity", "topologySpreadConstraints"] {
+                assert_eq!(
+                    stored["spec"]["template"]["spec"][field],
+                    sts.value["spec"]["template"]["spec"][field],
+                    "{label}: {field}"
+                );
+            }
+        }
+    }
+}
+
 /// With the StatefulSet controller running, the claims it creates (at creation and at a
 /// scale-up) carry exactly their claim template's class, also for a StatefulSet that opted out.
 fn controller_created_claims(i: &Installed) {
@@ -834,6 +937,9 @@ fn a_real_apiserver_agrees() {
     };
     timed("check predicts admission", &mut |i| {
         check_predicts_admission(i)
+    });
+    timed("check --fix predicts the stored objects", &mut |i| {
+        check_fix_predicts_stored_objects(i)
     });
     timed("day-2 updates", &mut |i| day_two_updates(i));
     timed("controller-created claims", &mut |i| {
