@@ -48,6 +48,7 @@ registry! {
         PdbKeepsQuorum => pdb_keeps_quorum: "pdb-keeps-quorum",
         DataRetention => data_retention: "data-retention",
         RequireResources => require_resources: "require-resources",
+        SelectorsMatchPods => selectors_match_pods: "selectors-match-pods",
     ],
 }
 
