@@ -24,7 +24,8 @@ use crate::cluster::{ClusterView, Snapshot};
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::policy::source::{FileSource, PolicyStore};
-use crate::rules::Operation;
+use crate::policy::{Mode, ValidateAction};
+use crate::rules::{Operation, RuleId};
 
 /// Why `check` could not run: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -233,15 +234,15 @@ pub fn snapshot(docs: &[Document]) -> Result<Snapshot, InputError> {
 /// One finding in the report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReportFinding {
-    pub rule: String,
-    pub action: String,
+    pub rule: RuleId,
+    pub action: ValidateAction,
     pub message: String,
 }
 
 /// One mutation in the report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReportMutation {
-    pub rule: String,
+    pub rule: RuleId,
     pub applied: bool,
     pub summary: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -257,7 +258,7 @@ pub struct ObjectReport {
     pub file: String,
     pub document: usize,
     pub policy: String,
-    pub mode: String,
+    pub mode: Mode,
     pub allowed: bool,
     /// The JSON Patch the mutating webhook would return.
     pub patch: Vec<PatchOperation>,
@@ -426,14 +427,14 @@ pub fn check(
             file: doc.path.clone(),
             document: doc.index,
             policy: m.policy_name().to_owned(),
-            mode: m.mode.as_str().to_owned(),
+            mode: m.mode,
             allowed: !denied,
             patch,
             mutations: m
                 .mutations
                 .iter()
                 .map(|r| ReportMutation {
-                    rule: r.rule.as_str().into(),
+                    rule: r.rule,
                     applied: r.applied && !r.mutation.ops.is_empty(),
                     summary: r.mutation.summary.clone(),
                     notes: r.mutation.notes.clone(),
@@ -443,8 +444,8 @@ pub fn check(
                 .findings
                 .iter()
                 .map(|r| ReportFinding {
-                    rule: r.finding.rule.as_str().into(),
-                    action: r.action.as_str().into(),
+                    rule: r.finding.rule,
+                    action: r.action,
                     message: r.finding.message.trim_end().to_owned(),
                 })
                 .collect(),
@@ -468,7 +469,13 @@ pub fn render_text(report: &Report) -> String {
         let verdict = if o.allowed { "allowed" } else { "DENIED" };
         out.push_str(&format!(
             "{} {}/{} ({}, document {}): {verdict}, policy {} ({})\n",
-            o.kind, o.namespace, o.name, o.file, o.document, o.policy, o.mode
+            o.kind,
+            o.namespace,
+            o.name,
+            o.file,
+            o.document,
+            o.policy,
+            o.mode.as_str()
         ));
         if let Some(why) = &o.skipped {
             out.push_str(&format!("  skipped: {why}\n"));
@@ -483,7 +490,7 @@ pub fn render_text(report: &Report) -> String {
             }
         }
         for f in &o.findings {
-            let tag = if f.action == "enforce" && o.mode == "enforce" {
+            let tag = if f.action == ValidateAction::Enforce && o.mode == Mode::Enforce {
                 "DENY"
             } else {
                 f.action.as_str()
