@@ -49,6 +49,7 @@ registry! {
         DataRetention => data_retention: "data-retention",
         RequireResources => require_resources: "require-resources",
         SelectorsMatchPods => selectors_match_pods: "selectors-match-pods",
+        NodeLocalStorage => node_local_storage: "node-local-storage",
     ],
 }
 
