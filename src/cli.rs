@@ -24,7 +24,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a CA and a serving certificate for the webhook's Service.
     Certs(CertsArgs),
-    /// Evaluate manifests against the policies, offline (exit 1 when an enforced rule fails).
+    /// Evaluate manifests (offline) or what a cluster runs (`--cluster`, read-only) against the
+    /// policies (exit 1 when an enforced rule fails).
     Check(CheckArgs),
 }
 
@@ -216,19 +217,40 @@ pub enum OutputFormat {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Files or directories (recursive) of YAML/JSON manifests; `-` reads standard input.
-    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        num_args = 1..,
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
     pub files: Vec<PathBuf>,
-    /// Policy file or directory (default: the embedded default policy).
+    /// Evaluate what a cluster already runs (its StatefulSets and PVCs, with its PDBs,
+    /// StorageClasses, PriorityClasses and Namespaces), read-only, through the kubeconfig or the
+    /// in-cluster config.
     #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: every namespace instead of `-n`.
+    #[arg(long, short = 'A', requires = "cluster")]
+    pub all_namespaces: bool,
+    /// Policy file or directory (default: the embedded default policy).
+    #[arg(long, conflicts_with = "policy_configmaps")]
     pub policy: Option<PathBuf>,
-    /// Namespace of objects that name none.
+    /// With --cluster: the policies in the cluster's policy ConfigMaps (labelled
+    /// `stateful-guard.io/policy=true` in --policy-namespace), as the webhook serves them.
+    #[arg(long, requires = "cluster")]
+    pub policy_configmaps: bool,
+    /// The namespace of the policy ConfigMaps (the webhook's own namespace).
+    #[arg(long, default_value = "stateful-guard")]
+    pub policy_namespace: String,
+    /// Namespace of objects that name none; with --cluster, the namespace to check.
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
     /// Report format.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: OutputFormat,
     /// Print the input objects with the mutations applied (YAML), ready for `kubectl apply -f -`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     pub fix: bool,
 }
 

@@ -120,6 +120,13 @@ spec:
   selector: {matchLabels: {app: nginx}}
 "#;
 
+const PRIORITY_CLASS: &str = r#"
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: stateful}
+value: 1000000
+"#;
+
 #[test]
 fn pdbs_and_probes_in_the_input_satisfy_the_rules() {
     let web = std::fs::read_to_string(format!(
@@ -130,10 +137,15 @@ fn pdbs_and_probes_in_the_input_satisfy_the_rules() {
     let probed = web.replace(
         "        volumeMounts:",
         "        readinessProbe: {httpGet: {path: /, port: 80}}\n        livenessProbe: {tcpSocket: {port: 80}}\n        resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {memory: 64Mi}}\n        volumeMounts:",
+    )
+    // A PDB does not stop preemption: a class for stateful workloads, which the input holds.
+    .replace(
+        "      containers:\n",
+        "      priorityClassName: stateful\n      containers:\n",
     );
     let out = check(
         &["-f", "-", "-o", "json"],
-        Some(&format!("{probed}\n---{PDB}")),
+        Some(&format!("{probed}\n---{PDB}\n---{PRIORITY_CLASS}")),
     );
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let report: Value = serde_json::from_str(&stdout(&out)).unwrap();

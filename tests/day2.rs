@@ -309,3 +309,56 @@ async fn the_same_claim_from_anyone_else_or_for_an_unknown_statefulset_gets_the_
     let unknown = mutate_with(&with_object(&body, &object), &cluster).await;
     assert_eq!(patch(&unknown).map(|p| p[0].clone()), Some(fast[0].clone()));
 }
+
+/// A replace that drops the PriorityClass `priority-class` set at creation gets it back (else
+/// every pod would roll to priority 0); another class the user names stays theirs.
+#[tokio::test]
+async fn a_replace_keeps_the_priority_class_set_at_creation() {
+    let name = "statefulset-update-after-mutation-replace.mutating.json";
+    let mut captured: Value = serde_json::from_slice(&review_fixture(name)).unwrap();
+    let old = &mut captured["request"]["oldObject"];
+    old["spec"]["template"]["spec"]["priorityClassName"] = json!("stateful-critical");
+    let recorded = old["metadata"]["annotations"]["stateful-guard.io/mutated"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    old["metadata"]["annotations"]["stateful-guard.io/mutated"] =
+        json!(format!("{recorded},priority-class"));
+    assert!(
+        captured["request"]["object"]["spec"]["template"]["spec"]
+            .get("priorityClassName")
+            .is_none(),
+        "the replaced manifest names no class"
+    );
+    let body = serde_json::to_vec(&captured).unwrap();
+    let (patched, resp) = mutate_update(name, &body, &default_policies()).await;
+    assert_eq!(
+        patched["spec"]["template"]["spec"]["priorityClassName"],
+        "stateful-critical"
+    );
+    let mut expected = captured["request"]["oldObject"]["spec"]["template"].clone();
+    expected["spec"]["containers"][0]["image"] =
+        captured["request"]["object"]["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert_eq!(
+        patched["spec"]["template"], expected,
+        "the pods roll once, for the image, and keep their priority"
+    );
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.contains("priority-class: kept priorityClassName \"stateful-critical\"")),
+        "{:?}",
+        warnings(&resp)
+    );
+    // The user names another class: no patch touches it.
+    let mut object = request_object(&body);
+    object["spec"]["template"]["spec"]["priorityClassName"] = json!("mine");
+    let resp = review(
+        Phase::Mutate,
+        &with_object(&body, &object),
+        &default_policies(),
+    )
+    .await;
+    let ops = patch(&resp).cloned().unwrap_or(json!([]));
+    assert!(!ops.to_string().contains("priorityClassName"), "{ops}");
+}

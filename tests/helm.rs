@@ -253,6 +253,35 @@ fn every_rendered_manifest_passes_the_schemas_strictly() {
     }
 }
 
+/// The chart also installs on Kubernetes 1.26 to 1.28 (tests/helm_install.rs installs it on a
+/// real 1.26): there its Deployment has no `preStop.sleep`, which those versions refuse, and
+/// passes their schemas; from 1.29 on it has it.
+#[test]
+fn before_1_29_the_chart_leaves_out_the_prestop_sleep() {
+    let lifecycle = |objects: &[Value]| {
+        of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+            ["lifecycle"]
+            .clone()
+    };
+    for version in ["1.26.0", "1.28.0"] {
+        let objects = helm_template(&["--kube-version", version]);
+        assert!(lifecycle(&objects).is_null(), "{version}");
+        if let Err(output) = kubernetes_validate_all(&objects, version) {
+            panic!("Kubernetes {version}:\n{output}");
+        }
+    }
+    let objects = helm_template(&["--kube-version", OLDEST_KUBERNETES]);
+    assert_eq!(lifecycle(&objects)["preStop"]["sleep"]["seconds"], 5);
+    // Older than the chart's kubeVersion: helm refuses.
+    let out = helm(&["template", "stateful-guard", CHART, "--kube-version", "1.25.0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kubeVersion"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

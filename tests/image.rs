@@ -564,6 +564,7 @@ async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unavailable() 
             ("list", "poddisruptionbudgets"),
             ("list", "storageclasses"),
             ("list", "namespaces"),
+            ("list", "priorityclasses"),
             ("list", "configmaps"),
         ],
         Duration::from_secs(15),

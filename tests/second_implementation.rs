@@ -41,9 +41,18 @@ fn create_review(object: &Value) -> Vec<u8> {
 
 /// The whole check for one review body; returns the mutated object and the validating verdict.
 async fn check_mutation(label: &str, body: &[u8], dir: &Path) -> (Value, Value) {
-    let policies = default_policies();
+    check_mutation_under(label, body, dir, &default_policies()).await
+}
+
+/// The same under `policies`.
+async fn check_mutation_under(
+    label: &str,
+    body: &[u8],
+    dir: &Path,
+    policies: &stateful_guard::policy::PolicySet,
+) -> (Value, Value) {
     let object = request_object(body);
-    let resp = review(Phase::Mutate, body, &policies).await;
+    let resp = review(Phase::Mutate, body, policies).await;
     let patched = match patch(&resp) {
         Some(p) => {
             let ours = apply(&object, p);
@@ -57,13 +66,13 @@ async fn check_mutation(label: &str, body: &[u8], dir: &Path) -> (Value, Value) 
         }
         None => object.clone(),
     };
-    let again = review(Phase::Mutate, &with_object(body, &patched), &policies).await;
+    let again = review(Phase::Mutate, &with_object(body, &patched), policies).await;
     assert!(
         patch(&again).is_none(),
         "{label}: second pass patched again: {}",
         again["response"]
     );
-    let verdict = review(Phase::Validate, &with_object(body, &patched), &policies).await;
+    let verdict = review(Phase::Validate, &with_object(body, &patched), policies).await;
     (patched, verdict)
 }
 
@@ -160,4 +169,46 @@ async fn shared_manifests() {
         }
         assert_eq!(found, 1, "{file}");
     }
+}
+
+/// The rules that are off by default, switched on: `priority-class` sets the class on every
+/// captured StatefulSet CREATE whose template names none, and kubectl agrees on the patch.
+#[tokio::test]
+async fn captured_create_reviews_with_priority_class() {
+    let default = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/default.yaml"
+    ))
+    .unwrap();
+    let yaml = default.replace(
+        "      action: off\n      # className: stateful-critical\n",
+        "      action: mutate\n      className: system-cluster-critical\n",
+    );
+    assert_ne!(
+        yaml, default,
+        "policies/default.yaml still has the priority-class entry"
+    );
+    let policies = policies(&yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = 0;
+    for (name, body) in review_fixtures() {
+        let request: Value = serde_json::from_slice(&body).unwrap();
+        if request["request"]["operation"] != "CREATE"
+            || phase_of(&name) != Phase::Mutate
+            || request["request"]["kind"]["kind"] != "StatefulSet"
+        {
+            continue;
+        }
+        let before = request_object(&body);
+        let (patched, _) = check_mutation_under(&name, &body, dir.path(), &policies).await;
+        let class = &patched["spec"]["template"]["spec"]["priorityClassName"];
+        match before["spec"]["template"]["spec"].get("priorityClassName") {
+            Some(theirs) => assert_eq!(class, theirs, "{name}: the user's class stays"),
+            None => {
+                assert_eq!(class, "system-cluster-critical", "{name}");
+                set += 1;
+            }
+        }
+    }
+    assert!(set >= 4, "{set}");
 }

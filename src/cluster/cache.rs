@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -17,8 +18,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    ClaimOwner, ClusterView, claim_owner_among, namespace_projection, pdb_projection,
-    statefulset_projection, storage_class_projection,
+    ClaimOwner, ClusterView, built_in_priority_class, claim_owner_among, namespace_projection,
+    pdb_projection, priority_class_projection, statefulset_projection, storage_class_projection,
 };
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
@@ -45,6 +46,7 @@ pub struct ClusterCache {
     /// Projections (name and claim template names), to recognise the claims the StatefulSet
     /// controller creates.
     statefulsets: Store<StatefulSet>,
+    priority_classes: Store<PriorityClass>,
     synced: Arc<AtomicBool>,
 }
 
@@ -61,21 +63,25 @@ impl ClusterCache {
             spawn_reflector::<Namespace>(Api::all(client.clone()), namespace_projection);
         let statefulsets =
             spawn_reflector::<StatefulSet>(Api::all(client.clone()), statefulset_projection);
+        let priority_classes =
+            spawn_reflector::<PriorityClass>(Api::all(client.clone()), priority_class_projection);
         let synced = Arc::new(AtomicBool::new(false));
         {
-            let (pdbs, classes, namespaces, statefulsets, synced) = (
+            let (pdbs, classes, namespaces, statefulsets, priorities, synced) = (
                 pdbs.clone(),
                 storage_classes.clone(),
                 namespaces.clone(),
                 statefulsets.clone(),
+                priority_classes.clone(),
                 synced.clone(),
             );
             tokio::spawn(async move {
-                let ready = futures::future::try_join4(
+                let ready = futures::future::try_join5(
                     pdbs.wait_until_ready(),
                     classes.wait_until_ready(),
                     namespaces.wait_until_ready(),
                     statefulsets.wait_until_ready(),
+                    priorities.wait_until_ready(),
                 )
                 .await;
                 match ready {
@@ -93,6 +99,7 @@ impl ClusterCache {
             storage_classes,
             namespaces,
             statefulsets,
+            priority_classes,
             synced,
         }
     }
@@ -181,6 +188,11 @@ impl ClusterView for ClusterCache {
     }
     fn storage_classes(&self) -> Vec<Arc<StorageClass>> {
         self.storage_classes.state()
+    }
+    fn priority_class(&self, name: &str) -> Option<Arc<PriorityClass>> {
+        self.priority_classes
+            .get(&ObjectRef::new(name))
+            .or_else(|| built_in_priority_class(name))
     }
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         self.namespaces

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
 
 pub mod cache;
@@ -35,6 +36,12 @@ pub trait ClusterView: Send + Sync {
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>>;
     /// All StorageClasses (to find the default one).
     fn storage_classes(&self) -> Vec<Arc<StorageClass>>;
+    /// True when PriorityClass questions have answers.
+    fn priority_classes_known(&self) -> bool {
+        self.is_known()
+    }
+    /// A PriorityClass by name.
+    fn priority_class(&self, name: &str) -> Option<Arc<PriorityClass>>;
     /// The labels of a namespace, when the namespace is known.
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
     /// The StatefulSet of `namespace` whose claim template a PVC named `claim` is made from
@@ -116,6 +123,14 @@ pub fn storage_class_projection(sc: &mut StorageClass) {
     sc.mount_options = None;
 }
 
+/// A PriorityClass reduced to what the rules read (its name and value).
+pub fn priority_class_projection(pc: &mut PriorityClass) {
+    pc.metadata.managed_fields = None;
+    pc.metadata.annotations = None;
+    pc.metadata.labels = None;
+    pc.description = None;
+}
+
 /// A Namespace reduced to its name and labels (what policy selection reads).
 pub fn namespace_projection(ns: &mut Namespace) {
     ns.metadata.managed_fields = None;
@@ -143,6 +158,24 @@ pub fn statefulset_projection(sts: &mut StatefulSet) {
     }
 }
 
+/// The PriorityClasses every kube-apiserver creates itself (they exist in every cluster), with
+/// the values it gives them.
+pub fn built_in_priority_class(name: &str) -> Option<Arc<PriorityClass>> {
+    let value = match name {
+        "system-cluster-critical" => 2_000_000_000,
+        "system-node-critical" => 2_000_001_000,
+        _ => return None,
+    };
+    Some(Arc::new(PriorityClass {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        value: Some(value),
+        ..Default::default()
+    }))
+}
+
 /// Whether a StorageClass carries the default-class annotation.
 pub fn is_default_class(sc: &StorageClass) -> bool {
     sc.metadata.annotations.as_ref().is_some_and(|a| {
@@ -160,6 +193,9 @@ pub struct Snapshot {
     storage_classes: Vec<Arc<StorageClass>>,
     namespaces: Vec<Arc<Namespace>>,
     statefulsets: Vec<Arc<StatefulSet>>,
+    priority_classes: Vec<Arc<PriorityClass>>,
+    /// The classes are the cluster's whole list (read from it), not what some input held.
+    classes_complete: bool,
 }
 
 impl Snapshot {
@@ -180,7 +216,23 @@ impl Snapshot {
             storage_classes: storage_classes.into_iter().map(Arc::new).collect(),
             namespaces: namespaces.into_iter().map(Arc::new).collect(),
             statefulsets: Vec::new(),
+            priority_classes: Vec::new(),
+            classes_complete: false,
         }
+    }
+
+    /// The same, its StorageClasses and PriorityClasses being every one the cluster has (as
+    /// listed from it): then a class it lacks does not exist, even when the list is empty.
+    pub fn with_complete_classes(mut self) -> Self {
+        self.classes_complete = true;
+        self
+    }
+
+    /// The same, also knowing these PriorityClasses (besides the built-in ones). A snapshot
+    /// given none answers no PriorityClass question, as one given no StorageClass.
+    pub fn with_priority_classes(mut self, classes: Vec<PriorityClass>) -> Self {
+        self.priority_classes = classes.into_iter().map(Arc::new).collect();
+        self
     }
 
     /// The same, also knowing these StatefulSets.
@@ -195,7 +247,7 @@ impl ClusterView for Snapshot {
         self.known
     }
     fn storage_classes_known(&self) -> bool {
-        self.known && !self.storage_classes.is_empty()
+        self.known && (self.classes_complete || !self.storage_classes.is_empty())
     }
     fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
         self.pdbs
@@ -212,6 +264,16 @@ impl ClusterView for Snapshot {
     }
     fn storage_classes(&self) -> Vec<Arc<StorageClass>> {
         self.storage_classes.clone()
+    }
+    fn priority_classes_known(&self) -> bool {
+        self.known && (self.classes_complete || !self.priority_classes.is_empty())
+    }
+    fn priority_class(&self, name: &str) -> Option<Arc<PriorityClass>> {
+        self.priority_classes
+            .iter()
+            .find(|pc| pc.metadata.name.as_deref() == Some(name))
+            .cloned()
+            .or_else(|| built_in_priority_class(name))
     }
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         self.namespaces
@@ -271,6 +333,12 @@ impl ClusterView for WithLive<'_> {
     }
     fn storage_classes(&self) -> Vec<Arc<StorageClass>> {
         self.base.storage_classes()
+    }
+    fn priority_classes_known(&self) -> bool {
+        self.base.priority_classes_known()
+    }
+    fn priority_class(&self, name: &str) -> Option<Arc<PriorityClass>> {
+        self.base.priority_class(name)
     }
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         match &self.namespace_labels {

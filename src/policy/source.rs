@@ -319,7 +319,10 @@ fn configmap_prefix(cm: &ConfigMap) -> String {
     )
 }
 
-fn configmap_documents(cm: &ConfigMap) -> Vec<(String, Result<Vec<PolicyDocument>, PolicyError>)> {
+/// The policy documents of each key of a policy ConfigMap, by source id.
+pub fn configmap_documents(
+    cm: &ConfigMap,
+) -> Vec<(String, Result<Vec<PolicyDocument>, PolicyError>)> {
     let prefix = configmap_prefix(cm);
     cm.data
         .iter()

@@ -37,6 +37,7 @@ registry! {
         PodAntiAffinity => pod_anti_affinity: "pod-anti-affinity",
         TopologySpread => topology_spread: "topology-spread",
         ParallelPodManagement => parallel_pod_management: "parallel-pod-management",
+        PriorityClass => priority_class: "priority-class",
     ],
     validations: [
         RequirePdb => require_pdb: "require-pdb",
@@ -50,6 +51,7 @@ registry! {
         RequireResources => require_resources: "require-resources",
         SelectorsMatchPods => selectors_match_pods: "selectors-match-pods",
         NodeLocalStorage => node_local_storage: "node-local-storage",
+        RequirePriorityClass => require_priority_class: "require-priority-class",
     ],
 }
 
