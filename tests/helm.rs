@@ -259,8 +259,7 @@ fn every_rendered_manifest_passes_the_schemas_strictly() {
 #[test]
 fn before_1_29_the_chart_leaves_out_the_prestop_sleep() {
     let lifecycle = |objects: &[Value]| {
-        of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-            ["lifecycle"]
+        of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["lifecycle"]
             .clone()
     };
     for version in ["1.26.0", "1.28.0"] {
@@ -273,7 +272,13 @@ fn before_1_29_the_chart_leaves_out_the_prestop_sleep() {
     let objects = helm_template(&["--kube-version", OLDEST_KUBERNETES]);
     assert_eq!(lifecycle(&objects)["preStop"]["sleep"]["seconds"], 5);
     // Older than the chart's kubeVersion: helm refuses.
-    let out = helm(&["template", "stateful-guard", CHART, "--kube-version", "1.25.0"]);
+    let out = helm(&[
+        "template",
+        "stateful-guard",
+        CHART,
+        "--kube-version",
+        "1.25.0",
+    ]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("kubeVersion"),
