@@ -13,8 +13,8 @@ use crate::policy::{
     Mode, MutateAction, Policy, PolicySet, Selection, UpdateValidation, ValidateAction,
 };
 use crate::rules::{
-    Context, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, RuleId, Rules,
-    ValidationRule, ValidationVisitor, patch,
+    Context, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, Part, RuleId,
+    Rules, ValidationRule, ValidationVisitor, patch,
 };
 
 /// The annotation listing the mutation rules applied to an object.
@@ -520,18 +520,18 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
         // An existing workload must stay operable (scalable during an incident): report only
         // what this update introduces, or what it touches (a container it changes).
         // Linear: one set of the old findings, one lookup per new finding.
-        let before: HashSet<(RuleId, String)> = findings_of(old, policy, eval, ctx)
+        let before: HashSet<(RuleId, Part)> = findings_of(old, policy, eval, ctx)
             .into_iter()
             .map(|r| (r.finding.rule, r.finding.subject))
             .collect();
         let changed = changed_containers(old, sts);
         found.retain(|r| {
             let f = &r.finding;
+            // A borrowed key would need a second enum; the clone is one small string per
+            // finding of the new object.
             let existed = before.contains(&(f.rule, f.subject.clone()));
             !existed
-                || f.subject
-                    .strip_prefix("container/")
-                    .is_some_and(|name| changed.contains(name))
+                || matches!(&f.subject, Part::Container(name) if changed.contains(name.as_str()))
         });
     }
     // A rule that could not verify (no cluster state) never denies.

@@ -922,6 +922,83 @@ fn controller_created_claims(i: &Installed) {
     );
 }
 
+/// A namespace the cache does not know yet (created or relabelled a moment ago) is read live
+/// before its policy is chosen, so it never falls through to a weaker policy or none. The lag is
+/// made deterministic by reviewing in-process with a cluster view that lacks the namespace,
+/// while the live read goes to the real apiserver with the webhook's own ServiceAccount (so
+/// deploy/'s RBAC must allow it).
+fn namespace_cache_miss(i: &Installed) {
+    use stateful_guard::admission::{Reviewer, Uninterpretable, response};
+    use stateful_guard::cluster::Snapshot;
+    use stateful_guard::cluster::cache::ClusterCache;
+    use stateful_guard::engine::Phase;
+
+    let api = &i.api;
+    api.ok(&["create", "namespace", "fresh"], None);
+    api.ok(&["label", "namespace", "fresh", "tier=db"], None);
+    let policies = policies(
+        r#"
+apiVersion: stateful-guard.io/v1alpha1
+kind: Policy
+metadata: {name: databases}
+spec:
+  match:
+    namespaceSelector: {matchLabels: {tier: db}}
+  rules:
+    require-readiness-probe: {action: enforce}
+"#,
+    );
+    let captured = review_fixture("statefulset-create.validating.json");
+    let mut object = request_object(&captured);
+    object["metadata"]["namespace"] = json!("fresh");
+    let mut review: Value = serde_json::from_slice(&with_object(&captured, &object)).unwrap();
+    review["request"]["namespace"] = json!("fresh");
+    let body = serde_json::to_vec(&review).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&i.kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let live = ClusterCache::start(kube::Client::try_from(config).unwrap());
+        // What a cache that has not seen the namespace yet holds.
+        let lagging = Snapshot::known(vec![], vec![], vec![]);
+        async fn answer(
+            policies: &stateful_guard::policy::PolicySet,
+            cluster: &Snapshot,
+            live: Option<&ClusterCache>,
+            body: &[u8],
+        ) -> Value {
+            let reviewer = Reviewer {
+                policies,
+                cluster,
+                live,
+                uninterpretable: Uninterpretable::Allow,
+                statefulset_controllers: &STATEFULSET_CONTROLLERS,
+            };
+            let (review, _) = reviewer.review(Phase::Validate, body).await.unwrap();
+            decode_wire(&response::to_wire(review).unwrap())
+        }
+        // Without the live read, the lagging cache has no labels for the namespace: no policy.
+        let blind = answer(&policies, &lagging, None, &body).await;
+        assert!(allowed(&blind), "{blind}");
+        // With it, the namespace's real labels choose the databases policy, which denies.
+        let read = answer(&policies, &lagging, Some(&live), &body).await;
+        assert!(!allowed(&read), "{read}");
+        let message = read["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("[require-readiness-probe]"), "{message}");
+        // Relabelled: the live read sees that too.
+        api.ok(&["label", "namespace", "fresh", "tier-"], None);
+        let relabelled = answer(&policies, &lagging, Some(&live), &body).await;
+        assert!(allowed(&relabelled), "{relabelled}");
+    });
+}
+
 #[test]
 fn a_real_apiserver_agrees() {
     let Some((apiserver, etcd)) = available() else {
@@ -947,6 +1024,7 @@ fn a_real_apiserver_agrees() {
     });
     timed("dry run and claims", &mut |i| dry_run_and_claims(i));
     timed("policy ConfigMap", &mut |i| policy_configmap(i));
+    timed("namespace cache miss", &mut |i| namespace_cache_miss(i));
     timed("certificate bootstrap", &mut |i| certificate_bootstrap(i));
     timed("two replicas race", &mut |i| two_replicas_race(i));
     timed("webhook killed", &mut |i| webhook_killed(i));

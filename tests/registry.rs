@@ -86,7 +86,8 @@ fn names_actions_and_the_policy_schema_come_from_the_same_list() {
             RuleId::FastStorageClass,
             RuleId::PodAntiAffinity,
             RuleId::TopologySpread,
-            RuleId::ParallelPodManagement
+            RuleId::ParallelPodManagement,
+            RuleId::PriorityClass
         ]
     );
     let err = serde_json::from_value::<RuleId>(Value::String("require-pbd".into())).unwrap_err();

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Finding, RuleId, display_name};
+use super::{Aspect, ClassAspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,7 +47,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         if policy.when_deleted.as_deref() == Some("Delete") {
             findings.push(Finding::new(
                 RuleId::DataRetention,
-                "retention/whenDeleted",
+                Part::Whole(Aspect::RetentionWhenDeleted),
                 format!(
                     "deleting StatefulSet {name} deletes its PersistentVolumeClaims and their data (persistentVolumeClaimRetentionPolicy.whenDeleted: Delete): a mistaken `kubectl delete` or a GitOps prune loses the database; use Retain"
                 ),
@@ -56,7 +56,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         if policy.when_scaled.as_deref() == Some("Delete") {
             findings.push(Finding::new(
                 RuleId::DataRetention,
-                "retention/whenScaled",
+                Part::Whole(Aspect::RetentionWhenScaled),
                 format!(
                     "scaling StatefulSet {name} down deletes the claims of the removed replicas (persistentVolumeClaimRetentionPolicy.whenScaled: Delete): scaling back up starts them empty, and a replica scaled away during an incident is gone; use Retain"
                 ),
@@ -89,7 +89,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         if cfg.reclaim_policy && class.reclaim_policy.as_deref().unwrap_or("Delete") == "Delete" {
             findings.push(Finding::new(
                 RuleId::DataRetention,
-                format!("class/{class_name}/reclaim"),
+                Part::StorageClass(class_name.to_owned(), ClassAspect::Reclaim),
                 format!(
                     "StatefulSet {name} keeps its data on StorageClass {class_name:?}, whose reclaimPolicy is Delete: when a claim is deleted (by hand, by a retention policy, with its namespace) the volume and its data are deleted with it; use a class with reclaimPolicy: Retain"
                 ),
@@ -98,7 +98,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         if cfg.volume_expansion && class.allow_volume_expansion != Some(true) {
             findings.push(Finding::new(
                 RuleId::DataRetention,
-                format!("class/{class_name}/expansion"),
+                Part::StorageClass(class_name.to_owned(), ClassAspect::Expansion),
                 format!(
                     "StatefulSet {name} keeps its data on StorageClass {class_name:?}, which does not allow volume expansion: when the database fills its disk, the claim cannot be resized; use a class with allowVolumeExpansion: true"
                 ),
@@ -136,8 +136,8 @@ mod tests {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
 
-    fn subjects(f: &[Finding]) -> Vec<&str> {
-        f.iter().map(|f| f.subject.as_str()).collect()
+    fn subjects(f: &[Finding]) -> Vec<String> {
+        f.iter().map(|f| f.subject.to_string()).collect()
     }
 
     #[test]

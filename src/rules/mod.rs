@@ -265,13 +265,83 @@ impl Mutation {
     }
 }
 
+/// The part of a StatefulSet a finding is about. On UPDATE a finding whose (rule, part) the old
+/// object already had is not new, unless the part is a container the update changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// A container or init container, by name.
+    Container(String),
+    /// A PodDisruptionBudget that selects the pods, by name.
+    Pdb(String),
+    /// A pod volume, by name.
+    Volume(String),
+    /// A volume claim template, by name.
+    ClaimTemplate(String),
+    /// A StorageClass a claim template uses, by name, and what about it.
+    StorageClass(String, ClassAspect),
+    /// A field the user wrote, by its path (`podAntiAffinity...[0]`).
+    Field(String),
+    /// Something of the StatefulSet as a whole.
+    Whole(Aspect),
+}
+
+/// What about a StorageClass a finding concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClassAspect {
+    Reclaim,
+    Expansion,
+}
+
+/// What about the whole StatefulSet a finding concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Aspect {
+    /// No PodDisruptionBudget.
+    Pdb,
+    /// Several PodDisruptionBudgets.
+    MultiplePdbs,
+    /// No persistent storage.
+    Storage,
+    /// `persistentVolumeClaimRetentionPolicy.whenDeleted`.
+    RetentionWhenDeleted,
+    /// `persistentVolumeClaimRetentionPolicy.whenScaled`.
+    RetentionWhenScaled,
+    /// No PriorityClass.
+    NoPriorityClass,
+    /// A PriorityClass that does not exist.
+    PriorityClassMissing,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Container(name) => write!(f, "container/{name}"),
+            Part::Pdb(name) => write!(f, "pdb/{name}"),
+            Part::Volume(name) => write!(f, "volume/{name}"),
+            Part::ClaimTemplate(name) => write!(f, "claim/{name}"),
+            Part::StorageClass(name, ClassAspect::Reclaim) => write!(f, "class/{name}/reclaim"),
+            Part::StorageClass(name, ClassAspect::Expansion) => {
+                write!(f, "class/{name}/expansion")
+            }
+            Part::Field(path) => f.write_str(path),
+            Part::Whole(aspect) => f.write_str(match aspect {
+                Aspect::Pdb => "pdb",
+                Aspect::MultiplePdbs => "multiple-pdbs",
+                Aspect::Storage => "storage",
+                Aspect::RetentionWhenDeleted => "retention/whenDeleted",
+                Aspect::RetentionWhenScaled => "retention/whenScaled",
+                Aspect::NoPriorityClass => "no-priority-class",
+                Aspect::PriorityClassMissing => "priority-class-missing",
+            }),
+        }
+    }
+}
+
 /// A problem a validation rule found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub rule: RuleId,
-    /// The part of the object the finding is about (a container name, `pdb`, ...). On UPDATE a
-    /// finding whose (rule, subject) was already present on the old object is not new.
-    pub subject: String,
+    /// The part of the object the finding is about.
+    pub subject: Part,
     /// What is wrong and exactly what to change.
     pub message: String,
     /// The rule could not verify (no cluster state): never deny on such a finding.
@@ -279,10 +349,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(rule: RuleId, subject: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(rule: RuleId, subject: Part, message: impl Into<String>) -> Self {
         Self {
             rule,
-            subject: subject.into(),
+            subject,
             message: message.into(),
             unverified: false,
         }

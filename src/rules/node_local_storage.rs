@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Finding, RuleId, display_name};
+use super::{Context, Finding, Part, RuleId, display_name};
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -67,7 +67,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         if let Some(host) = &volume.host_path {
             findings.push(Finding::new(
                 RuleId::NodeLocalStorage,
-                format!("volume/{}", volume.name),
+                Part::Volume(volume.name.clone()),
                 format!(
                     "volume {:?} of StatefulSet {name} is a hostPath ({}): its data lives on one node's disk; {LOST}",
                     volume.name, host.path
@@ -84,7 +84,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
             if let Some(mount) = mounted_as_data {
                 findings.push(Finding::new(
                     RuleId::NodeLocalStorage,
-                    format!("volume/{}", volume.name),
+                    Part::Volume(volume.name.clone()),
                     format!(
                         "volume {:?} of StatefulSet {name} is an emptyDir mounted at the data path {}: the data lives on the node and goes with the pod; {LOST}",
                         volume.name, mount.mount_path
@@ -104,7 +104,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
                 let template_name = template.metadata.name.as_deref().unwrap_or("?");
                 findings.push(Finding::new(
                     RuleId::NodeLocalStorage,
-                    format!("claim/{template_name}"),
+                    Part::ClaimTemplate(template_name.to_owned()),
                     format!(
                         "claim template {template_name:?} of StatefulSet {name} uses local PersistentVolumes (StorageClass {:?}, {LOCAL_PROVISIONER}): each pod is pinned to the node holding its volume; {LOST} (list the workload in replicatedSelectors if it replicates its own data)",
                         class.metadata.name.as_deref().unwrap_or("?")
@@ -161,7 +161,7 @@ spec:
     fn subjects(s: &StatefulSet, cfg: &Config, cluster: &Snapshot) -> Vec<String> {
         validate(s, cfg, &ctx(Operation::Create, cluster))
             .into_iter()
-            .map(|f| f.subject)
+            .map(|f| f.subject.to_string())
             .collect()
     }
 

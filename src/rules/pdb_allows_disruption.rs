@@ -9,7 +9,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::require_pdb::matching_pdbs;
-use super::{Context, Finding, RuleId, display_name};
+use super::{Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
@@ -68,7 +68,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             .collect();
         findings.push(Finding::new(
             RuleId::PdbAllowsDisruption,
-            "multiple-pdbs",
+            Part::Whole(Aspect::MultiplePdbs),
             format!(
                 "the pods of StatefulSet {name} are selected by {} PodDisruptionBudgets ({}): the eviction API refuses to evict pods covered by more than one, so drains fail; keep one",
                 pdbs.len(),
@@ -81,7 +81,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             let pdb_name = pdb.metadata.name.as_deref().unwrap_or("?");
             findings.push(Finding::new(
                 RuleId::PdbAllowsDisruption,
-                format!("pdb/{pdb_name}"),
+                Part::Pdb(pdb_name.to_owned()),
                 format!(
                     "PodDisruptionBudget {pdb_name} never allows evicting a pod of StatefulSet {name} ({why}): node drains and upgrades would hang; use maxUnavailable: 1"
                 ),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pdb_allows_disruption::{scaled, show};
 use super::require_pdb::matching_pdbs;
-use super::{Context, Finding, RuleId, display_name, has_annotation};
+use super::{Context, Finding, Part, RuleId, display_name, has_annotation};
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -109,7 +109,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         };
         findings.push(Finding::new(
             RuleId::PdbKeepsQuorum,
-            format!("pdb/{pdb_name}"),
+            Part::Pdb(pdb_name.to_owned()),
             format!(
                 "PodDisruptionBudget {pdb_name} ({budget}) lets a drain take {allowed} of the {replicas} pods of StatefulSet {name} at once, but its majority quorum survives at most {tolerated}: the database stops in the middle of a node upgrade; {fix}"
             ),

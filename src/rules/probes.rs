@@ -2,7 +2,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Container, Probe};
 
-use super::{Context, Finding, RuleId, display_name};
+use super::{Context, Finding, Part, RuleId, display_name};
 
 /// Every regular container, and every init container with `restartPolicy: Always` (a sidecar,
 /// which runs for the pod's lifetime and is probed like a regular container).
@@ -33,7 +33,7 @@ pub fn missing(
         .map(|c| {
             Finding::new(
                 rule,
-                format!("container/{}", c.name),
+                Part::Container(c.name.clone()),
                 format!(
                     "container {:?} of StatefulSet {} has no {field}: add one to spec.template.spec containers[name={:?}].{field} ({why})",
                     c.name,

@@ -5,7 +5,7 @@
 //! an outage. Liveness should only check that the process itself is alive.
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use super::{Context, Finding, RuleId, display_name, probes};
+use super::{Context, Finding, Part, RuleId, display_name, probes};
 use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
@@ -17,7 +17,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
         .map(|c| {
             Finding::new(
                 RuleId::ProbesDiffer,
-                format!("container/{}", c.name),
+                Part::Container(c.name.clone()),
                 format!(
                     "container {:?} of StatefulSet {} uses the same check for livenessProbe and readinessProbe: a slow dependency would restart healthy pods; make the liveness probe check only the process",
                     c.name,
@@ -76,7 +76,7 @@ spec:
             &ctx(Operation::Create, &cluster),
         );
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].subject, "container/db");
+        assert_eq!(f[0].subject, Part::Container("db".into()));
     }
 
     #[test]

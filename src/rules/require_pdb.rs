@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Finding, RuleId, display_name};
+use super::{Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -109,7 +109,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
             unverified: true,
             ..Finding::new(
                 RuleId::RequirePdb,
-                "pdb",
+                Part::Whole(Aspect::Pdb),
                 format!(
                     "cannot check that a PodDisruptionBudget covers StatefulSet {name}: no cluster state"
                 ),
@@ -123,7 +123,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         .unwrap_or_else(|e| format!("# could not render a PodDisruptionBudget: {e}\n"));
     vec![Finding::new(
         RuleId::RequirePdb,
-        "pdb",
+        Part::Whole(Aspect::Pdb),
         format!(
             "StatefulSet {name} has {replicas} replicas but no PodDisruptionBudget selects its pods ({}): a node drain can evict several at once and break quorum. Create this PodDisruptionBudget first:\n---\n{manifest}",
             labels::display(&spec.selector)

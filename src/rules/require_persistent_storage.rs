@@ -4,7 +4,7 @@
 //! rescheduled; a StatefulSet without durable storage is usually a mistake.
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use super::{Context, Finding, RuleId, display_name};
+use super::{Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
@@ -27,7 +27,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
     }
     vec![Finding::new(
         RuleId::RequirePersistentStorage,
-        "storage",
+        Part::Whole(Aspect::Storage),
         format!(
             "StatefulSet {} has no volumeClaimTemplates and mounts no PersistentVolumeClaim: its data lives in emptyDir or the container and is lost when a pod moves; add spec.volumeClaimTemplates",
             display_name(&sts.metadata, ctx.namespace)

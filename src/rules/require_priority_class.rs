@@ -12,7 +12,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use super::require_pdb::matching_pdbs;
-use super::{Context, Finding, RuleId, display_name};
+use super::{Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
@@ -29,7 +29,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             {
                 return vec![Finding::new(
                     RuleId::RequirePriorityClass,
-                    "priority-class-missing",
+                    Part::Whole(Aspect::PriorityClassMissing),
                     format!(
                         "StatefulSet {name} names PriorityClass {class:?}, which does not exist: the Priority admission plugin refuses every pod that names a missing class, so no replica would start; create the class or fix spec.template.spec.priorityClassName"
                     ),
@@ -45,7 +45,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             };
             vec![Finding::new(
                 RuleId::RequirePriorityClass,
-                "no-priority-class",
+                Part::Whole(Aspect::NoPriorityClass),
                 format!(
                     "StatefulSet {name} is covered by PodDisruptionBudget {pdb} but its pods have no priorityClassName: a PDB does not stop preemption, and at priority 0 its replicas are preempted before any prioritised pod; set spec.template.spec.priorityClassName to a class for stateful workloads"
                 ),
@@ -97,7 +97,7 @@ mod tests {
         let cluster = Snapshot::known(vec![pdb("db")], vec![], vec![]);
         let found = validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].subject, "no-priority-class");
+        assert_eq!(found[0].subject, Part::Whole(Aspect::NoPriorityClass));
         assert!(found[0].message.contains("db-pdb"), "{}", found[0].message);
         assert!(found[0].message.contains("preempted"));
     }
@@ -129,7 +129,7 @@ mod tests {
             Snapshot::known(vec![], vec![], vec![]).with_priority_classes(vec![class("other")]);
         let found = validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].subject, "priority-class-missing");
+        assert_eq!(found[0].subject, Part::Whole(Aspect::PriorityClassMissing));
         assert!(found[0].message.contains("\"stateful\", which does not exist"));
         // Known to exist, or nothing known about classes: no finding.
         let cluster =

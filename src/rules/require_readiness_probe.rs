@@ -63,7 +63,7 @@ spec:
       - {name: metrics, image: exporter}
 "#);
         let findings = validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
-        let subjects: Vec<_> = findings.iter().map(|f| f.subject.as_str()).collect();
+        let subjects: Vec<_> = findings.iter().map(|f| f.subject.to_string()).collect();
         assert_eq!(subjects, ["container/metrics", "container/log-shipper"]);
         assert!(
             findings[0]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Container;
 use serde::{Deserialize, Serialize};
 
 use super::probes::long_running_containers;
-use super::{Context, Finding, RuleId, display_name};
+use super::{Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 /// The QoS class the policy asks for.
@@ -88,7 +88,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
             (!lacks.is_empty()).then(|| {
                 Finding::new(
                     RuleId::RequireResources,
-                    format!("container/{}", c.name),
+                    Part::Container(c.name.clone()),
                     format!(
                         "container {:?} of StatefulSet {name} has no {}: set them so the scheduler reserves room for it and the kubelet does not evict it first under node pressure",
                         c.name,

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{Context, Finding, RuleId, display_name};
+use super::{Context, Finding, Part, RuleId, display_name};
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -118,7 +118,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
             let shown: Vec<String> = pods.iter().map(|(k, v)| format!("{k}={v}")).collect();
             Some(Finding::new(
                 RuleId::SelectorsMatchPods,
-                what.clone(),
+                Part::Field(what.clone()),
                 format!(
                     "the {what} of StatefulSet {name} spreads over {key} pods selected by {}, but its pods carry no label {} (they are labelled {}): it keeps nothing apart, so replicas can still fail together; select on the pods' own labels",
                     labels::display(selector),
@@ -188,7 +188,7 @@ spec:
         let f = found(&with_affinity(
             "topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: db}}}]",
         ));
-        assert_eq!(f[0].subject, "topologySpreadConstraints[0]");
+        assert_eq!(f[0].subject.to_string(), "topologySpreadConstraints[0]");
     }
 
     #[test]
