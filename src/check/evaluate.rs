@@ -121,9 +121,9 @@ fn evaluate_value(
     let (mutation, meta) = run(Phase::Mutate, value.clone())?;
     let patch = mutation.patch(&meta);
     let mut mutated = value.clone();
-    json_patch::patch(&mut mutated, &patch).map_err(|e| InputError::Object {
+    json_patch::patch(&mut mutated, &patch).map_err(|source| InputError::Patch {
         at: ObjectAt::of(doc),
-        message: format!("internal error: the patch does not apply: {e}"),
+        source,
     })?;
     let (validation, _) = run(Phase::Validate, mutated.clone())?;
     Ok(Evaluated {

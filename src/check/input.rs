@@ -15,20 +15,39 @@ use crate::cluster::Snapshot;
 /// Why `check` could not run: exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{path}: cannot read: {message}")]
-    Read { path: String, message: String },
-    #[error("{path}: document {document}: invalid YAML: {message}")]
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: document {document}: invalid YAML: {source}")]
     Yaml {
         path: String,
         document: usize,
-        message: String,
+        #[source]
+        source: serde_yaml_ng::Error,
     },
-    #[error("{at} does not decode: {message}")]
-    Object { at: ObjectAt, message: String },
+    #[error("{at} does not decode: {source}")]
+    Object {
+        at: ObjectAt,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Not the input's fault: the mutating pass built a patch that does not apply.
+    #[error("{at}: internal error: the patch does not apply: {source}")]
+    Patch {
+        at: ObjectAt,
+        #[source]
+        source: json_patch::PatchError,
+    },
+    /// kube-apiserver's own validation refuses the object; `message` is in its words.
     #[error("{at} is invalid, kube-apiserver would reject it: {message}")]
     Invalid { at: ObjectAt, message: String },
     #[error("invalid policy: {0}")]
-    Policy(String),
+    Policy(#[source] crate::policy::PolicyError),
+    #[error("invalid policy: no policy document in {0}")]
+    NoPolicy(std::path::PathBuf),
 }
 
 /// One input document and where it came from.
@@ -47,16 +66,16 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Document>, InputError> {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .map_err(|e| InputError::Read {
+                .map_err(|source| InputError::Read {
                     path: "<stdin>".into(),
-                    message: e.to_string(),
+                    source,
                 })?;
             docs.extend(parse_stream(&text, "<stdin>")?);
         } else {
             for file in expand(path)? {
-                let text = std::fs::read_to_string(&file).map_err(|e| InputError::Read {
+                let text = std::fs::read_to_string(&file).map_err(|source| InputError::Read {
                     path: file.display().to_string(),
-                    message: e.to_string(),
+                    source,
                 })?;
                 docs.extend(parse_stream(&text, &file.display().to_string())?);
             }
@@ -66,17 +85,17 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Document>, InputError> {
 }
 
 fn expand(path: &Path) -> Result<Vec<PathBuf>, InputError> {
-    let meta = std::fs::metadata(path).map_err(|e| InputError::Read {
+    let meta = std::fs::metadata(path).map_err(|source| InputError::Read {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source,
     })?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(path).map_err(|e| InputError::Read {
+    let entries = std::fs::read_dir(path).map_err(|source| InputError::Read {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source,
     })?;
     let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
@@ -99,10 +118,10 @@ pub fn parse_stream(text: &str, path: &str) -> Result<Vec<Document>, InputError>
     let mut out = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let value = Value::deserialize(de).map_err(|e| InputError::Yaml {
+        let value = Value::deserialize(de).map_err(|source| InputError::Yaml {
             path: path.to_owned(),
             document: index,
-            message: e.to_string(),
+            source,
         })?;
         match value {
             Value::Null => {}
@@ -183,9 +202,9 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     doc: &Document,
     value: Value,
 ) -> Result<T, InputError> {
-    serde_json::from_value(value).map_err(|e| InputError::Object {
+    serde_json::from_value(value).map_err(|source| InputError::Object {
         at: ObjectAt::of(doc),
-        message: e.to_string(),
+        source,
     })
 }
 

@@ -38,20 +38,17 @@ fn load_policies(
     let Some(path) = path else {
         return PolicySet::embedded_default(always_exempt)
             .map(Arc::new)
-            .map_err(|e| InputError::Policy(e.to_string()));
+            .map_err(InputError::Policy);
     };
     // The same loader as `serve --policy`: a file or a directory.
     let store = PolicyStore::new(always_exempt, Arc::new(crate::metrics::Metrics::new()));
     let mut source = FileSource::new(path.to_owned());
     if let Some(error) = source.sync(&store).into_iter().next() {
-        return Err(InputError::Policy(error.to_string()));
+        return Err(InputError::Policy(error));
     }
     let set = store.current();
     if set.is_empty() {
-        return Err(InputError::Policy(format!(
-            "no policy document in {}",
-            path.display()
-        )));
+        return Err(InputError::NoPolicy(path.to_owned()));
     }
     Ok(set)
 }
@@ -100,7 +97,8 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let (report, fixed) = match result {
         Ok(r) => r,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Each error's message includes its cause.
+            eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
