@@ -29,6 +29,14 @@ pub enum Command {
     Check(CheckArgs),
 }
 
+/// A duration, or `0` for off (zero).
+fn duration_or_off(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration(s)
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1m)"))
 }
@@ -92,6 +100,13 @@ pub struct ServeArgs {
     /// happens 30 days before expiry).
     #[arg(long, env = "SG_CERT_CHECK_INTERVAL", default_value = "10m", value_parser = duration)]
     pub cert_check_interval: Duration,
+
+    /// With a cluster connection: re-evaluate every StatefulSet and PVC that exists this often,
+    /// and shortly after any of them changes; the results are served at /report and as
+    /// `stateful_guard_existing_findings`. `0` turns it off (the caches then keep StatefulSets
+    /// as names and claim templates only, and no PVCs).
+    #[arg(long, env = "SG_BACKGROUND_AUDIT", default_value = "10m", value_parser = duration_or_off)]
+    pub background_audit: Duration,
 
     /// How often certificate and policy files are checked for changes (Secret and ConfigMap
     /// volumes change by an atomic `..data` symlink swap, which polling always sees).
@@ -255,6 +270,11 @@ pub struct CheckArgs {
 }
 
 impl ServeArgs {
+    /// The background audit's interval; `None` when it is off.
+    pub fn background_audit_interval(&self) -> Option<Duration> {
+        Some(self.background_audit).filter(|d| !d.is_zero())
+    }
+
     /// The name a given --tls-cert must be valid for.
     pub fn tls_server_name(&self) -> String {
         self.tls_server_name

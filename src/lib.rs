@@ -9,10 +9,12 @@
 //! - [`policy`]: the policy model, its compilation, and its loading from files and ConfigMaps
 //! - [`cluster`]: the read-only view of cluster state (reflector caches, or a static snapshot)
 //! - [`certs`]: serving-certificate generation with rcgen
-//! - [`check`]: the offline `check` command (the same engine over manifests)
+//! - [`check`]: the `check` command (the same engine over manifests, or what a cluster runs)
+//! - [`audit`]: the background audit in `serve` (the same engine over what the caches hold)
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod cli;

@@ -54,8 +54,25 @@ pub struct SourceLabels {
 }
 
 /// Every instrument, registered once.
+/// A finding on an object that already exists (background audit).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExistingLabels {
+    /// The object's namespace; past [`MAX_AUDIT_NAMESPACES`] namespaces, `other`.
+    pub namespace: String,
+    pub rule: &'static str,
+    pub action: &'static str,
+}
+
+/// Namespaces the background audit's findings gauge names one by one; the rest are summed
+/// under `other`, so the series stay bounded on any cluster.
+pub const MAX_AUDIT_NAMESPACES: usize = 500;
+
 pub struct Metrics {
     registry: Registry,
+    pub existing_findings: Family<ExistingLabels, Gauge>,
+    pub audit_last_completed: Gauge,
+    pub audit_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub audit_objects: Gauge,
     pub requests: Family<RequestLabels, Counter>,
     pub bad_requests: Family<EndpointLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram>,
@@ -187,8 +204,36 @@ impl Metrics {
             "Expiry of the serving certificate, in seconds since the Unix epoch",
             cert_not_after.clone(),
         );
+        let existing_findings = Family::<ExistingLabels, Gauge>::default();
+        registry.register(
+            "existing_findings",
+            "Findings on the objects that exist, from the last background audit scan, by namespace, rule and action",
+            existing_findings.clone(),
+        );
+        let audit_last_completed = Gauge::default();
+        registry.register(
+            "background_audit_last_completed_seconds",
+            "When the last background audit scan completed, in seconds since the Unix epoch (0: none yet)",
+            audit_last_completed.clone(),
+        );
+        let audit_duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "background_audit_duration_seconds",
+            "How long the last background audit scan took",
+            audit_duration.clone(),
+        );
+        let audit_objects = Gauge::default();
+        registry.register(
+            "background_audit_objects",
+            "StatefulSets and PVCs evaluated by the last background audit scan",
+            audit_objects.clone(),
+        );
         Self {
             registry,
+            existing_findings,
+            audit_last_completed,
+            audit_duration,
+            audit_objects,
             requests,
             bad_requests,
             latency,

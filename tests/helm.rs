@@ -353,6 +353,7 @@ fn the_values_schema_rejects_bad_values() {
         (vec!["--set", "certificates.mode=vault"], "mode"),
         (vec!["--set", "certificates.mode=secret"], "secret"),
         (vec!["--set", "replicas=two"], "replicas"),
+        (vec!["--set", "backgroundAudit.interval=often"], "interval"),
     ] {
         let stderr = refusal(&args);
         assert!(
@@ -361,6 +362,39 @@ fn the_values_schema_rejects_bad_values() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The background audit's interval reaches the webhook's arguments; `0` turns it off, and with it
+/// the PVC rights it needs.
+#[test]
+fn the_background_audit_interval_reaches_the_webhook_and_its_rbac() {
+    let pvc_rights = |objects: &[Value]| {
+        of_kind(objects, "ClusterRole")[0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["persistentvolumeclaims"]))
+    };
+    let args = |objects: &[Value]| {
+        of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+            .clone()
+    };
+    let default = helm_template(&[]);
+    assert!(pvc_rights(&default));
+    assert!(
+        args(&default)
+            .as_array()
+            .unwrap()
+            .contains(&json!("--background-audit=10m"))
+    );
+    let off = helm_template(&["--set", "backgroundAudit.interval=0"]);
+    assert!(!pvc_rights(&off));
+    assert!(
+        args(&off)
+            .as_array()
+            .unwrap()
+            .contains(&json!("--background-audit=0"))
+    );
 }
 
 #[test]

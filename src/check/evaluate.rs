@@ -166,12 +166,6 @@ pub fn evaluate_all(
         }
         let mut value = doc.value.clone();
         apply_defaults(&mut value, namespace, cluster);
-        let Evaluated {
-            mutation: m,
-            validation: v,
-            patch,
-            mutated,
-        } = evaluate_value(&value, policies, cluster, doc, origin)?;
         let meta = value.get("metadata");
         let text = |k: &str| {
             meta.and_then(|m| m.get(k))
@@ -183,6 +177,36 @@ pub fn evaluate_all(
             format!("{}*", text("generateName"))
         } else {
             text("name")
+        };
+        let evaluated = evaluate_value(&value, policies, cluster, doc, origin);
+        let Evaluated {
+            mutation: m,
+            validation: v,
+            patch,
+            mutated,
+        } = match (evaluated, origin) {
+            (Ok(evaluated), _) => evaluated,
+            // What a cluster stores was admitted by its apiserver: one object that does not
+            // evaluate (a newer API field, say) is reported, and the rest still are.
+            (Err(error), Origin::Cluster) => {
+                objects.push(ObjectReport {
+                    kind: type_of(&value).1.to_owned(),
+                    namespace: text("namespace"),
+                    name,
+                    file: doc.path.clone(),
+                    document: doc.index,
+                    policy: String::new(),
+                    mode: Default::default(),
+                    allowed: true,
+                    patch: vec![],
+                    mutations: vec![],
+                    findings: vec![],
+                    skipped: Some(format!("not evaluated: {error}")),
+                });
+                fixed.push(value);
+                continue;
+            }
+            (Err(error), Origin::Manifests) => return Err(error),
         };
         let denied = v.denials().next().is_some();
         objects.push(ObjectReport {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -18,8 +18,9 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    ClaimOwner, ClusterView, built_in_priority_class, claim_owner_among, namespace_projection,
-    pdb_projection, priority_class_projection, statefulset_projection, storage_class_projection,
+    ClaimOwner, ClusterView, audit_pvc_projection, audit_statefulset_projection,
+    built_in_priority_class, claim_owner_among, namespace_projection, pdb_projection,
+    priority_class_projection, statefulset_projection, storage_class_projection,
 };
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
@@ -47,24 +48,70 @@ pub struct ClusterCache {
     /// controller creates.
     statefulsets: Store<StatefulSet>,
     priority_classes: Store<PriorityClass>,
+    /// With the background audit: the PVCs (projections), and a notification on every change
+    /// of a StatefulSet, PVC or PDB.
+    audit: Option<(Store<PersistentVolumeClaim>, Arc<tokio::sync::Notify>)>,
     synced: Arc<AtomicBool>,
+}
+
+/// What the caches keep besides what admission needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Keep {
+    /// What admission reads: StatefulSets as names and claim templates.
+    #[default]
+    Admission,
+    /// Also what the background audit evaluates: StatefulSets with their specs, and PVCs
+    /// (without status, or managedFields other than those that tell who chose a field).
+    Audit,
 }
 
 impl ClusterCache {
     /// Starts the watches on the current tokio runtime. The cache reports `is_known() == false`
     /// (and `/readyz` stays false) until every store has received its initial list.
     pub fn start(client: Client) -> Self {
+        Self::start_keeping(client, Keep::Admission)
+    }
+
+    /// [`Self::start`], keeping what `keep` says.
+    pub fn start_keeping(client: Client, keep: Keep) -> Self {
         // Each store keeps a projection (what the rules read), not the whole object: with
         // 10,000 PDBs, managedFields alone would be most of the memory.
-        let pdbs = spawn_reflector::<PodDisruptionBudget>(Api::all(client.clone()), pdb_projection);
-        let storage_classes =
-            spawn_reflector::<StorageClass>(Api::all(client.clone()), storage_class_projection);
+
+        let storage_classes = spawn_reflector::<StorageClass>(
+            Api::all(client.clone()),
+            storage_class_projection,
+            None,
+        );
         let namespaces =
-            spawn_reflector::<Namespace>(Api::all(client.clone()), namespace_projection);
-        let statefulsets =
-            spawn_reflector::<StatefulSet>(Api::all(client.clone()), statefulset_projection);
-        let priority_classes =
-            spawn_reflector::<PriorityClass>(Api::all(client.clone()), priority_class_projection);
+            spawn_reflector::<Namespace>(Api::all(client.clone()), namespace_projection, None);
+        let changed = (keep == Keep::Audit).then(|| Arc::new(tokio::sync::Notify::new()));
+        // A PDB created or changed changes the verdict on the StatefulSets it covers.
+        let pdbs = spawn_reflector::<PodDisruptionBudget>(
+            Api::all(client.clone()),
+            pdb_projection,
+            changed.clone(),
+        );
+        let statefulsets = spawn_reflector::<StatefulSet>(
+            Api::all(client.clone()),
+            match keep {
+                Keep::Admission => statefulset_projection,
+                Keep::Audit => audit_statefulset_projection,
+            },
+            changed.clone(),
+        );
+        let priority_classes = spawn_reflector::<PriorityClass>(
+            Api::all(client.clone()),
+            priority_class_projection,
+            None,
+        );
+        let audit = changed.map(|changed| {
+            let pvcs = spawn_reflector::<PersistentVolumeClaim>(
+                Api::all(client.clone()),
+                audit_pvc_projection,
+                Some(changed.clone()),
+            );
+            (pvcs, changed)
+        });
         let synced = Arc::new(AtomicBool::new(false));
         {
             let (pdbs, classes, namespaces, statefulsets, priorities, synced) = (
@@ -75,6 +122,7 @@ impl ClusterCache {
                 priority_classes.clone(),
                 synced.clone(),
             );
+            let pvcs = audit.as_ref().map(|(pvcs, _)| pvcs.clone());
             tokio::spawn(async move {
                 let ready = futures::future::try_join5(
                     pdbs.wait_until_ready(),
@@ -84,6 +132,10 @@ impl ClusterCache {
                     priorities.wait_until_ready(),
                 )
                 .await;
+                let ready = match (ready, pvcs) {
+                    (Ok(_), Some(pvcs)) => pvcs.wait_until_ready().await,
+                    (ready, _) => ready.map(|_| ()),
+                };
                 match ready {
                     Ok(_) => {
                         synced.store(true, Ordering::Release);
@@ -100,8 +152,27 @@ impl ClusterCache {
             namespaces,
             statefulsets,
             priority_classes,
+            audit,
             synced,
         }
+    }
+
+    /// The StatefulSets (with [`Keep::Audit`], with their specs).
+    pub fn statefulsets(&self) -> Vec<Arc<StatefulSet>> {
+        self.statefulsets.state()
+    }
+
+    /// The PVCs, with [`Keep::Audit`].
+    pub fn pvcs(&self) -> Vec<Arc<PersistentVolumeClaim>> {
+        self.audit
+            .as_ref()
+            .map(|(pvcs, _)| pvcs.state())
+            .unwrap_or_default()
+    }
+
+    /// Notified on every change of a StatefulSet, PVC or PDB, with [`Keep::Audit`].
+    pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.audit.as_ref().map(|(_, changed)| changed.clone())
     }
 
     /// Whether every reflector has completed its initial list.
@@ -152,8 +223,12 @@ impl ClusterCache {
 }
 
 /// A reflector whose store keeps each object after `project` (which drops what the rules never
-/// read, so the cache stays small).
-fn spawn_reflector<K>(api: Api<K>, project: fn(&mut K)) -> Store<K>
+/// read, so the cache stays small); `changed` is notified on every change once synced.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    project: fn(&mut K),
+    changed: Option<Arc<tokio::sync::Notify>>,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -167,8 +242,13 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
-            if let Err(error) = item {
-                tracing::warn!(%kind, %error, "watch error; retrying with backoff");
+            match item {
+                Ok(_) => {
+                    if let Some(changed) = &changed {
+                        changed.notify_one();
+                    }
+                }
+                Err(error) => tracing::warn!(%kind, %error, "watch error; retrying with backoff"),
             }
         }
     });

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cli::{ClusterMode, ServeArgs};
-use crate::cluster::cache::ClusterCache;
+use crate::cluster::cache::{ClusterCache, Keep};
 use crate::cluster::health;
 use crate::cluster::{ClusterView, Snapshot};
 use crate::metrics::Metrics;
@@ -174,7 +174,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let file_source = policies(&args, &store)?;
 
-    let live = client.clone().map(ClusterCache::start);
+    let keep = if args.background_audit_interval().is_some() {
+        Keep::Audit
+    } else {
+        Keep::Admission
+    };
+    let live = client
+        .clone()
+        .map(|client| ClusterCache::start_keeping(client, keep));
+    let audit = match (&live, args.background_audit_interval()) {
+        (Some(cache), Some(interval)) => {
+            let results = Arc::new(crate::audit::Results::default());
+            tokio::spawn(crate::audit::run(
+                cache.clone(),
+                store.clone(),
+                metrics.clone(),
+                interval,
+                results.clone(),
+            ));
+            Some(results)
+        }
+        (None, Some(_)) => {
+            tracing::info!("no cluster connection: the background audit does not run");
+            None
+        }
+        _ => None,
+    };
     let view: Arc<dyn ClusterView> = match &live {
         Some(cache) => Arc::new(cache.clone()),
         None => Arc::new(Snapshot::unknown()),
@@ -201,6 +226,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         statefulset_controllers: args.statefulset_controllers.clone(),
         shutting_down: Default::default(),
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
+        audit,
     });
     let app = routes::router(
         state.clone(),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// False while `--cert-bootstrap` serves its provisional certificate.
     pub certificate_ready: Arc<AtomicBool>,
+    /// With `--background-audit`: its last scan.
+    pub audit: Option<Arc<crate::audit::Results>>,
 }
 
 /// What bounds one admission request before it is evaluated.
@@ -141,6 +143,7 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/report", get(report))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -185,6 +188,27 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             format!("not ready: {}\n", problems.join(", ")),
         )
             .into_response()
+    }
+}
+
+/// The background audit's last scan, in `check`'s JSON format (plus when it completed and how
+/// long it took).
+async fn report(State(state): State<Arc<AppState>>) -> Response {
+    let Some(audit) = &state.audit else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the background audit is off (serve --background-audit=INTERVAL, with a cluster connection)",
+        );
+    };
+    let Some(scan) = audit.last() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no background audit scan has completed yet",
+        );
+    };
+    match serde_json::to_vec(scan.as_ref()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

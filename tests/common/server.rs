@@ -308,6 +308,30 @@ pub async fn tls_connect(
         .await
 }
 
+/// One HTTPS GET of `path` on `addr`, verifying `server_name` against `ca` (PEM), as an
+/// operator's client through a port-forward would; on its own runtime, for synchronous tests.
+pub fn https_get(
+    addr: SocketAddr,
+    ca: &[u8],
+    server_name: &str,
+    path: &str,
+) -> (StatusCode, Bytes) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tls = tls_connect(addr, ca, server_name, &[b"http/1.1"])
+            .await
+            .expect("TLS handshake");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send_one(&mut send, "GET", path, vec![]).await.unwrap()
+    })
+}
+
 /// The DER of the certificate the server presents.
 pub async fn served_certificate(server: &Server) -> Vec<u8> {
     let tls = server.tls(&[b"http/1.1"]).await.unwrap();
