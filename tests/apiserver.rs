@@ -1002,8 +1002,35 @@ spec:
 /// The background audit: a StatefulSet created while the webhook was down (`webhook_killed`) is
 /// found by the next scan, served at /report and in the findings gauge (read over HTTPS as an
 /// operator would through a port-forward, verifying the bootstrapped CA; the apiserver's
-/// Service proxy refuses loopback endpoints); once fixed, the next scan clears it.
+/// Service proxy refuses loopback endpoints) and, with deploy/components' PolicyReport CRD and
+/// RBAC installed, written as a PolicyReport by the one replica that holds the Lease; once
+/// fixed, the next scan clears it. When the writer dies, the other replica takes over.
 fn background_audit(i: &mut Installed) {
+    let components = |file: &str| {
+        std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/components")
+                .join(file),
+        )
+        .unwrap()
+    };
+    i.api.ok(
+        &["apply", "-f", "-"],
+        Some(&components("policy-report-crd/crd.yaml")),
+    );
+    i.api.ok(
+        &["apply", "-f", "-"],
+        Some(&components("policy-reports/rbac.yaml")),
+    );
+    i.api.ok(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/policyreports.wgpolicyk8s.io",
+        ],
+        None,
+    );
     i.start_webhook();
     let api = &i.api;
     let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
@@ -1012,12 +1039,14 @@ fn background_audit(i: &mut Installed) {
         secret["data"]["ca.crt"].as_str().unwrap(),
     )
     .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", i.port).parse().unwrap();
-    let get = |path: &str| {
+    let get_from = |port: u16, path: &str| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         common::server::https_get(addr, &ca, "stateful-guard.stateful-guard.svc", path)
     };
-    let report = || -> Option<Value> {
-        let (status, body) = get("/report");
+    // None until a scan completed, and while a replica still serves its provisional
+    // certificate.
+    let report_from = |port: u16| -> Option<Value> {
+        let (status, body) = get_from(port, "/report").ok()?;
         (status == 200).then(|| serde_json::from_slice(&body).unwrap())
     };
     let down_web = |report: &Value| -> Option<Value> {
@@ -1035,15 +1064,45 @@ fn background_audit(i: &mut Installed) {
             .map(|f| f["rule"].as_str().unwrap().to_owned())
             .collect()
     };
+    // The PolicyReport of `down`: its (rule, result) pairs for down/web.
+    let policy_report = || -> Option<Vec<(String, String)>> {
+        let out = api.kubectl(&[
+            "get",
+            "policyreports.wgpolicyk8s.io",
+            "stateful-guard",
+            "-n",
+            "down",
+            "-o",
+            "json",
+        ]);
+        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            report["results"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["resources"][0]["name"] == "web")
+                .map(|r| {
+                    (
+                        r["rule"].as_str().unwrap().to_owned(),
+                        r["result"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    };
+    let pdb_fails = |results: &[(String, String)]| {
+        results
+            .iter()
+            .any(|(rule, result)| rule == "require-pdb" && result == "fail")
+    };
     let mut found = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while found.is_none() {
-        found = report().as_ref().and_then(down_web);
+        found = report_from(i.port).as_ref().and_then(down_web);
         if Instant::now() > deadline {
-            let (status, body) = get("/report");
             panic!(
-                "no background audit scan lists down/web within 60 s: {status} {}\nwebhook log:\n{}",
-                String::from_utf8_lossy(&body),
+                "no background audit scan lists down/web within 60 s: {:?}\nwebhook log:\n{}",
+                get_from(i.port, "/report"),
                 i.logs()
             );
         }
@@ -1063,7 +1122,7 @@ fn background_audit(i: &mut Installed) {
             .any(|m| m["rule"] == "parallel-pod-management"),
         "it would be mutated: {object}"
     );
-    let metrics = String::from_utf8(get("/metrics").1.to_vec()).unwrap();
+    let metrics = String::from_utf8(get_from(i.port, "/metrics").unwrap().1.to_vec()).unwrap();
     assert!(
         metrics.contains(
             r#"stateful_guard_existing_findings{namespace="down",rule="require-pdb",action="enforce"} 1"#
@@ -1075,14 +1134,76 @@ fn background_audit(i: &mut Installed) {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    // Fixed: a PDB for its pods. The next scan clears the finding.
+    eventually(
+        30,
+        "a PolicyReport in down that fails web on require-pdb",
+        || policy_report().is_some_and(|r| pdb_fails(&r)),
+    );
+    // A second replica scans and serves the same results, but does not write.
+    let other_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let second = Webhook::start(
+        &i.args,
+        other_port,
+        &i.kubeconfig,
+        &i.api.dir.path().join("audit-second"),
+    );
+    assert!(
+        second
+            .log
+            .wait_for(
+                "PolicyReport writer is another replica",
+                Duration::from_secs(30)
+            )
+            .is_some(),
+        "{}",
+        second.log.text()
+    );
+    eventually(30, "the second replica serves the results too", || {
+        report_from(other_port)
+            .as_ref()
+            .and_then(down_web)
+            .is_some()
+    });
+
+    // Fixed: a PDB for its pods. The next scan clears the finding, and the report follows.
     api.ok(&["apply", "-n", "down", "-f", "-"], Some(PDB));
     eventually(30, "require-pdb cleared from /report", || {
-        report()
+        report_from(i.port)
             .as_ref()
             .and_then(down_web)
             .is_some_and(|o| !rules(&o).contains(&"require-pdb".to_owned()))
     });
+    eventually(30, "require-pdb cleared from the PolicyReport", || {
+        policy_report().is_some_and(|r| !r.is_empty() && !pdb_fails(&r))
+    });
+    assert!(
+        !second.log.text().contains("PolicyReports updated"),
+        "only the Lease holder writes:\n{}",
+        second.log.text()
+    );
+
+    // The writer dies: once its Lease expires, the other replica writes (the PDB removed
+    // again brings the failure back).
+    i.webhook = None;
+    assert!(
+        second
+            .log
+            .wait_for("PolicyReport writer elected", Duration::from_secs(40))
+            .is_some(),
+        "{}",
+        second.log.text()
+    );
+    api.ok(&["delete", "pdb", "web", "-n", "down"], None);
+    eventually(40, "the new writer's PolicyReport fails web again", || {
+        policy_report().is_some_and(|r| pdb_fails(&r))
+    });
+    assert!(second.log.text().contains("PolicyReports updated"));
+    drop(second);
+    i.start_webhook();
 }
 
 #[test]

@@ -292,3 +292,59 @@ fn the_deployed_policies_are_the_shipped_ones() {
         assert_eq!(docs[0].spec.mode.as_str(), mode, "{target}");
     }
 }
+
+/// The optional components: the PolicyReport CRD, and RBAC for PolicyReports only, each valid
+/// for the supported Kubernetes versions, and nothing else.
+#[test]
+fn the_policy_report_components_add_the_crd_and_rights_on_policyreports_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    // kustomize takes directories by relative path only.
+    let up = dir
+        .path()
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .map(|_| "..")
+        .collect::<Vec<_>>()
+        .join("/");
+    let rel = format!("{up}{}", deploy.display());
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources: [{rel}/base]\ncomponents: [{rel}/components/policy-report-crd, {rel}/components/policy-reports]\n"
+        ),
+    )
+    .unwrap();
+    let with = kustomize(dir.path().to_str().unwrap());
+    let base = kustomize("deploy/base");
+    assert_eq!(
+        with.len(),
+        base.len() + 3,
+        "a CRD, a ClusterRole and its binding"
+    );
+    let crd = of_kind(&with, "CustomResourceDefinition");
+    assert_eq!(crd[0]["metadata"]["name"], "policyreports.wgpolicyk8s.io");
+    assert_eq!(crd[0]["spec"]["versions"][0]["name"], "v1alpha2");
+    let role = of_kind(&with, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "stateful-guard-policy-reports")
+        .unwrap();
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["wgpolicyk8s.io"], "resources": ["policyreports"], "verbs": ["list", "create", "update", "delete"]}])
+    );
+    let binding = of_kind(&with, "ClusterRoleBinding")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "stateful-guard-policy-reports")
+        .unwrap();
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "stateful-guard", "namespace": "stateful-guard"}])
+    );
+    let added: Vec<Value> = with.iter().filter(|o| !base.contains(o)).cloned().collect();
+    for version in [OLDEST_KUBERNETES, NEWEST_KUBERNETES] {
+        if let Err(output) = kubernetes_validate_all(&added, version) {
+            panic!("Kubernetes {version}:\n{output}");
+        }
+    }
+}

@@ -15,6 +15,9 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use serde::Serialize;
 
+pub mod lease;
+pub mod reports;
+
 use crate::check::evaluate::{Origin, evaluate_all};
 use crate::check::{Document, Report};
 use crate::cluster::ClusterView;
@@ -119,14 +122,67 @@ pub fn record(metrics: &Metrics, report: &Report) {
     metrics.audit_objects.set(report.objects.len() as i64);
 }
 
+/// Writes each scan's PolicyReports while this replica holds the Lease.
+pub struct Writer {
+    pub client: kube::Client,
+    pub leadership: lease::Leadership,
+    /// The last outcome said in the log: each is said once, not every scan.
+    said: Option<String>,
+}
+
+/// One write round's budget.
+const WRITE_BUDGET: Duration = Duration::from_secs(60);
+
+impl Writer {
+    pub fn new(client: kube::Client, leadership: lease::Leadership) -> Self {
+        Self {
+            client,
+            leadership,
+            said: None,
+        }
+    }
+
+    async fn write(&mut self, report: &Report) {
+        if !self.leadership.is_leader() {
+            return;
+        }
+        let outcome =
+            tokio::time::timeout(WRITE_BUDGET, reports::write(&self.client, report)).await;
+        let (say, line) = match outcome {
+            Ok(Ok(reports::Written::Current { changed })) => {
+                if changed > 0 {
+                    tracing::info!(changed, "PolicyReports updated");
+                }
+                (false, "ok".to_owned())
+            }
+            Ok(Ok(reports::Written::NoCrd)) => (
+                true,
+                "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: no PolicyReports are written (install deploy/components/policy-reports); /report and the metrics still have every result".to_owned(),
+            ),
+            Ok(Ok(reports::Written::Forbidden)) => (
+                true,
+                "not allowed to write PolicyReports (the RBAC of deploy/components/policy-reports is not installed); /report and the metrics still have every result".to_owned(),
+            ),
+            Ok(Err(error)) => (true, format!("writing PolicyReports failed: {error}; retrying after the next scan")),
+            Err(_) => (true, format!("writing PolicyReports took longer than {WRITE_BUDGET:?}; retrying after the next scan")),
+        };
+        if say && self.said.as_deref() != Some(line.as_str()) {
+            tracing::warn!("{line}");
+        }
+        self.said = Some(line);
+    }
+}
+
 /// Scans every `interval`, and [`SETTLE`] after a change (at most every [`MIN_GAP`]), until the
-/// process ends. Each scan runs off the async workers.
+/// process ends. Each scan runs off the async workers. With a `writer`, the replica that holds
+/// the Lease also writes the PolicyReports.
 pub async fn run(
     cache: ClusterCache,
     policies: Arc<PolicyStore>,
     metrics: Arc<Metrics>,
     interval: Duration,
     results: Arc<Results>,
+    mut writer: Option<Writer>,
 ) {
     let Some(changes) = cache.changes() else {
         tracing::error!("background audit: the caches do not keep what it evaluates; not running");
@@ -169,11 +225,15 @@ pub async fn run(
             seconds = took.as_secs_f64(),
             "background audit scan completed"
         );
-        results.last.store(Some(Arc::new(Scan {
+        let scan = Arc::new(Scan {
             completed,
             duration_seconds: took.as_secs_f64(),
             report,
-        })));
+        });
+        results.last.store(Some(scan.clone()));
+        if let Some(writer) = &mut writer {
+            writer.write(&scan.report).await;
+        }
         // The next scan: at the interval, or after a change (once it settles, and never
         // within MIN_GAP of this one), whichever comes first. Changes during the scan are picked
         // up by the next one.

@@ -151,6 +151,19 @@ async fn cluster(args: &ServeArgs, metrics: &Arc<Metrics>) -> Option<kube::Clien
     }
 }
 
+/// This replica's identity in leader election: the pod's name (its hostname) and a suffix unique
+/// to this process, so a restarted pod or two processes on one host never share it.
+fn identity() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "stateful-guard".to_owned());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{host}_{:08x}", hasher.finish() as u32)
+}
+
 /// `stateful-guard serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -185,12 +198,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let audit = match (&live, args.background_audit_interval()) {
         (Some(cache), Some(interval)) => {
             let results = Arc::new(crate::audit::Results::default());
+            let writer = client.clone().map(|client| {
+                let elector =
+                    crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity());
+                let leadership = elector.leadership();
+                tokio::spawn(elector.run());
+                crate::audit::Writer::new(client, leadership)
+            });
             tokio::spawn(crate::audit::run(
                 cache.clone(),
                 store.clone(),
                 metrics.clone(),
                 interval,
                 results.clone(),
+                writer,
             ));
             Some(results)
         }

@@ -310,25 +310,26 @@ pub async fn tls_connect(
 
 /// One HTTPS GET of `path` on `addr`, verifying `server_name` against `ca` (PEM), as an
 /// operator's client through a port-forward would; on its own runtime, for synchronous tests.
+/// An error when the handshake fails (a certificate `ca` did not sign, say).
 pub fn https_get(
     addr: SocketAddr,
     ca: &[u8],
     server_name: &str,
     path: &str,
-) -> (StatusCode, Bytes) {
+) -> std::io::Result<(StatusCode, Bytes)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let tls = tls_connect(addr, ca, server_name, &[b"http/1.1"])
-            .await
-            .expect("TLS handshake");
+        let tls = tls_connect(addr, ca, server_name, &[b"http/1.1"]).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .unwrap();
+            .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
-        send_one(&mut send, "GET", path, vec![]).await.unwrap()
+        send_one(&mut send, "GET", path, vec![])
+            .await
+            .map_err(std::io::Error::other)
     })
 }
 

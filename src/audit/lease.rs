@@ -1,0 +1,155 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease: of the webhook's replicas, only the
+//! holder writes PolicyReports (every replica scans and serves its results).
+//!
+//! As client-go's leader election does, expiry is judged by this process's own clock: a Lease
+//! held by another replica is taken over only after its record has not changed for a whole
+//! lease duration as observed here, so clock skew between nodes cannot split the leadership.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, PostParams};
+
+/// The Lease's name, in the webhook's namespace.
+pub const LEASE_NAME: &str = "stateful-guard-audit";
+/// How long a holder's Lease lasts without renewal.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the holder renews, and others look.
+const RETRY: Duration = Duration::from_secs(5);
+/// One Lease API call's budget.
+const CALL_BUDGET: Duration = Duration::from_secs(5);
+
+/// Whether this replica holds the Lease, kept current by [`Elector::run`].
+#[derive(Clone, Default)]
+pub struct Leadership(Arc<AtomicBool>);
+
+impl Leadership {
+    pub fn is_leader(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    identity: String,
+    leadership: Leadership,
+    /// The holder and renew time last seen, and when they were first seen so.
+    observed: Option<((Option<String>, Option<MicroTime>), Instant)>,
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, namespace: &str, identity: String) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            identity,
+            leadership: Leadership::default(),
+            observed: None,
+        }
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+
+    fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// One round: create, renew or take over the Lease. Whether this replica holds it now.
+    async fn round(&mut self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(LEASE_NAME).await? else {
+            let lease = Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(LEASE_NAME.to_owned()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(0, None)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone();
+        let record = (holder.clone(), spec.renew_time.clone());
+        let now = Instant::now();
+        let unchanged_since = match &self.observed {
+            Some((seen, since)) if *seen == record => *since,
+            _ => now,
+        };
+        self.observed = Some((record, unchanged_since));
+        let duration = spec
+            .lease_duration_seconds
+            .map_or(LEASE_DURATION, |s| Duration::from_secs(s.max(1) as u64));
+        let mine = holder.as_deref() == Some(self.identity.as_str());
+        let expired = holder.as_deref().is_none_or(str::is_empty)
+            || now.duration_since(unchanged_since) > duration;
+        if !mine && !expired {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        let acquired = if mine {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
+        lease.spec = Some(self.spec(transitions, acquired));
+        // The resourceVersion read above makes this a compare-and-swap: of two replicas taking
+        // over at once, one gets 409.
+        match self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Elects until the process ends.
+    pub async fn run(mut self) {
+        let mut logged_error = false;
+        let mut first = true;
+        loop {
+            let was = self.leadership.is_leader();
+            let now = match tokio::time::timeout(CALL_BUDGET, self.round()).await {
+                Ok(Ok(leader)) => {
+                    logged_error = false;
+                    leader
+                }
+                Ok(Err(error)) => {
+                    if !logged_error {
+                        tracing::warn!(%error, lease = LEASE_NAME, "background audit: leader election failed; not writing PolicyReports until it succeeds");
+                        logged_error = true;
+                    }
+                    false
+                }
+                Err(_) => false,
+            };
+            self.leadership.0.store(now, Ordering::Release);
+            if now != was || first {
+                first = false;
+                tracing::info!(
+                    identity = %self.identity,
+                    leader = now,
+                    "background audit: PolicyReport writer {}",
+                    if now { "elected" } else { "is another replica" }
+                );
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}

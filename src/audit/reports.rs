@@ -1,0 +1,251 @@
+//! The background audit's results as PolicyReports (`wgpolicyk8s.io/v1alpha2`, the format of
+//! the Kubernetes Policy working group that Kyverno and the Policy Reporter UI read): one per
+//! namespace, named `stateful-guard`, one result per (object, rule) that fails or warns (passes
+//! are left out), capped in size. A report is written only when its content changes, and
+//! deleted when its namespace has nothing left to report; never one object per finding, so
+//! reports cannot fill etcd. Only the replica that holds the Lease writes.
+use std::collections::BTreeMap;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ObjectMeta, PostParams};
+use serde_json::{Value, json};
+
+use crate::check::{ObjectReport, Report};
+use crate::policy::ValidateAction;
+
+/// Every report's name, in each namespace it covers.
+pub const REPORT_NAME: &str = "stateful-guard";
+/// The label on every report this writes (how stale ones are found).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "stateful-guard");
+/// Results per report; the rest are counted in the annotation [`OMITTED_ANNOTATION`].
+pub const MAX_RESULTS: usize = 200;
+/// Characters of a result's message.
+pub const MAX_MESSAGE: usize = 1024;
+pub const OMITTED_ANNOTATION: &str = "stateful-guard.io/omitted-results";
+
+fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
+        "policyreports",
+    )
+}
+
+fn truncated(message: &str) -> String {
+    match message.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &message[..at]),
+        None => message.to_owned(),
+    }
+}
+
+fn object_reference(o: &ObjectReport) -> Value {
+    let api_version = if o.kind == "StatefulSet" {
+        "apps/v1"
+    } else {
+        "v1"
+    };
+    json!({"apiVersion": api_version, "kind": o.kind, "namespace": o.namespace, "name": o.name})
+}
+
+/// The reports' bodies, by namespace: `{summary, results}` and the number of results left out.
+pub fn build(report: &Report) -> BTreeMap<String, (Value, usize)> {
+    let mut by_namespace: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for o in &report.objects {
+        let results = by_namespace.entry(&o.namespace).or_default();
+        for f in &o.findings {
+            let result = match f.action {
+                ValidateAction::Enforce => "fail",
+                _ => "warn",
+            };
+            results.push(json!({
+                "source": "stateful-guard",
+                "policy": o.policy,
+                "rule": f.rule.as_str(),
+                "result": result,
+                "scored": true,
+                "message": truncated(&f.message),
+                "properties": {"action": f.action.as_str(), "mode": o.mode.as_str()},
+                "resources": [object_reference(o)],
+            }));
+        }
+        for m in o.mutations.iter().filter(|m| !m.summary.is_empty()) {
+            results.push(json!({
+                "source": "stateful-guard",
+                "policy": o.policy,
+                "rule": m.rule.as_str(),
+                "result": "warn",
+                "scored": true,
+                "message": truncated(&format!("would change it: {}", m.summary)),
+                "properties": {"action": "mutate", "mode": o.mode.as_str()},
+                "resources": [object_reference(o)],
+            }));
+        }
+    }
+    by_namespace
+        .into_iter()
+        .filter(|(_, results)| !results.is_empty())
+        .map(|(namespace, mut results)| {
+            let count = |r: &str| results.iter().filter(|v| v["result"] == r).count();
+            let summary = json!({"pass": 0, "fail": count("fail"), "warn": count("warn"), "error": 0, "skip": 0});
+            let omitted = results.len().saturating_sub(MAX_RESULTS);
+            results.truncate(MAX_RESULTS);
+            (
+                namespace.to_owned(),
+                (json!({"summary": summary, "results": results}), omitted),
+            )
+        })
+        .collect()
+}
+
+/// What a write round found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Every report is current (`changed` of them were created, replaced or deleted).
+    Current { changed: usize },
+    /// The PolicyReport CRD is not installed.
+    NoCrd,
+    /// The webhook may not write PolicyReports (the component's RBAC is not installed).
+    Forbidden,
+}
+
+/// Creates, replaces or deletes the reports so they match `report`.
+pub async fn write(client: &kube::Client, report: &Report) -> Result<Written, kube::Error> {
+    let ar = resource();
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let label = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let existing = match all.list(&ListParams::default().labels(&label)).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Written::NoCrd),
+        Err(kube::Error::Api(e)) if e.code == 403 => return Ok(Written::Forbidden),
+        Err(e) => return Err(e),
+    };
+    let mut existing: BTreeMap<String, DynamicObject> = existing
+        .into_iter()
+        .filter(|o| o.metadata.name.as_deref() == Some(REPORT_NAME))
+        .filter_map(|o| Some((o.metadata.namespace.clone()?, o)))
+        .collect();
+    let mut changed = 0;
+    for (namespace, (body, omitted)) in build(report) {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
+        let mut object = DynamicObject::new(REPORT_NAME, &ar).within(&namespace);
+        object.metadata.labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
+        object.metadata.annotations =
+            Some([(OMITTED_ANNOTATION.to_owned(), omitted.to_string())].into());
+        object.data = body;
+        let result = match existing.remove(&namespace) {
+            Some(current)
+                if current.data.get("results") == object.data.get("results")
+                    && current.data.get("summary") == object.data.get("summary")
+                    && annotation(&current.metadata) == Some(omitted.to_string()) =>
+            {
+                continue;
+            }
+            Some(current) => {
+                object.metadata.resource_version = current.metadata.resource_version;
+                api.replace(REPORT_NAME, &PostParams::default(), &object)
+                    .await
+            }
+            None => api.create(&PostParams::default(), &object).await,
+        };
+        match result {
+            Ok(_) => changed += 1,
+            Err(kube::Error::Api(e)) if e.code == 403 => return Ok(Written::Forbidden),
+            // Created or changed meanwhile (another writer a moment ago): the next round.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Namespaces with nothing left to report.
+    for (namespace, _) in existing {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
+        match api.delete(REPORT_NAME, &DeleteParams::default()).await {
+            Ok(_) => changed += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => return Ok(Written::Forbidden),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Written::Current { changed })
+}
+
+fn annotation(meta: &ObjectMeta) -> Option<String> {
+    meta.annotations.as_ref()?.get(OMITTED_ANNOTATION).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::{ReportFinding, ReportMutation, Summary};
+    use crate::policy::Mode;
+    use crate::rules::RuleId;
+
+    fn object(namespace: &str, name: &str, findings: usize) -> ObjectReport {
+        ObjectReport {
+            kind: "StatefulSet".into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            file: "cluster".into(),
+            document: 1,
+            policy: "default".into(),
+            mode: Mode::Enforce,
+            allowed: false,
+            patch: vec![],
+            mutations: vec![ReportMutation {
+                rule: RuleId::ParallelPodManagement,
+                applied: true,
+                summary: "set podManagementPolicy Parallel".into(),
+                notes: vec![],
+            }],
+            findings: (0..findings)
+                .map(|i| ReportFinding {
+                    rule: if i == 0 {
+                        RuleId::RequirePdb
+                    } else {
+                        RuleId::RequireLivenessProbe
+                    },
+                    action: if i == 0 {
+                        ValidateAction::Enforce
+                    } else {
+                        ValidateAction::Warn
+                    },
+                    message: "x".repeat(5000),
+                })
+                .collect(),
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn one_report_per_namespace_with_failures_and_warnings_capped() {
+        let report = Report {
+            objects: vec![
+                object("a", "db", 2),
+                object("b", "db", 300),
+                ObjectReport {
+                    mutations: vec![],
+                    ..object("clean", "db", 0)
+                },
+            ],
+            summary: Summary::default(),
+        };
+        let reports = build(&report);
+        assert_eq!(
+            reports.keys().collect::<Vec<_>>(),
+            ["a", "b"],
+            "a namespace with nothing to report gets no report"
+        );
+        let (a, omitted) = &reports["a"];
+        assert_eq!(*omitted, 0);
+        assert_eq!(a["summary"]["fail"], 1);
+        assert_eq!(a["summary"]["warn"], 2, "a warning and a would-be change");
+        let results = a["results"].as_array().unwrap();
+        assert_eq!(results[0]["rule"], "require-pdb");
+        assert_eq!(results[0]["result"], "fail");
+        assert_eq!(results[0]["resources"][0]["kind"], "StatefulSet");
+        assert!(results[0]["message"].as_str().unwrap().chars().count() <= MAX_MESSAGE + 1);
+        assert_eq!(results[2]["rule"], "parallel-pod-management");
+        let (b, omitted) = &reports["b"];
+        assert_eq!(b["results"].as_array().unwrap().len(), MAX_RESULTS);
+        assert_eq!(*omitted, 301 - MAX_RESULTS);
+        assert_eq!(b["summary"]["warn"], 300, "the summary counts every result");
+    }
+}
