@@ -31,12 +31,15 @@ impl Leadership {
     }
 }
 
+/// What identifies one state of the Lease: its holder and last renewal.
+type Record = (Option<String>, Option<MicroTime>);
+
 pub struct Elector {
     api: Api<Lease>,
     identity: String,
     leadership: Leadership,
     /// The holder and renew time last seen, and when they were first seen so.
-    observed: Option<((Option<String>, Option<MicroTime>), Instant)>,
+    observed: Option<(Record, Instant)>,
 }
 
 impl Elector {
