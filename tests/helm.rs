@@ -481,14 +481,14 @@ fn an_existing_policy_configmap_replaces_the_charts_own() {
             .iter()
             .map(|r| r["resources"][0].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["secrets", "secrets"],
-        "certificate bootstrap only"
+        ["secrets", "secrets", "leases", "leases"],
+        "certificate bootstrap, and the background audit's Lease"
     );
 }
 
 /// certificates.mode=secret: the user's Secret is served, its CA is in both webhooks, and the
 /// webhook gets no access to Secrets or its webhook configurations (nor a Role, with its own
-/// policy ConfigMap too).
+/// policy ConfigMap and no background audit too).
 #[test]
 fn a_user_provided_certificate_secret() {
     let args = [
@@ -519,7 +519,11 @@ fn a_user_provided_certificate_secret() {
     let role = of_kind(&objects, "Role")[0];
     assert_eq!(
         role["rules"],
-        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}])
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["stateful-guard-audit"], "verbs": ["get", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}
+        ])
     );
     let cluster_role = of_kind(&objects, "ClusterRole")[0];
     assert!(
@@ -532,6 +536,18 @@ fn a_user_provided_certificate_secret() {
     );
     let mut own_policy = args.to_vec();
     own_policy.extend(["--set", "existingPolicyConfigMap=p"]);
+    let objects = helm_template(&own_policy);
+    let role = of_kind(&objects, "Role")[0];
+    assert!(
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["apiGroups"] == json!(["coordination.k8s.io"])),
+        "the background audit's Lease only: {role}"
+    );
+    // With the background audit off too: no Role at all.
+    own_policy.extend(["--set", "backgroundAudit.interval=0"]);
     let objects = helm_template(&own_policy);
     assert!(of_kind(&objects, "Role").is_empty() && of_kind(&objects, "RoleBinding").is_empty());
 }

@@ -1,12 +1,13 @@
 //! The background audit: what already runs, evaluated as the webhooks would admit it.
 //!
 //! An admission webhook sees only what is created or changed after it is installed. `serve
-//! --background-audit=INTERVAL` re-evaluates every StatefulSet and PVC the caches hold (the same
-//! evaluation as `check --cluster`, on the same reflector caches admission reads, no extra API
-//! call) every interval, and shortly after any of them (or a PDB) changes. Every replica scans and serves
+//! --background-audit=INTERVAL` re-evaluates every StatefulSet and PVC that exists (the same
+//! evaluation as `check --cluster`, against the reflector caches admission reads; the objects
+//! themselves are listed 200 at a time, so a scan holds one page, whatever the cluster's size)
+//! every interval, and shortly after a StatefulSet or PDB changes. Every replica scans and serves
 //! the results: `GET /report` (JSON in `check`'s format) and the gauge
 //! `stateful_guard_existing_findings{namespace,rule,action}`.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,8 +19,10 @@ use serde::Serialize;
 pub mod lease;
 pub mod reports;
 
-use crate::check::evaluate::{Origin, evaluate_all};
-use crate::check::{Document, Report};
+use kube::api::{Api, ListParams};
+
+use crate::check::evaluate::{Origin, evaluate_document};
+use crate::check::{Document, ObjectReport, Report, Summary};
 use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
 use crate::metrics::{ExistingLabels, MAX_AUDIT_NAMESPACES, Metrics};
@@ -37,6 +40,8 @@ pub struct Scan {
     pub completed: u64,
     /// How long it took, in seconds.
     pub duration_seconds: f64,
+    /// Objects with something to report past the [`MAX_KEPT`] listed (the summary counts them).
+    pub omitted_objects: usize,
     #[serde(flatten)]
     pub report: Report,
 }
@@ -53,73 +58,199 @@ impl Results {
     }
 }
 
-/// Evaluates `statefulsets` and `pvcs` under `policies` as a CREATE, against `cluster`.
-pub fn scan(
-    statefulsets: &[Arc<StatefulSet>],
-    pvcs: &[Arc<PersistentVolumeClaim>],
-    cluster: &dyn ClusterView,
-    policies: &crate::policy::PolicySet,
-) -> Report {
-    let mut documents: Vec<Document> = Vec::with_capacity(statefulsets.len() + pvcs.len());
-    let values = statefulsets
-        .iter()
-        .map(|s| serde_json::to_value(s.as_ref()))
-        .chain(pvcs.iter().map(|p| serde_json::to_value(p.as_ref())));
-    for value in values {
-        match value {
-            Ok(value) => documents.push(Document {
+/// Objects per list page: a scan holds one page of objects at a time, never the whole cluster.
+pub const PAGE: u32 = 200;
+/// One page's budget (kube's client retries an overloaded apiserver on its own).
+const PAGE_BUDGET: Duration = Duration::from_secs(60);
+
+/// Verdicts a scan keeps for /report and the PolicyReports; past it, objects are counted (in
+/// the summary, the gauge and `omitted_objects`) but not kept, so a scan's memory is bounded
+/// whatever the cluster's size.
+pub const MAX_KEPT: usize = 1_000;
+
+/// A scan in progress: the verdicts worth keeping (objects with a finding, a change it would
+/// make, a note, or that could not be evaluated; [`MAX_KEPT`] at most), the totals over every
+/// object, and the findings gauge's counts.
+#[derive(Debug, Default)]
+pub struct Tally {
+    kept: Vec<ObjectReport>,
+    omitted: usize,
+    summary: Summary,
+    counts: HashMap<ExistingLabels, i64>,
+    namespaces: BTreeSet<String>,
+}
+
+/// A completed scan's results.
+#[derive(Debug)]
+pub struct Finished {
+    pub report: Report,
+    /// Objects worth reporting past [`MAX_KEPT`].
+    pub omitted: usize,
+    /// The findings gauge: by namespace ([`MAX_AUDIT_NAMESPACES`] by name, then `other`),
+    /// rule and action.
+    pub counts: HashMap<ExistingLabels, i64>,
+}
+
+impl Tally {
+    /// Evaluates one page of objects (StatefulSets and PVCs, as the API returns them) as a
+    /// CREATE, against `cluster`, under `policies`.
+    pub fn add_page<T: Serialize>(
+        &mut self,
+        page: &[T],
+        cluster: &dyn ClusterView,
+        policies: &crate::policy::PolicySet,
+    ) {
+        for object in page {
+            let value = match serde_json::to_value(object) {
+                Ok(value) => value,
+                Err(error) => {
+                    tracing::warn!(%error, "background audit: an object does not encode");
+                    continue;
+                }
+            };
+            let doc = Document {
                 path: crate::check::cluster::CLUSTER_FILE.to_owned(),
-                index: documents.len() + 1,
+                index: self.summary.objects + 1,
                 value,
-            }),
-            Err(error) => tracing::warn!(%error, "background audit: an object does not encode"),
+            };
+            // Origin::Cluster reports an object that does not evaluate instead of failing.
+            let Ok(Some((report, _))) =
+                evaluate_document(&doc, policies, "default", cluster, Origin::Cluster)
+            else {
+                continue;
+            };
+            self.summary.objects += 1;
+            self.summary.denied += usize::from(!report.allowed);
+            self.summary.mutated += usize::from(!report.patch.is_empty());
+            self.summary.findings += report.findings.len();
+            let worth = !report.findings.is_empty()
+                || report
+                    .mutations
+                    .iter()
+                    .any(|m| !m.summary.is_empty() || !m.notes.is_empty())
+                || report
+                    .skipped
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("not evaluated"));
+            for finding in &report.findings {
+                let named = self.namespaces.len() < MAX_AUDIT_NAMESPACES
+                    || self.namespaces.contains(&report.namespace);
+                if named && !self.namespaces.contains(&report.namespace) {
+                    self.namespaces.insert(report.namespace.clone());
+                }
+                *self
+                    .counts
+                    .entry(ExistingLabels {
+                        namespace: if named {
+                            report.namespace.clone()
+                        } else {
+                            "other".to_owned()
+                        },
+                        rule: finding.rule.as_str(),
+                        action: finding.action.as_str(),
+                    })
+                    .or_default() += 1;
+            }
+            if worth && self.kept.len() < MAX_KEPT {
+                self.kept.push(report);
+            } else if worth {
+                self.omitted += 1;
+            }
         }
     }
-    match evaluate_all(&documents, policies, "default", cluster, Origin::Cluster) {
-        Ok((report, _)) => report,
-        // Origin::Cluster reports objects that do not evaluate instead of failing.
-        Err(error) => {
-            tracing::error!(%error, "background audit scan failed");
-            Report {
-                objects: vec![],
-                summary: Default::default(),
-            }
+
+    pub fn finish(self) -> Finished {
+        Finished {
+            report: Report {
+                objects: self.kept,
+                summary: self.summary,
+            },
+            omitted: self.omitted,
+            counts: self.counts,
         }
     }
 }
 
-/// Sets the findings gauge from `report`: one series per (namespace, rule, action), the
-/// namespaces past [`MAX_AUDIT_NAMESPACES`] summed under `other`; series of the previous scan
-/// that are gone are removed.
-pub fn record(metrics: &Metrics, report: &Report) {
-    let mut counts: HashMap<ExistingLabels, i64> = HashMap::new();
-    let mut namespaces: BTreeMap<&str, ()> = BTreeMap::new();
-    for object in &report.objects {
-        for finding in &object.findings {
-            let named = namespaces.len() < MAX_AUDIT_NAMESPACES
-                || namespaces.contains_key(object.namespace.as_str());
-            if named {
-                namespaces.insert(&object.namespace, ());
-            }
-            let action = finding.action;
-            *counts
-                .entry(ExistingLabels {
-                    namespace: if named {
-                        object.namespace.clone()
-                    } else {
-                        "other".to_owned()
-                    },
-                    rule: finding.rule.as_str(),
-                    action: action.as_str(),
-                })
-                .or_default() += 1;
+/// Why a scan did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("listing {what}: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing {what}: no page within {PAGE_BUDGET:?}")]
+    TimedOut { what: &'static str },
+    #[error("evaluating a page: {0}")]
+    Evaluate(#[source] tokio::task::JoinError),
+}
+
+/// Lists every `K` page by page and evaluates each page off the async workers.
+async fn scan_kind<K>(
+    cache: &ClusterCache,
+    policies: &Arc<crate::policy::PolicySet>,
+    what: &'static str,
+    mut tally: Tally,
+) -> Result<Tally, ScanError>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(cache.client().clone());
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = ListParams::default().limit(PAGE);
+        if let Some(t) = &token {
+            params = params.continue_token(t);
+        }
+        let page = tokio::time::timeout(PAGE_BUDGET, api.list(&params))
+            .await
+            .map_err(|_| ScanError::TimedOut { what })?
+            .map_err(|source| ScanError::List { what, source })?;
+        let next = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+        let (cache, policies) = (cache.clone(), policies.clone());
+        tally = tokio::task::spawn_blocking(move || {
+            tally.add_page(&page.items, &cache, &policies);
+            tally
+        })
+        .await
+        .map_err(ScanError::Evaluate)?;
+        match next {
+            Some(next) => token = Some(next),
+            None => return Ok(tally),
         }
     }
+}
+
+/// One scan: every StatefulSet and PVC, listed page by page, evaluated against the caches.
+pub async fn scan(
+    cache: &ClusterCache,
+    policies: Arc<crate::policy::PolicySet>,
+) -> Result<Finished, ScanError> {
+    let tally =
+        scan_kind::<StatefulSet>(cache, &policies, "statefulsets", Tally::default()).await?;
+    let tally =
+        scan_kind::<PersistentVolumeClaim>(cache, &policies, "persistentvolumeclaims", tally)
+            .await?;
+    Ok(tally.finish())
+}
+
+/// Sets the findings gauge from a scan's counts; series of the previous scan that are gone are
+/// removed.
+pub fn record(metrics: &Metrics, finished: &Finished) {
     metrics.existing_findings.clear();
-    for (labels, count) in counts {
-        metrics.existing_findings.get_or_create(&labels).set(count);
+    for (labels, count) in &finished.counts {
+        metrics.existing_findings.get_or_create(labels).set(*count);
     }
-    metrics.audit_objects.set(report.objects.len() as i64);
+    metrics
+        .audit_objects
+        .set(finished.report.summary.objects as i64);
 }
 
 /// Writes each scan's PolicyReports while this replica holds the Lease.
@@ -196,17 +327,11 @@ pub async fn run(
     tracing::info!(?interval, "background audit started");
     loop {
         let started = Instant::now();
-        let (cache_for_scan, set) = (cache.clone(), policies.current());
-        let report = match tokio::task::spawn_blocking(move || {
-            let (statefulsets, pvcs) = (cache_for_scan.statefulsets(), cache_for_scan.pvcs());
-            scan(&statefulsets, &pvcs, &cache_for_scan, &set)
-        })
-        .await
-        {
-            Ok(report) => report,
+        let finished = match scan(&cache, policies.current()).await {
+            Ok(finished) => finished,
             Err(error) => {
-                tracing::error!(%error, "background audit scan panicked");
-                tokio::time::sleep(interval).await;
+                tracing::warn!(%error, "background audit scan failed; retrying at the next interval");
+                tokio::time::sleep(interval.min(Duration::from_secs(60))).await;
                 continue;
             }
         };
@@ -214,7 +339,10 @@ pub async fn run(
         let completed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        record(&metrics, &report);
+        record(&metrics, &finished);
+        let Finished {
+            report, omitted, ..
+        } = finished;
         metrics.audit_last_completed.set(completed as i64);
         metrics.audit_duration.set(took.as_secs_f64());
         tracing::info!(
@@ -228,6 +356,7 @@ pub async fn run(
         let scan = Arc::new(Scan {
             completed,
             duration_seconds: took.as_secs_f64(),
+            omitted_objects: omitted,
             report,
         });
         results.last.store(Some(scan.clone()));
@@ -272,9 +401,15 @@ mod tests {
         let metrics = Metrics::new();
         let mut sts = basic_sts();
         sts.spec.pod_management_policy = Some("OrderedReady".into());
-        let statefulsets = vec![Arc::new(sts.clone())];
+        let statefulsets = vec![sts.clone()];
         let cluster = crate::cluster::Snapshot::known(vec![], vec![], vec![]);
-        let report = scan(&statefulsets, &[], &cluster, &policies);
+        let scan = |cluster: &crate::cluster::Snapshot| {
+            let mut tally = Tally::default();
+            tally.add_page(&statefulsets, cluster, &policies);
+            tally.finish()
+        };
+        let finished = scan(&cluster);
+        let report = &finished.report;
         assert_eq!(report.summary.objects, 1);
         let object = &report.objects[0];
         assert_eq!(
@@ -283,7 +418,7 @@ mod tests {
         );
         assert!(!object.allowed, "no PDB, no readiness probe: {object:?}");
         assert!(!object.patch.is_empty(), "it would be mutated");
-        record(&metrics, &report);
+        record(&metrics, &finished);
         assert_eq!(gauge(&metrics, "default", "require-pdb", "enforce"), 1);
         // The PDB is created: the next scan has no require-pdb finding, and its series is gone.
         let pdb = serde_json::from_value(serde_json::json!({
@@ -292,14 +427,15 @@ mod tests {
         }))
         .unwrap();
         let cluster = crate::cluster::Snapshot::known(vec![pdb], vec![], vec![]);
-        let report = scan(&statefulsets, &[], &cluster, &policies);
+        let finished = scan(&cluster);
+        let report = &finished.report;
         assert!(
             report.objects[0]
                 .findings
                 .iter()
                 .all(|f| f.rule != crate::rules::RuleId::RequirePdb)
         );
-        record(&metrics, &report);
+        record(&metrics, &finished);
         let text = metrics.encode();
         assert!(!text.contains("rule=\"require-pdb\""), "{text}");
         assert!(text.contains("rule=\"require-readiness-probe\""), "{text}");
@@ -308,17 +444,22 @@ mod tests {
     #[test]
     fn the_findings_gauge_names_a_bounded_number_of_namespaces() {
         let policies = PolicySet::embedded_default(vec![]).unwrap();
-        let statefulsets: Vec<Arc<StatefulSet>> = (0..MAX_AUDIT_NAMESPACES + 20)
+        let statefulsets: Vec<StatefulSet> = (0..MAX_AUDIT_NAMESPACES + 20)
             .map(|i| {
                 let mut sts = basic_sts();
                 sts.metadata.namespace = Some(format!("ns-{i:04}"));
-                Arc::new(sts)
+                sts
             })
             .collect();
         let cluster = crate::cluster::Snapshot::known(vec![], vec![], vec![]);
-        let report = scan(&statefulsets, &[], &cluster, &policies);
+        let mut tally = Tally::default();
+        // Two pages.
+        tally.add_page(&statefulsets[..300], &cluster, &policies);
+        tally.add_page(&statefulsets[300..], &cluster, &policies);
+        let finished = tally.finish();
+        assert_eq!(finished.report.summary.objects, MAX_AUDIT_NAMESPACES + 20);
         let metrics = Metrics::new();
-        record(&metrics, &report);
+        record(&metrics, &finished);
         let text = metrics.encode();
         let namespaces: std::collections::BTreeSet<&str> = text
             .lines()
@@ -332,5 +473,32 @@ mod tests {
         );
         assert!(namespaces.contains("other"));
         assert_eq!(gauge(&metrics, "other", "require-pdb", "enforce"), 20);
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+    use crate::policy::PolicySet;
+
+    #[test]
+    fn clean_objects_are_counted_but_not_kept() {
+        let policies = PolicySet::embedded_default(vec![]).unwrap();
+        // A claim the StatefulSet controller made for a known StatefulSet: skipped, nothing to
+        // say; and an object of the webhook's own namespace: exempt.
+        let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "data-db-0", "namespace": "default"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                     "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        let sts = crate::rules::testing::basic_sts();
+        let cluster =
+            crate::cluster::Snapshot::known(vec![], vec![], vec![]).with_statefulsets(vec![sts]);
+        let mut tally = Tally::default();
+        tally.add_page(&[claim], &cluster, &policies);
+        let report = tally.finish().report;
+        assert_eq!(report.summary.objects, 1);
+        assert!(report.objects.is_empty(), "{:?}", report.objects);
     }
 }

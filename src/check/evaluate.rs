@@ -156,97 +156,108 @@ pub fn evaluate_all(
     let mut objects = Vec::new();
     let mut fixed = Vec::new();
     for doc in docs {
-        let is_subject = matches!(
-            type_of(&doc.value),
-            ("apps/v1", "StatefulSet") | ("v1", "PersistentVolumeClaim")
-        );
-        if !is_subject {
-            fixed.push(doc.value.clone());
-            continue;
-        }
-        let mut value = doc.value.clone();
-        apply_defaults(&mut value, namespace, cluster);
-        let meta = value.get("metadata");
-        let text = |k: &str| {
-            meta.and_then(|m| m.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        let name = if text("name").is_empty() {
-            format!("{}*", text("generateName"))
-        } else {
-            text("name")
-        };
-        let evaluated = evaluate_value(&value, policies, cluster, doc, origin);
-        let Evaluated {
-            mutation: m,
-            validation: v,
-            patch,
-            mutated,
-        } = match (evaluated, origin) {
-            (Ok(evaluated), _) => evaluated,
-            // What a cluster stores was admitted by its apiserver: one object that does not
-            // evaluate (a newer API field, say) is reported, and the rest still are.
-            (Err(error), Origin::Cluster) => {
-                objects.push(ObjectReport {
-                    kind: type_of(&value).1.to_owned(),
-                    namespace: text("namespace"),
-                    name,
-                    file: doc.path.clone(),
-                    document: doc.index,
-                    policy: String::new(),
-                    mode: Default::default(),
-                    allowed: true,
-                    patch: vec![],
-                    mutations: vec![],
-                    findings: vec![],
-                    skipped: Some(format!("not evaluated: {error}")),
-                });
-                fixed.push(value);
-                continue;
+        match evaluate_document(doc, policies, namespace, cluster, origin)? {
+            Some((report, mutated)) => {
+                objects.push(report);
+                fixed.push(mutated);
             }
-            (Err(error), Origin::Manifests) => return Err(error),
-        };
-        let denied = v.denials().next().is_some();
-        objects.push(ObjectReport {
-            kind: type_of(&value).1.to_owned(),
-            namespace: text("namespace"),
-            name,
-            file: doc.path.clone(),
-            document: doc.index,
-            policy: m.policy_name().to_owned(),
-            mode: m.mode,
-            allowed: !denied,
-            patch,
-            mutations: m
-                .mutations
-                .iter()
-                .map(|r| ReportMutation {
-                    rule: r.rule,
-                    applied: r.applied && !r.mutation.ops.is_empty(),
-                    summary: r.mutation.summary.clone(),
-                    notes: r.mutation.notes.clone(),
-                })
-                .collect(),
-            findings: v
-                .findings
-                .iter()
-                .map(|r| ReportFinding {
-                    rule: r.finding.rule,
-                    action: r.action,
-                    message: r.finding.message.trim_end().to_owned(),
-                })
-                .collect(),
-            skipped: m.skipped.clone(),
-        });
-        fixed.push(mutated);
+            None => fixed.push(doc.value.clone()),
+        }
     }
-    let summary = Summary {
-        objects: objects.len(),
-        denied: objects.iter().filter(|o| !o.allowed).count(),
-        mutated: objects.iter().filter(|o| !o.patch.is_empty()).count(),
-        findings: objects.iter().map(|o| o.findings.len()).sum(),
-    };
+    let summary = Summary::of(&objects);
     Ok((Report { objects, summary }, fixed))
+}
+
+/// The verdict on one document, and the document with the mutations applied; `None` when it is
+/// not a StatefulSet or PVC. Objects from a cluster that do not evaluate are reported as
+/// skipped, with why (what a cluster stores was admitted by its apiserver: one odd object, a
+/// newer API field say, must not hide the others).
+pub fn evaluate_document(
+    doc: &Document,
+    policies: &PolicySet,
+    namespace: &str,
+    cluster: &dyn ClusterView,
+    origin: Origin,
+) -> Result<Option<(ObjectReport, Value)>, InputError> {
+    let is_subject = matches!(
+        type_of(&doc.value),
+        ("apps/v1", "StatefulSet") | ("v1", "PersistentVolumeClaim")
+    );
+    if !is_subject {
+        return Ok(None);
+    }
+    let mut value = doc.value.clone();
+    apply_defaults(&mut value, namespace, cluster);
+    let meta = value.get("metadata");
+    let text = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let name = if text("name").is_empty() {
+        format!("{}*", text("generateName"))
+    } else {
+        text("name")
+    };
+    let evaluated = evaluate_value(&value, policies, cluster, doc, origin);
+    let Evaluated {
+        mutation: m,
+        validation: v,
+        patch,
+        mutated,
+    } = match (evaluated, origin) {
+        (Ok(evaluated), _) => evaluated,
+        (Err(error), Origin::Cluster) => {
+            let report = ObjectReport {
+                kind: type_of(&value).1.to_owned(),
+                namespace: text("namespace"),
+                name,
+                file: doc.path.clone(),
+                document: doc.index,
+                policy: String::new(),
+                mode: Default::default(),
+                allowed: true,
+                patch: vec![],
+                mutations: vec![],
+                findings: vec![],
+                skipped: Some(format!("not evaluated: {error}")),
+            };
+            return Ok(Some((report, value)));
+        }
+        (Err(error), Origin::Manifests) => return Err(error),
+    };
+    let denied = v.denials().next().is_some();
+    let report = ObjectReport {
+        kind: type_of(&value).1.to_owned(),
+        namespace: text("namespace"),
+        name,
+        file: doc.path.clone(),
+        document: doc.index,
+        policy: m.policy_name().to_owned(),
+        mode: m.mode,
+        allowed: !denied,
+        patch,
+        mutations: m
+            .mutations
+            .iter()
+            .map(|r| ReportMutation {
+                rule: r.rule,
+                applied: r.applied && !r.mutation.ops.is_empty(),
+                summary: r.mutation.summary.clone(),
+                notes: r.mutation.notes.clone(),
+            })
+            .collect(),
+        findings: v
+            .findings
+            .iter()
+            .map(|r| ReportFinding {
+                rule: r.finding.rule,
+                action: r.action,
+                message: r.finding.message.trim_end().to_owned(),
+            })
+            .collect(),
+        skipped: m.skipped.clone(),
+    };
+    Ok(Some((report, mutated)))
 }

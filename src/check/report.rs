@@ -51,6 +51,18 @@ pub struct Summary {
     pub findings: usize,
 }
 
+impl Summary {
+    /// The summary of these verdicts.
+    pub fn of(objects: &[ObjectReport]) -> Self {
+        Self {
+            objects: objects.len(),
+            denied: objects.iter().filter(|o| !o.allowed).count(),
+            mutated: objects.iter().filter(|o| !o.patch.is_empty()).count(),
+            findings: objects.iter().map(|o| o.findings.len()).sum(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub objects: Vec<ObjectReport>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -18,9 +18,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    ClaimOwner, ClusterView, audit_pvc_projection, audit_statefulset_projection,
-    built_in_priority_class, claim_owner_among, namespace_projection, pdb_projection,
-    priority_class_projection, statefulset_projection, storage_class_projection,
+    ClaimOwner, ClusterView, built_in_priority_class, claim_owner_among, namespace_projection,
+    pdb_projection, priority_class_projection, statefulset_projection, storage_class_projection,
 };
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
@@ -48,20 +47,19 @@ pub struct ClusterCache {
     /// controller creates.
     statefulsets: Store<StatefulSet>,
     priority_classes: Store<PriorityClass>,
-    /// With the background audit: the PVCs (projections), and a notification on every change
-    /// of a StatefulSet, PVC or PDB.
-    audit: Option<(Store<PersistentVolumeClaim>, Arc<tokio::sync::Notify>)>,
+    /// With the background audit: notified on every change of a StatefulSet or PDB.
+    changed: Option<Arc<tokio::sync::Notify>>,
     synced: Arc<AtomicBool>,
 }
 
-/// What the caches keep besides what admission needs.
+/// Who reads the caches besides admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Keep {
-    /// What admission reads: StatefulSets as names and claim templates.
+    /// Admission only.
     #[default]
     Admission,
-    /// Also what the background audit evaluates: StatefulSets with their specs, and PVCs
-    /// (without status, or managedFields other than those that tell who chose a field).
+    /// Also the background audit, which is told of every change of a StatefulSet or PDB (it
+    /// lists the objects themselves page by page when it scans: the caches stay projections).
     Audit,
 }
 
@@ -93,10 +91,7 @@ impl ClusterCache {
         );
         let statefulsets = spawn_reflector::<StatefulSet>(
             Api::all(client.clone()),
-            match keep {
-                Keep::Admission => statefulset_projection,
-                Keep::Audit => audit_statefulset_projection,
-            },
+            statefulset_projection,
             changed.clone(),
         );
         let priority_classes = spawn_reflector::<PriorityClass>(
@@ -104,14 +99,7 @@ impl ClusterCache {
             priority_class_projection,
             None,
         );
-        let audit = changed.map(|changed| {
-            let pvcs = spawn_reflector::<PersistentVolumeClaim>(
-                Api::all(client.clone()),
-                audit_pvc_projection,
-                Some(changed.clone()),
-            );
-            (pvcs, changed)
-        });
+
         let synced = Arc::new(AtomicBool::new(false));
         {
             let (pdbs, classes, namespaces, statefulsets, priorities, synced) = (
@@ -122,7 +110,6 @@ impl ClusterCache {
                 priority_classes.clone(),
                 synced.clone(),
             );
-            let pvcs = audit.as_ref().map(|(pvcs, _)| pvcs.clone());
             tokio::spawn(async move {
                 let ready = futures::future::try_join5(
                     pdbs.wait_until_ready(),
@@ -132,10 +119,6 @@ impl ClusterCache {
                     priorities.wait_until_ready(),
                 )
                 .await;
-                let ready = match (ready, pvcs) {
-                    (Ok(_), Some(pvcs)) => pvcs.wait_until_ready().await,
-                    (ready, _) => ready.map(|_| ()),
-                };
                 match ready {
                     Ok(_) => {
                         synced.store(true, Ordering::Release);
@@ -152,27 +135,19 @@ impl ClusterCache {
             namespaces,
             statefulsets,
             priority_classes,
-            audit,
+            changed,
             synced,
         }
     }
 
-    /// The StatefulSets (with [`Keep::Audit`], with their specs).
-    pub fn statefulsets(&self) -> Vec<Arc<StatefulSet>> {
-        self.statefulsets.state()
-    }
-
-    /// The PVCs, with [`Keep::Audit`].
-    pub fn pvcs(&self) -> Vec<Arc<PersistentVolumeClaim>> {
-        self.audit
-            .as_ref()
-            .map(|(pvcs, _)| pvcs.state())
-            .unwrap_or_default()
-    }
-
-    /// Notified on every change of a StatefulSet, PVC or PDB, with [`Keep::Audit`].
+    /// Notified on every change of a StatefulSet or PDB, with [`Keep::Audit`].
     pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
-        self.audit.as_ref().map(|(_, changed)| changed.clone())
+        self.changed.clone()
+    }
+
+    /// The client the caches watch with.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Whether every reflector has completed its initial list.

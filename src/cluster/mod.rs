@@ -176,28 +176,6 @@ pub fn built_in_priority_class(name: &str) -> Option<Arc<PriorityClass>> {
     }))
 }
 
-/// A StatefulSet reduced to what the background audit evaluates: the whole spec and metadata,
-/// but no status and only the managedFields entries of appliers (what tells a field the user
-/// wrote from a default, see `rules::explicit`).
-pub fn audit_statefulset_projection(sts: &mut StatefulSet) {
-    keep_apply_entries(&mut sts.metadata);
-    sts.status = None;
-}
-
-/// A PVC reduced to what the background audit evaluates: no status.
-pub fn audit_pvc_projection(pvc: &mut k8s_openapi::api::core::v1::PersistentVolumeClaim) {
-    pvc.status = None;
-}
-
-fn keep_apply_entries(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    if let Some(entries) = &mut meta.managed_fields {
-        entries.retain(|m| m.operation.as_deref() == Some("Apply"));
-        if entries.is_empty() {
-            meta.managed_fields = None;
-        }
-    }
-}
-
 /// Whether a StorageClass carries the default-class annotation.
 pub fn is_default_class(sc: &StorageClass) -> bool {
     sc.metadata.annotations.as_ref().is_some_and(|a| {
