@@ -1014,13 +1014,43 @@ fn background_audit(i: &mut Installed) {
         )
         .unwrap()
     };
-    i.api.ok(
-        &["apply", "-f", "-"],
-        Some(&components("policy-report-crd/crd.yaml")),
-    );
+    // Without the components, writing says why, as the webhook's own ServiceAccount: not
+    // allowed (authorization comes first), then (RBAC, no CRD) no CRD. The webhook logs each
+    // once and keeps its other outputs.
+    let write_as_webhook = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&i.kubeconfig).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+            let client = kube::Client::try_from(config).unwrap();
+            let report = stateful_guard::check::Report {
+                objects: vec![],
+                summary: Default::default(),
+            };
+            stateful_guard::audit::reports::write(&client, &report)
+                .await
+                .unwrap()
+        })
+    };
+    use stateful_guard::audit::reports::Written;
+    assert_eq!(write_as_webhook(), Written::Forbidden);
     i.api.ok(
         &["apply", "-f", "-"],
         Some(&components("policy-reports/rbac.yaml")),
+    );
+    eventually(20, "the component's RBAC in force", || {
+        write_as_webhook() == Written::NoCrd
+    });
+    i.api.ok(
+        &["apply", "-f", "-"],
+        Some(&components("policy-report-crd/crd.yaml")),
     );
     i.api.ok(
         &[
@@ -1031,6 +1061,9 @@ fn background_audit(i: &mut Installed) {
         ],
         None,
     );
+    eventually(20, "the CRD served", || {
+        write_as_webhook() == Written::Current { changed: 0 }
+    });
     i.start_webhook();
     let api = &i.api;
     let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
@@ -1180,6 +1213,19 @@ fn background_audit(i: &mut Installed) {
     eventually(30, "require-pdb cleared from the PolicyReport", || {
         policy_report().is_some_and(|r| !r.is_empty() && !pdb_fails(&r))
     });
+    // Written only when its content changes: scans two seconds apart leave it alone.
+    let version = || {
+        api.get(&[
+            "policyreports.wgpolicyk8s.io",
+            "stateful-guard",
+            "-n",
+            "down",
+        ])["metadata"]["resourceVersion"]
+            .clone()
+    };
+    let before = version();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(version(), before, "an unchanged report is not rewritten");
     assert!(
         !second.log.text().contains("PolicyReports updated"),
         "only the Lease holder writes:\n{}",

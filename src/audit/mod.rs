@@ -288,11 +288,11 @@ impl Writer {
             }
             Ok(Ok(reports::Written::NoCrd)) => (
                 true,
-                "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: no PolicyReports are written (install deploy/components/policy-reports); /report and the metrics still have every result".to_owned(),
+                "the PolicyReport CRD (wgpolicyk8s.io/v1alpha2) is not installed: no PolicyReports are written (install deploy/components/policy-report-crd, or the chart's backgroundAudit.policyReports); /report and the metrics still have every result".to_owned(),
             ),
             Ok(Ok(reports::Written::Forbidden)) => (
                 true,
-                "not allowed to write PolicyReports (the RBAC of deploy/components/policy-reports is not installed); /report and the metrics still have every result".to_owned(),
+                "not allowed to write PolicyReports: no PolicyReports are written (install deploy/components/policy-reports, with deploy/components/policy-report-crd unless the cluster has the CRD, or the chart's backgroundAudit.policyReports); /report and the metrics still have every result".to_owned(),
             ),
             Ok(Err(error)) => (true, format!("writing PolicyReports failed: {error}; retrying after the next scan")),
             Err(_) => (true, format!("writing PolicyReports took longer than {WRITE_BUDGET:?}; retrying after the next scan")),

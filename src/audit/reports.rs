@@ -101,9 +101,11 @@ pub fn build(report: &Report) -> BTreeMap<String, (Value, usize)> {
 pub enum Written {
     /// Every report is current (`changed` of them were created, replaced or deleted).
     Current { changed: usize },
-    /// The PolicyReport CRD is not installed.
+    /// The PolicyReport CRD is not installed (and the webhook may list PolicyReports).
     NoCrd,
-    /// The webhook may not write PolicyReports (the component's RBAC is not installed).
+    /// The webhook may not write PolicyReports: the component's RBAC is not installed (the
+    /// apiserver authorizes before it looks for the resource, so this is also what a cluster
+    /// with neither says).
     Forbidden,
 }
 

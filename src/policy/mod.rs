@@ -152,11 +152,50 @@ pub struct Updates {
     pub mutate_template: bool,
 }
 
+/// An I/O error kept as the cause of a [`PolicyError`], which is cloned into the store's
+/// bookkeeping and compared in tests: shared, and equal when kind and message are.
+#[derive(Debug, Clone)]
+pub struct IoCause(pub std::sync::Arc<std::io::Error>);
+
+impl From<std::io::Error> for IoCause {
+    fn from(error: std::io::Error) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+}
+
+impl PartialEq for IoCause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
 /// Why a policy document was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{origin}: cannot read: {message}")]
-    Read { origin: String, message: String },
+    #[error("{origin}: cannot read: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: IoCause,
+    },
+    #[error("{origin}: cannot read: not UTF-8: {source}")]
+    NotUtf8 {
+        origin: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
     #[error("{origin}: document {document} (line {line}): {field}: {message}")]
     Parse {
         origin: String,
@@ -180,6 +219,7 @@ impl PolicyError {
     pub fn source_name(&self) -> &str {
         match self {
             PolicyError::Read { origin, .. }
+            | PolicyError::NotUtf8 { origin, .. }
             | PolicyError::Parse { origin, .. }
             | PolicyError::Invalid { origin, .. }
             | PolicyError::Empty { origin } => origin,

@@ -214,7 +214,7 @@ impl FileSource {
     fn list(&self) -> Result<Vec<PathBuf>, PolicyError> {
         let read_err = |e: std::io::Error| PolicyError::Read {
             origin: self.root.display().to_string(),
-            message: e.to_string(),
+            source: e.into(),
         };
         let meta = std::fs::metadata(&self.root).map_err(read_err)?;
         if meta.is_file() {
@@ -262,7 +262,7 @@ impl FileSource {
                 Err(e) => {
                     let error = PolicyError::Read {
                         origin: id,
-                        message: e.to_string(),
+                        source: e.into(),
                     };
                     store.reject(&error);
                     errors.push(error);
@@ -274,9 +274,9 @@ impl FileSource {
             }
             let parsed = match std::str::from_utf8(&bytes) {
                 Ok(text) => parse_documents(text, &id),
-                Err(e) => Err(PolicyError::Read {
+                Err(e) => Err(PolicyError::NotUtf8 {
                     origin: id.clone(),
-                    message: format!("not UTF-8: {e}"),
+                    source: e,
                 }),
             };
             if let Err(error) = &parsed {

@@ -27,17 +27,29 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: no PEM certificate found: {detail}")]
-    NoCertificate { path: PathBuf, detail: String },
-    #[error("{path}: no usable PEM private key found: {detail}")]
-    NoKey { path: PathBuf, detail: String },
+    #[error("{path}: no PEM certificate found: {source}")]
+    BadCertificatePem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path}: no PEM certificate found: the file holds no CERTIFICATE block")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no usable PEM private key found: {source}")]
+    NoKey {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// Expired, not yet valid, or not for the name kube-apiserver verifies: `detail` says which.
     #[error("{path}: {detail}")]
     Unusable { path: PathBuf, detail: String },
-    #[error("{cert} and {key}: {detail}")]
+    #[error("{cert} and {key}: {source}")]
     Mismatch {
         cert: PathBuf,
         key: PathBuf,
-        detail: String,
+        #[source]
+        source: rustls::Error,
     },
 }
 
@@ -66,24 +78,23 @@ fn certified_key(
 ) -> Result<CertifiedKey, TlsError> {
     let chain = CertificateDer::pem_slice_iter(&pair.cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::NoCertificate {
+        .map_err(|source| TlsError::BadCertificatePem {
             path: cert_path.to_owned(),
-            detail: e.to_string(),
+            source,
         })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
             path: cert_path.to_owned(),
-            detail: "the file holds no CERTIFICATE block".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|e| TlsError::NoKey {
+    let key = PrivateKeyDer::from_pem_slice(&pair.key).map_err(|source| TlsError::NoKey {
         path: key_path.to_owned(),
-        detail: e.to_string(),
+        source,
     })?;
-    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsError::Mismatch {
+    let ck = CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Mismatch {
         cert: cert_path.to_owned(),
         key: key_path.to_owned(),
-        detail: e.to_string(),
+        source,
     })?;
     if let Some(leaf) = ck.cert.first() {
         usable(leaf.as_ref(), server_name).map_err(|detail| TlsError::Unusable {
