@@ -19,12 +19,13 @@ use serde::Serialize;
 pub mod lease;
 pub mod reports;
 
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
 use crate::check::evaluate::{Origin, evaluate_document};
 use crate::check::{Document, ObjectReport, Report, Summary};
 use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::pages::{PageError, Pages};
 use crate::metrics::{ExistingLabels, MAX_AUDIT_NAMESPACES, Metrics};
 use crate::policy::source::PolicyStore;
 
@@ -60,8 +61,6 @@ impl Results {
 
 /// Objects per list page: a scan holds one page of objects at a time, never the whole cluster.
 pub const PAGE: u32 = 200;
-/// One page's budget (kube's client retries an overloaded apiserver on its own).
-const PAGE_BUDGET: Duration = Duration::from_secs(60);
 
 /// Verdicts a scan keeps for /report and the PolicyReports; past it, objects are counted (in
 /// the summary, the gauge and `omitted_objects`) but not kept, so a scan's memory is bounded
@@ -174,14 +173,8 @@ impl Tally {
 /// Why a scan did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("listing {what}: {source}")]
-    List {
-        what: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("listing {what}: no page within {PAGE_BUDGET:?}")]
-    TimedOut { what: &'static str },
+    #[error(transparent)]
+    Page(#[from] PageError),
     #[error("evaluating a page: {0}")]
     Evaluate(#[source] tokio::task::JoinError),
 }
@@ -202,30 +195,17 @@ where
         + Send
         + 'static,
 {
-    let api: Api<K> = Api::all(cache.client().clone());
-    let mut token: Option<String> = None;
-    loop {
-        let mut params = ListParams::default().limit(PAGE);
-        if let Some(t) = &token {
-            params = params.continue_token(t);
-        }
-        let page = tokio::time::timeout(PAGE_BUDGET, api.list(&params))
-            .await
-            .map_err(|_| ScanError::TimedOut { what })?
-            .map_err(|source| ScanError::List { what, source })?;
-        let next = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+    let mut pages = Pages::new(Api::<K>::all(cache.client().clone()), what, PAGE);
+    while let Some(page) = pages.next().await? {
         let (cache, policies) = (cache.clone(), policies.clone());
         tally = tokio::task::spawn_blocking(move || {
-            tally.add_page(&page.items, &cache, &policies);
+            tally.add_page(&page, &cache, &policies);
             tally
         })
         .await
         .map_err(ScanError::Evaluate)?;
-        match next {
-            Some(next) => token = Some(next),
-            None => return Ok(tally),
-        }
     }
+    Ok(tally)
 }
 
 /// One scan: every StatefulSet and PVC, listed page by page, evaluated against the caches.

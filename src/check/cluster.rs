@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::input::Document;
 use crate::cluster::Snapshot;
+use crate::cluster::pages::{PAGE_BUDGET, PageError, Pages};
 use crate::policy::PolicySet;
 use crate::policy::source::{CONFIGMAP_LABEL, PolicyStore, configmap_documents};
 
@@ -30,8 +31,6 @@ pub const CLUSTER_FILE: &str = "cluster";
 /// Objects per list page: a cluster with thousands of StatefulSets is read in pages, never in
 /// one response.
 const PAGE: u32 = 500;
-/// How long one page may take (kube's client retries an overloaded apiserver on its own).
-const PAGE_BUDGET: Duration = Duration::from_secs(60);
 
 /// Why the cluster could not be read: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +39,15 @@ pub enum ClusterError {
     Config(#[source] kube::config::InferConfigError),
     #[error("cannot connect to the cluster: {0}")]
     Client(#[source] kube::Error),
+    #[error(transparent)]
+    Page(#[from] PageError),
     #[error("cannot list {what}: {source}")]
     List {
         what: &'static str,
         #[source]
         source: kube::Error,
     },
-    #[error("listing {what} took longer than {PAGE_BUDGET:?} for one page")]
+    #[error("listing {what} took longer than {PAGE_BUDGET:?}")]
     TimedOut { what: &'static str },
     #[error("{0}")]
     Encode(#[source] serde_json::Error),
@@ -117,25 +118,12 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut params = ListParams::default().limit(PAGE);
-        if let Some(t) = &token {
-            params = params.continue_token(t);
-        }
-        let page = tokio::time::timeout(PAGE_BUDGET, api.list(&params))
-            .await
-            .map_err(|_| ClusterError::TimedOut { what })?
-            .map_err(|source| ClusterError::List { what, source })?;
-        progress
-            .listed
-            .fetch_add(page.items.len(), Ordering::Relaxed);
-        out.extend(page.items);
-        match page.metadata.continue_.filter(|t| !t.is_empty()) {
-            Some(next) => token = Some(next),
-            None => return Ok(out),
-        }
+    let mut pages = Pages::new(api, what, PAGE);
+    while let Some(page) = pages.next().await? {
+        progress.listed.fetch_add(page.len(), Ordering::Relaxed);
+        out.extend(page);
     }
+    Ok(out)
 }
 
 fn namespaced<K>(client: &Client, scope: &Scope) -> Api<K>

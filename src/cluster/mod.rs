@@ -14,6 +14,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 
 pub mod cache;
 pub mod health;
+pub mod pages;
 
 /// The annotations that mark a StorageClass as the cluster default (GA and the older beta one).
 const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
