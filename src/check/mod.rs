@@ -1,4 +1,5 @@
-//! `stateful-guard check`: the webhook's engine over manifests, offline, or over what a cluster runs (`--cluster`).
+//! `stateful-guard check`: the webhook's engine over manifests, offline, or over what a cluster
+//! runs (`--cluster`).
 //!
 //! Each StatefulSet and PVC is evaluated as a CREATE after the defaults kube-apiserver would
 //! apply, first by the mutation rules, then (on the mutated object, as the validating webhook
