@@ -2,8 +2,9 @@
 //! StatefulSets (the zookeeper example, in 100 namespaces) and their 15,000 claims, with 2,500
 //! PDBs cached, evaluated in pages of 500 as the webhook lists them: its time (the median of 5
 //! scans) and its memory, counted by the allocator (the cluster view, and the peak a scan adds:
-//! one page of objects and the verdicts it keeps). A benchmark, not a test: it prints, and
-//! asserts nothing about time.
+//! one page of objects and the verdicts it keeps). Then the caches at the performance issue's
+//! scale (10,000 PDBs, 2,000 namespaces, 50 StorageClasses), whole and as projections. A
+//! benchmark, not a test: it prints, and asserts nothing.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
@@ -163,4 +164,73 @@ fn main() {
         mib(cached),
         mib(added)
     );
+
+    cluster_view_at_scale();
+}
+
+/// The cache's memory at the performance issue's scale: 10,000 PDBs, 2,000 namespaces and 50
+/// StorageClasses as the API returns them (labels, managedFields, status), whole and as the
+/// reflectors' projections keep them.
+fn cluster_view_at_scale() {
+    let pdb = |i: usize| -> PodDisruptionBudget {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("db-{i}"), "namespace": format!("team-{}", i % 2000),
+                "uid": "8f9a6a2c-7f0e-4c43-9b1e-2f7d3b0c1a11", "resourceVersion": "123456",
+                "creationTimestamp": "2026-11-01T10:00:00Z",
+                "labels": {"app.kubernetes.io/name": "db", "app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {"meta.helm.sh/release-name": "db", "meta.helm.sh/release-namespace": "team"},
+                "managedFields": [{"manager": "helm", "operation": "Update", "apiVersion": "policy/v1",
+                    "time": "2026-11-01T10:00:00Z", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app.kubernetes.io/name": {}}},
+                                 "f:spec": {"f:maxUnavailable": {}, "f:selector": {}}}}]
+            },
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "db", "app.kubernetes.io/instance": format!("db-{i}")}}},
+            "status": {"currentHealthy": 3, "desiredHealthy": 2, "disruptionsAllowed": 1, "expectedPods": 3, "observedGeneration": 1}
+        }))
+        .unwrap()
+    };
+    let namespace = |i: usize| -> k8s_openapi::api::core::v1::Namespace {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("team-{i}"), "labels": {"kubernetes.io/metadata.name": format!("team-{i}"), "tier": "db"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {}}}}]},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+        }))
+        .unwrap()
+    };
+    let class = |i: usize| -> k8s_openapi::api::storage::v1::StorageClass {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("class-{i}"), "annotations": {"storageclass.kubernetes.io/is-default-class": if i == 0 { "true" } else { "false" }}},
+            "provisioner": "ebs.csi.aws.com", "parameters": {"type": "gp3", "iops": "3000"},
+            "reclaimPolicy": "Retain", "allowVolumeExpansion": true, "volumeBindingMode": "WaitForFirstConsumer"
+        }))
+        .unwrap()
+    };
+    for projected in [false, true] {
+        let base = LIVE.load(Ordering::Relaxed);
+        let mut pdbs: Vec<_> = (0..10_000).map(pdb).collect();
+        let mut namespaces: Vec<_> = (0..2_000).map(namespace).collect();
+        let mut classes: Vec<_> = (0..50).map(class).collect();
+        if projected {
+            pdbs.iter_mut()
+                .for_each(stateful_guard::cluster::pdb_projection);
+            namespaces
+                .iter_mut()
+                .for_each(stateful_guard::cluster::namespace_projection);
+            classes
+                .iter_mut()
+                .for_each(stateful_guard::cluster::storage_class_projection);
+        }
+        let view = Snapshot::known(pdbs, classes, namespaces);
+        println!(
+            "cluster view, 10,000 PDBs, 2,000 namespaces, 50 StorageClasses, {}: {:.1} MiB of heap",
+            if projected {
+                "as the caches keep them (projections)"
+            } else {
+                "whole"
+            },
+            mib(LIVE.load(Ordering::Relaxed) - base)
+        );
+        drop(view);
+    }
 }
