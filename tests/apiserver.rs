@@ -1248,8 +1248,47 @@ fn background_audit(i: &mut Installed) {
         policy_report().is_some_and(|r| pdb_fails(&r))
     });
     assert!(second.log.text().contains("PolicyReports updated"));
-    drop(second);
+    // A replica that stops as a pod does (SIGTERM: a rolling update, a drain) hands the Lease
+    // over at once instead of after its 15 s.
     i.start_webhook();
+    let restarted = i.webhook.as_ref().unwrap();
+    assert!(
+        restarted
+            .log
+            .wait_for(
+                "PolicyReport writer is another replica",
+                Duration::from_secs(30)
+            )
+            .is_some(),
+        "{}",
+        restarted.log.text()
+    );
+    let mut second = second;
+    let terminated = std::process::Command::new("kill")
+        .args(["-TERM", &second.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let stopped = Instant::now();
+    assert!(
+        restarted
+            .log
+            .wait_for("PolicyReport writer elected", Duration::from_secs(12))
+            .is_some(),
+        "not handed over within 12 s of SIGTERM (a lease lasts 15 s):\n{}\nthe stopped one:\n{}",
+        restarted.log.text(),
+        second.log.text()
+    );
+    eprintln!(
+        "Lease handed over {:.1} s after SIGTERM",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert!(
+        second.log.text().contains("Lease is released"),
+        "{}",
+        second.log.text()
+    );
+    let _ = second.child.wait();
 }
 
 #[test]

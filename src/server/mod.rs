@@ -195,6 +195,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let live = client
         .clone()
         .map(|client| ClusterCache::start_keeping(client, keep));
+    let mut elector_task = None;
     let audit = match (&live, args.background_audit_interval()) {
         (Some(cache), Some(interval)) => {
             let results = Arc::new(crate::audit::Results::default());
@@ -202,7 +203,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let elector =
                     crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity());
                 let leadership = elector.leadership();
-                tokio::spawn(elector.run());
+                // It hears SIGTERM itself, and gives the Lease up while the server drains.
+                elector_task = Some(tokio::spawn(elector.run(shutdown_signal())));
                 crate::audit::Writer::new(client, leadership)
             });
             tokio::spawn(crate::audit::run(
@@ -283,6 +285,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         &state,
     )
     .await;
+    if let Some(task) = elector_task {
+        // Released long ago unless the server stopped at once (--shutdown-delay 0s).
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     Ok(())
 }
 
