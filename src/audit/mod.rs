@@ -296,7 +296,7 @@ pub async fn run(
     mut writer: Option<Writer>,
 ) {
     let Some(changes) = cache.changes() else {
-        tracing::error!("background audit: the caches do not keep what it evaluates; not running");
+        tracing::error!("background audit: the caches were started without change notifications (Keep::Audit); not running");
         return;
     };
     while !cache.is_synced() {
