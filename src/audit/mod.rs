@@ -296,7 +296,9 @@ pub async fn run(
     mut writer: Option<Writer>,
 ) {
     let Some(changes) = cache.changes() else {
-        tracing::error!("background audit: the caches were started without change notifications (Keep::Audit); not running");
+        tracing::error!(
+            "background audit: the caches were started without change notifications (Keep::Audit); not running"
+        );
         return;
     };
     while !cache.is_synced() {
