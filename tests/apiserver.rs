@@ -64,6 +64,17 @@ spec:
       app: nginx
 "#;
 
+const CLAIM: &str = r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: scratch
+spec:
+  accessModes: ["ReadWriteOnce"]
+  resources:
+    requests:
+      storage: 1Gi
+"#;
+
 fn web(image: &str, replicas: u32) -> String {
     WEB.replace("IMAGE", image)
         .replace("replicas: 2", &format!("replicas: {replicas}"))
@@ -1202,6 +1213,30 @@ fn background_audit(i: &mut Installed) {
             .is_some()
     });
 
+    // The interval is the Deployment's (10 m): what follows is rescanned because it changed.
+    // A new PVC is evaluated within seconds (its watch carries metadata only).
+    let objects = |port: u16| -> Option<u64> { report_from(port)?["summary"]["objects"].as_u64() };
+    let before = objects(i.port).unwrap();
+    api.ok(&["apply", "-n", "down", "-f", "-"], Some(CLAIM));
+    eventually(30, "the new PVC in /report's count", || {
+        objects(i.port) == Some(before + 1)
+    });
+    // So is a policy changed: audit mode allows what enforce denied.
+    let allowed = |port: u16| {
+        report_from(port)
+            .as_ref()
+            .and_then(down_web)
+            .map(|o| o["allowed"].clone())
+    };
+    edit_policy(api, "mode: enforce", "mode: audit");
+    eventually(30, "the policy switched to audit rescans", || {
+        allowed(i.port) == Some(json!(true))
+    });
+    edit_policy(api, "mode: audit", "mode: enforce");
+    eventually(30, "and back to enforce", || {
+        allowed(i.port) == Some(json!(false))
+    });
+
     // Fixed: a PDB for its pods. The next scan clears the finding, and the report follows.
     api.ok(&["apply", "-n", "down", "-f", "-"], Some(PDB));
     eventually(30, "require-pdb cleared from /report", || {
@@ -1224,7 +1259,13 @@ fn background_audit(i: &mut Installed) {
             .clone()
     };
     let before = version();
-    std::thread::sleep(Duration::from_secs(5));
+    let scans = || i.logs().matches("background audit scan completed").count();
+    let scanned = scans();
+    // A namespace's annotations change nothing in its verdicts, but trigger a rescan.
+    api.ok(&["annotate", "namespace", "down", "touched=yes"], None);
+    eventually(30, "a rescan after the namespace changed", || {
+        scans() > scanned
+    });
     assert_eq!(version(), before, "an unchanged report is not rewritten");
     assert!(
         !second.log.text().contains("PolicyReports updated"),

@@ -110,12 +110,9 @@ fn webhook_configurations(api: &Apiserver) -> Vec<String> {
 
 /// `stateful-guard check --cluster -o json ARGS` with the admin kubeconfig: exit code, report.
 fn check_cluster(api: &Apiserver, args: &[&str]) -> (i32, Value) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stateful-guard"))
-        .args(["check", "--cluster", "-o", "json"])
+    let out = check_cluster_command(&api.kubeconfig)
+        .args(["-o", "json"])
         .args(args)
-        .env("KUBECONFIG", &api.kubeconfig)
-        .env("NO_PROXY", "*")
-        .env_remove("KUBERNETES_SERVICE_HOST")
         .output()
         .unwrap();
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -126,6 +123,64 @@ fn check_cluster(api: &Apiserver, args: &[&str]) -> (i32, Value) {
         )
     });
     (out.status.code().unwrap(), report)
+}
+
+fn check_cluster_command(kubeconfig: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stateful-guard"));
+    command
+        .args(["check", "--cluster"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_PROXY", "*")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    command
+}
+
+/// `check --cluster` on a terminal, through a slow network (a listing that takes more than a
+/// second), shows a progress line and clears it before the report; piped, it never does.
+fn check_cluster_shows_progress_on_a_terminal(api: &Apiserver) {
+    const PROGRESS: &str = "reading the cluster: ";
+    let slow = api.slow_kubeconfig(Duration::from_millis(300));
+    let piped = check_cluster_command(&slow).arg("-A").output().unwrap();
+    assert!(
+        !stderr(&piped).contains(PROGRESS)
+            && String::from_utf8_lossy(&piped.stdout).contains("web"),
+        "no progress line unless standard error is a terminal:\n{}{}",
+        String::from_utf8_lossy(&piped.stdout),
+        stderr(&piped)
+    );
+    // util-linux's `script` runs it on a pseudo-terminal and copies what it writes there.
+    let command = format!(
+        "{} check --cluster -A",
+        env!("CARGO_BIN_EXE_stateful-guard")
+    );
+    let out = std::process::Command::new(tool("script"))
+        .args(["-qec", &command, "/dev/null"])
+        .env("KUBECONFIG", &slow)
+        .env("NO_PROXY", "*")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    let shown = terminal.rfind(PROGRESS).unwrap_or_else(|| {
+        panic!("no progress line on a terminal while the listing took more than a second:\n{terminal:?}")
+    });
+    let cleared = terminal[shown..]
+        .find("\r\x1b[2K")
+        .map(|at| shown + at)
+        .unwrap_or_else(|| panic!("the progress line is never cleared:\n{terminal:?}"));
+    let report = terminal
+        .find("web")
+        .unwrap_or_else(|| panic!("no report:\n{terminal:?}"));
+    assert!(
+        cleared < report,
+        "the report starts on a clean line, after the progress line is cleared:\n{terminal:?}"
+    );
+    let counted: usize = terminal[shown + PROGRESS.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count of objects listed:\n{terminal:?}"));
+    assert!(counted > 0, "{terminal:?}");
 }
 
 #[test]
@@ -315,6 +370,7 @@ fn the_chart_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
         rules("mutations").contains(&"parallel-pod-management".to_owned()),
         "{report}"
     );
+    check_cluster_shows_progress_on_a_terminal(&api);
     let (code, report) = check_cluster(&api, &["-A"]);
     assert_eq!(code, 1, "{report}");
     let app = report["objects"]

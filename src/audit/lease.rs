@@ -4,13 +4,12 @@
 //! As client-go's leader election does, expiry is judged by this process's own clock: a Lease
 //! held by another replica is taken over only after its record has not changed for a whole
 //! lease duration as observed here, so clock skew between nodes cannot split the leadership.
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, PostParams};
+use tokio::sync::watch;
 
 /// The Lease's name, in the webhook's namespace.
 pub const LEASE_NAME: &str = "stateful-guard-audit";
@@ -22,12 +21,27 @@ const RETRY: Duration = Duration::from_secs(5);
 const CALL_BUDGET: Duration = Duration::from_secs(5);
 
 /// Whether this replica holds the Lease, kept current by [`Elector::run`].
-#[derive(Clone, Default)]
-pub struct Leadership(Arc<AtomicBool>);
+#[derive(Clone)]
+pub struct Leadership(watch::Receiver<bool>);
 
 impl Leadership {
-    pub fn is_leader(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// Whether this replica holds the Lease now, marking the state seen: [`Self::elected`] then
+    /// waits for the next election.
+    pub fn is_leader_now(&mut self) -> bool {
+        *self.0.borrow_and_update()
+    }
+
+    /// Waits until this replica becomes the holder (at once if it became one since the last
+    /// call). Never returns once the elector has stopped.
+    pub async fn elected(&mut self) {
+        loop {
+            if self.0.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if *self.0.borrow_and_update() {
+                return;
+            }
+        }
     }
 }
 
@@ -37,7 +51,7 @@ type Record = (Option<String>, Option<MicroTime>);
 pub struct Elector {
     api: Api<Lease>,
     identity: String,
-    leadership: Leadership,
+    leader: watch::Sender<bool>,
     /// The holder and renew time last seen, and when they were first seen so.
     observed: Option<(Record, Instant)>,
 }
@@ -47,13 +61,13 @@ impl Elector {
         Self {
             api: Api::namespaced(client, namespace),
             identity,
-            leadership: Leadership::default(),
+            leader: watch::Sender::new(false),
             observed: None,
         }
     }
 
     pub fn leadership(&self) -> Leadership {
-        self.leadership.clone()
+        Leadership(self.leader.subscribe())
     }
 
     fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
@@ -146,7 +160,7 @@ impl Elector {
         let mut logged_error = false;
         let mut first = true;
         loop {
-            let was = self.leadership.is_leader();
+            let was = *self.leader.borrow();
             let now = match tokio::time::timeout(CALL_BUDGET, self.round()).await {
                 Ok(Ok(leader)) => {
                     logged_error = false;
@@ -161,7 +175,8 @@ impl Elector {
                 }
                 Err(_) => false,
             };
-            self.leadership.0.store(now, Ordering::Release);
+            self.leader
+                .send_if_modified(|leader| std::mem::replace(leader, now) != now);
             if now != was || first {
                 first = false;
                 tracing::info!(
@@ -176,7 +191,7 @@ impl Elector {
                 () = &mut stop => break,
             }
         }
-        self.leadership.0.store(false, Ordering::Release);
+        self.leader.send_replace(false);
         match tokio::time::timeout(CALL_BUDGET, self.release()).await {
             Ok(Ok(())) => {
                 tracing::info!(identity = %self.identity, "background audit: shutting down, the PolicyReport writer's Lease is released")

@@ -254,7 +254,7 @@ impl Writer {
     }
 
     async fn write(&mut self, report: &Report) {
-        if !self.leadership.is_leader() {
+        if !self.leadership.is_leader_now() {
             return;
         }
         let outcome =
@@ -284,6 +284,14 @@ impl Writer {
     }
 }
 
+/// Resolves when the writer's replica becomes the Lease holder; never without a writer.
+async fn elected(writer: &mut Option<Writer>) {
+    match writer {
+        Some(writer) => writer.leadership.elected().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Scans every `interval`, and [`SETTLE`] after a change (at most every [`MIN_GAP`]), until the
 /// process ends. Each scan runs off the async workers. With a `writer`, the replica that holds
 /// the Lease also writes the PolicyReports.
@@ -304,8 +312,10 @@ pub async fn run(
     while !cache.is_synced() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The initial lists notified too: the first scan covers them.
+    // The initial lists notified too: the first scan covers them, and the policies it reads.
     let _ = tokio::time::timeout(Duration::ZERO, changes.notified()).await;
+    let mut policy_changes = policies.subscribe();
+    policy_changes.mark_unchanged();
     tracing::info!(?interval, "background audit started");
     loop {
         let started = Instant::now();
@@ -345,18 +355,31 @@ pub async fn run(
         if let Some(writer) = &mut writer {
             writer.write(&scan.report).await;
         }
-        // The next scan: at the interval, or after a change (once it settles, and never
-        // within MIN_GAP of this one), whichever comes first. Changes during the scan are picked
-        // up by the next one.
+        // The next scan: at the interval, or after a change of an object or of the policies
+        // (once it settles, and never within MIN_GAP of this one), whichever comes first.
+        // Changes during the scan are picked up by the next one.
         let deadline = tokio::time::Instant::from(started + took.max(interval));
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => {}
-            () = changes.notified() => {
-                let settled = tokio::time::Instant::now() + SETTLE;
-                let gap = tokio::time::Instant::from(started + MIN_GAP);
-                tokio::time::sleep_until(settled.max(gap).min(deadline.max(settled))).await;
+        let changed = loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break false,
+                () = changes.notified() => break true,
+                // Err: the store is gone, so the process is ending; the interval still applies.
+                Ok(()) = policy_changes.changed() => break true,
+                // Newly elected (the holder died or stepped down): this scan's reports at
+                // once, not after the next scan.
+                () = elected(&mut writer) => {
+                    if let Some(writer) = &mut writer {
+                        writer.write(&scan.report).await;
+                    }
+                }
             }
+        };
+        if changed {
+            let settled = tokio::time::Instant::now() + SETTLE;
+            let gap = tokio::time::Instant::from(started + MIN_GAP);
+            tokio::time::sleep_until(settled.max(gap).min(deadline.max(settled))).await;
         }
+        policy_changes.mark_unchanged();
     }
 }
 

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -47,7 +48,8 @@ pub struct ClusterCache {
     /// controller creates.
     statefulsets: Store<StatefulSet>,
     priority_classes: Store<PriorityClass>,
-    /// With the background audit: notified on every change of a StatefulSet or PDB.
+    /// With the background audit: notified on every change of an object it evaluates
+    /// (StatefulSets, PVCs) or that changes their verdict (PDBs, classes, namespaces).
     changed: Option<Arc<tokio::sync::Notify>>,
     synced: Arc<AtomicBool>,
 }
@@ -58,8 +60,10 @@ pub enum Keep {
     /// Admission only.
     #[default]
     Admission,
-    /// Also the background audit, which is told of every change of a StatefulSet or PDB (it
-    /// lists the objects themselves page by page when it scans: the caches stay projections).
+    /// Also the background audit, which is told of every change of a StatefulSet, a PVC, or
+    /// anything the verdicts read (PDBs, StorageClasses, PriorityClasses, Namespaces). It lists
+    /// the objects themselves page by page when it scans: the caches stay projections, and PVCs
+    /// are watched for their metadata only, with no store.
     Audit,
 }
 
@@ -75,15 +79,19 @@ impl ClusterCache {
         // Each store keeps a projection (what the rules read), not the whole object: with
         // 10,000 PDBs, managedFields alone would be most of the memory.
 
+        let changed = (keep == Keep::Audit).then(|| Arc::new(tokio::sync::Notify::new()));
+        // Besides the objects themselves, a PDB changes the verdict on the StatefulSets it
+        // covers, a class on those that name it, a namespace's labels which policy applies.
         let storage_classes = spawn_reflector::<StorageClass>(
             Api::all(client.clone()),
             storage_class_projection,
-            None,
+            changed.clone(),
         );
-        let namespaces =
-            spawn_reflector::<Namespace>(Api::all(client.clone()), namespace_projection, None);
-        let changed = (keep == Keep::Audit).then(|| Arc::new(tokio::sync::Notify::new()));
-        // A PDB created or changed changes the verdict on the StatefulSets it covers.
+        let namespaces = spawn_reflector::<Namespace>(
+            Api::all(client.clone()),
+            namespace_projection,
+            changed.clone(),
+        );
         let pdbs = spawn_reflector::<PodDisruptionBudget>(
             Api::all(client.clone()),
             pdb_projection,
@@ -97,8 +105,14 @@ impl ClusterCache {
         let priority_classes = spawn_reflector::<PriorityClass>(
             Api::all(client.clone()),
             priority_class_projection,
-            None,
+            changed.clone(),
         );
+        if let Some(changed) = &changed {
+            spawn_notifier(
+                Api::<PartialObjectMeta<PersistentVolumeClaim>>::all(client.clone()),
+                changed.clone(),
+            );
+        }
 
         let synced = Arc::new(AtomicBool::new(false));
         {
@@ -140,7 +154,8 @@ impl ClusterCache {
         }
     }
 
-    /// Notified on every change of a StatefulSet or PDB, with [`Keep::Audit`].
+    /// With [`Keep::Audit`]: notified on every change of a StatefulSet or PVC, and of the PDBs,
+    /// classes and namespaces their verdicts read.
     pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.changed.clone()
     }
@@ -228,6 +243,28 @@ where
         }
     });
     reader
+}
+
+/// A watch that keeps nothing and notifies `changed` on every change: the background audit's
+/// trigger for kinds it lists itself when it scans (PVCs, watched as `PartialObjectMeta`, so
+/// metadata only).
+fn spawn_notifier<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let kind = K::kind(&());
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => changed.notify_one(),
+                Err(error) => tracing::warn!(%kind, %error, "watch error; retrying with backoff"),
+            }
+        }
+    });
 }
 
 impl ClusterView for ClusterCache {

@@ -29,6 +29,8 @@ pub struct PolicyStore {
     sources: Mutex<Documents>,
     always_exempt: Vec<String>,
     metrics: Arc<Metrics>,
+    /// Marked on every recompile, for the background audit's rescan.
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl PolicyStore {
@@ -38,7 +40,14 @@ impl PolicyStore {
             sources: Mutex::new(BTreeMap::new()),
             always_exempt,
             metrics,
+            changed: tokio::sync::watch::Sender::new(()),
         }
+    }
+
+    /// Marked changed each time the policies in force are recompiled (a source loaded, changed
+    /// or removed).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// The policies in force now.
@@ -192,6 +201,7 @@ impl PolicyStore {
             .policies_loaded
             .set(set.policies().len() as i64);
         self.current.store(Arc::new(set));
+        self.changed.send_replace(());
     }
 }
 

@@ -492,9 +492,6 @@ impl Webhook {
                     format!("--listen=127.0.0.1:{port}")
                 } else if a.starts_with("--shutdown-delay=") {
                     "--shutdown-delay=0s".to_owned()
-                } else if a.starts_with("--background-audit=") {
-                    // Scans seconds apart, so a test sees the next one.
-                    "--background-audit=2s".to_owned()
                 } else {
                     a.clone()
                 }
@@ -515,5 +512,55 @@ impl Webhook {
             .unwrap();
         let log = Log::capture(child.stderr.take().unwrap());
         Webhook { child, log, port }
+    }
+}
+
+/// A TCP relay to the apiserver on `port` that holds back every chunk the apiserver sends by
+/// `delay`: a slow network, nothing of the API emulated (TLS passes through untouched). Its
+/// port; it relays until the test process ends.
+pub fn slow_relay(port: u16, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let relay = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let copy = |mut from: std::net::TcpStream, mut to: std::net::TcpStream, slow: bool| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = std::io::Read::read(&mut from, &mut buf) {
+                        if slow {
+                            std::thread::sleep(delay);
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            copy(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                false,
+            );
+            copy(server, client, true);
+        }
+    });
+    relay
+}
+
+impl Apiserver {
+    /// A copy of the admin kubeconfig that reaches the apiserver through [`slow_relay`].
+    pub fn slow_kubeconfig(&self, delay: Duration) -> PathBuf {
+        let relay = slow_relay(self.port, delay);
+        let file = self.dir.path().join(format!("slow-{relay}.kubeconfig"));
+        let text = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let from = format!("127.0.0.1:{}", self.port);
+        assert!(text.contains(&from), "{text}");
+        std::fs::write(&file, text.replace(&from, &format!("127.0.0.1:{relay}"))).unwrap();
+        file
     }
 }
