@@ -41,12 +41,8 @@ pub fn provenance(meta: &ObjectMeta, path: &[&str]) -> Provenance {
         };
     }
     if let Some(applied) = meta.annotations.as_ref().and_then(|a| a.get(LAST_APPLIED))
-        && let Ok(manifest) = serde_json::from_str::<Value>(applied)
+        && let Some(found) = manifest_has(applied, path)
     {
-        let found = path
-            .iter()
-            .try_fold(&manifest, |v, key| v.get(*key))
-            .is_some();
         return if found {
             Provenance::UserSet
         } else {
@@ -54,6 +50,93 @@ pub fn provenance(meta: &ObjectMeta, path: &[&str]) -> Provenance {
         };
     }
     Provenance::Unknown
+}
+
+/// Whether the JSON `manifest` has `path`; `None` when it is not JSON. It walks the text once
+/// without building a tree (the manifest is the whole object, kilobytes, on every request of
+/// a `kubectl apply`): keys off the path are skipped.
+fn manifest_has(manifest: &str, path: &[&str]) -> Option<bool> {
+    let mut de = serde_json::Deserializer::from_str(manifest);
+    let found = serde::de::DeserializeSeed::deserialize(HasPath(path), &mut de).ok()?;
+    de.end().ok()?;
+    Some(found)
+}
+
+/// Deserializes a value to whether it has the rest of a path (an empty path: any value).
+struct HasPath<'p>(&'p [&'p str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for HasPath<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        if self.0.is_empty() {
+            <serde::de::IgnoredAny as serde::Deserialize>::deserialize(de)?;
+            return Ok(true);
+        }
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HasPath<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(Key(key)) = map.next_key()? {
+            if !found && key == self.0[0] {
+                found = map.next_value_seed(HasPath(&self.0[1..]))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+    // Anything but an object has no keys.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+/// An object key, borrowed from the text unless it has escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(key.into()))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(key.to_owned().into()))
+            }
+        }
+        de.deserialize_str(KeyVisitor)
+    }
 }
 
 /// Where `path` came from, with the manifest itself as the first evidence when the object was
@@ -146,6 +229,29 @@ managedFields:
             provenance(&m, &["spec", "podManagementPolicy"]),
             Provenance::Defaulted
         );
+    }
+
+    #[test]
+    fn a_manifest_has_a_path_as_its_json_tree_has_it() {
+        let manifest = r#"{"metadata":{"name":"db","labels":{"a\"b":"c"}},"spec":{"replicas":3,"template":{"spec":{"containers":[{"name":"x"}]}},"podManagementPolicy":null}}"#;
+        let tree: Value = serde_json::from_str(manifest).unwrap();
+        for path in [
+            &["spec", "replicas"][..],
+            &["spec", "podManagementPolicy"],
+            &["spec", "template", "spec", "containers"],
+            &["spec", "template", "spec", "containers", "name"],
+            &["spec", "replicas", "x"],
+            &["metadata", "labels", "a\"b"],
+            &["metadata", "labels", "a"],
+            &["status"],
+            &[],
+        ] {
+            let by_tree = path.iter().try_fold(&tree, |v, key| v.get(*key)).is_some();
+            assert_eq!(manifest_has(manifest, path), Some(by_tree), "{path:?}");
+        }
+        assert_eq!(manifest_has("{\"spec\":", &["spec"]), None);
+        assert_eq!(manifest_has("{} trailing", &["spec"]), None);
+        assert_eq!(manifest_has("[1,2]", &["spec"]), Some(false));
     }
 
     #[test]
