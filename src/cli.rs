@@ -103,8 +103,8 @@ pub struct ServeArgs {
 
     /// With a cluster connection: re-evaluate every StatefulSet and PVC that exists this often,
     /// and shortly after any of them changes; the results are served at /report and as
-    /// `stateful_guard_existing_findings`. `0` turns it off (the caches then keep StatefulSets
-    /// as names and claim templates only, and no PVCs).
+    /// `stateful_guard_existing_findings`. `0` turns it off (and with it the PVC watch and
+    /// the change notifications it needs).
     #[arg(long, env = "SG_BACKGROUND_AUDIT", default_value = "10m", value_parser = duration_or_off)]
     pub background_audit: Duration,
 

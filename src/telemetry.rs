@@ -16,12 +16,18 @@ pub fn dropped_lines() -> usize {
     DROPPED.get().map_or(0, |c| c.dropped_lines())
 }
 
+/// Lines the log buffer holds while its reader is slow. A review's event is bounded (a few KiB
+/// at most), so a stalled reader costs at most tens of MiB (tracing-appender's default, 128k
+/// lines, could reach the pod's memory limit).
+pub const BUFFERED_LINES: usize = 8_192;
+
 /// Sets up logging. Lines go to stderr through a buffered writer on its own thread, so a slow
-/// log reader never delays a response: when its buffer (128k lines) is full, lines are dropped
-/// and counted (`stateful_guard_log_lines_dropped`). Keep the guard until exit: dropping it
+/// log reader never delays a response: when its buffer ([`BUFFERED_LINES`]) is
+/// full, lines are dropped and counted (`stateful_guard_log_lines_dropped`). Keep the guard until exit: dropping it
 /// flushes what is buffered.
 pub fn init(args: &LogArgs) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
         .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
