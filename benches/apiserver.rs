@@ -35,7 +35,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use common::apiserver::Apiserver;
