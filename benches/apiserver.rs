@@ -228,13 +228,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn run(api: &Apiserver) {
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
+    let client = common::apiserver::client_from(&api.kubeconfig).await;
 
     let certs = tempfile::tempdir().unwrap();
     let bundle = stateful_guard::certs::generate(&["127.0.0.1".to_owned()], 1, 1).unwrap();

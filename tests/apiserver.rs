@@ -970,13 +970,7 @@ spec:
         .build()
         .unwrap();
     runtime.block_on(async {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&i.kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
-        let live = ClusterCache::start(kube::Client::try_from(config).unwrap());
+        let live = ClusterCache::start(common::apiserver::client_from(&i.kubeconfig).await);
         // What a cache that has not seen the namespace yet holds.
         let lagging = Snapshot::known(vec![], vec![], vec![]);
         async fn answer(
@@ -1034,13 +1028,7 @@ fn background_audit(i: &mut Installed) {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let config = kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&i.kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap();
-            let client = kube::Client::try_from(config).unwrap();
+            let client = common::apiserver::client_from(&i.kubeconfig).await;
             let report = stateful_guard::check::Report {
                 objects: vec![],
                 summary: Default::default(),

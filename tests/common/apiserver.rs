@@ -450,6 +450,17 @@ impl Apiserver {
     }
 }
 
+/// A kube client that talks as `kubeconfig` says (the admin's, a ServiceAccount's).
+pub async fn client_from(kubeconfig: &Path) -> kube::Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
 pub fn write_kubeconfig(file: &Path, port: u16, ca_pem: &str, token: &str) {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
     std::fs::write(
