@@ -254,6 +254,41 @@ managedFields:
         assert_eq!(manifest_has("[1,2]", &["spec"]), Some(false));
     }
 
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        // Few keys, so that paths hit; one with escapes, which is not borrowed from the text.
+        let key = prop::sample::select(vec!["a", "spec", "b\"\\c", "é"]).prop_map(str::to_owned);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z\"\\\\]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(key.clone(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Walking the text agrees with looking the path up in the decoded tree, for any JSON.
+        #[test]
+        fn manifest_has_agrees_with_the_tree(
+            tree in json(),
+            path in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "spec", "b\"\\c", "é", "x"]),
+                0..4,
+            ),
+        ) {
+            let text = serde_json::to_string(&tree).unwrap();
+            let by_tree = path.iter().try_fold(&tree, |v, key| v.get(*key)).is_some();
+            proptest::prop_assert_eq!(manifest_has(&text, &path), Some(by_tree));
+        }
+    }
+
     #[test]
     fn plain_create_tells_nothing() {
         let m = meta(
