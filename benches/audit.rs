@@ -1,10 +1,10 @@
 //! The background audit at cluster scale: `cargo bench --bench audit`. One scan of 5,000
 //! StatefulSets (the zookeeper example, in 100 namespaces) and their 15,000 claims, with 2,500
-//! PDBs cached, evaluated in pages of 500 as the webhook lists them: its time (the median of 5
-//! scans) and its memory, counted by the allocator (the cluster view, and the peak a scan adds:
-//! one page of objects and the verdicts it keeps). Then the caches at the performance issue's
-//! scale (10,000 PDBs, 2,000 namespaces, 50 StorageClasses), whole and as projections. A
-//! benchmark, not a test: it prints, and asserts nothing.
+//! PDBs cached, evaluated in pages of `audit::PAGE` as the webhook lists them: its time (the
+//! median of 5 scans) and its memory, counted by the allocator (the cluster view, and the peak a
+//! scan adds: one page of objects and the verdicts it keeps). Then the caches at the performance
+//! issue's scale (10,000 PDBs, 2,000 namespaces, 50 StorageClasses), whole and as projections.
+//! A benchmark, not a test: it prints, and asserts nothing.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
