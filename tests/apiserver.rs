@@ -177,18 +177,7 @@ fn install(api: Apiserver) -> Installed {
         .collect();
     api.ok(&["apply", "-f", "-"], Some(&list(rest)));
     // The Service's Endpoints, pointed at the webhook's loopback port before anything uses them.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoints = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "stateful-guard", "namespace": "stateful-guard"},
-        "subsets": [{"addresses": [{"ip": "192.0.2.1"}], "ports": [{"name": "https", "port": port}]}]
-    });
-    api.ok(&["create", "-f", "-"], Some(&endpoints.to_string()));
-    api.point_endpoints_at_loopback("stateful-guard", "stateful-guard");
+    let port = api.route_service_to_loopback("stateful-guard", "stateful-guard");
     let webhooks: Vec<Value> = objects.iter().filter(|o| is_webhook(o)).cloned().collect();
     api.ok(&["apply", "-f", "-"], Some(&list(webhooks)));
     // Storage: a slow default class and the fast one the policy names.

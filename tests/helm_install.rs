@@ -194,18 +194,7 @@ fn the_chart_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
     // The Service's Endpoints first (no endpoints controller here), pointed at the loopback
     // port the webhook will listen on, before anything refers to the Service.
     api.ok(&["create", "namespace", NAMESPACE], None);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoints = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "stateful-guard", "namespace": NAMESPACE},
-        "subsets": [{"addresses": [{"ip": "192.0.2.1"}], "ports": [{"name": "https", "port": port}]}]
-    });
-    api.ok(&["create", "-f", "-"], Some(&endpoints.to_string()));
-    api.point_endpoints_at_loopback(NAMESPACE, "stateful-guard");
+    let port = api.route_service_to_loopback(NAMESPACE, "stateful-guard");
 
     // The README's install line, default values.
     helm_ok(

@@ -326,10 +326,25 @@ impl Apiserver {
         serde_json::from_str(&self.ok(&all, None)).unwrap()
     }
 
+    /// Creates the Endpoints of Service `namespace/name` (no endpoints controller here) and
+    /// points them at a free loopback port, before anything uses them: the port the webhook
+    /// is to listen on.
+    pub fn route_service_to_loopback(&self, namespace: &str, name: &str) -> u16 {
+        let port = free_port();
+        let endpoints = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": namespace},
+            "subsets": [{"addresses": [{"ip": PLACEHOLDER_IP}], "ports": [{"name": "https", "port": port}]}]
+        });
+        self.ok(&["create", "-f", "-"], Some(&endpoints.to_string()));
+        self.point_endpoints_at_loopback(namespace, name);
+        port
+    }
+
     /// Rewrites the address of an Endpoints object in etcd from the placeholder to 127.0.0.1:
     /// the API refuses loopback Endpoints, etcd does not, and with aggregator routing the
     /// apiserver dials the Endpoints directly. Same length, so the protobuf stays valid.
-    pub fn point_endpoints_at_loopback(&self, namespace: &str, name: &str) {
+    fn point_endpoints_at_loopback(&self, namespace: &str, name: &str) {
         let key = format!("{}/services/endpoints/{namespace}/{name}", self.etcd_prefix);
         let b64 = base64::engine::general_purpose::STANDARD;
         let range = self.etcd_post("/v3/kv/range", json!({"key": b64.encode(&key)}));
