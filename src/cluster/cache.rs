@@ -240,6 +240,19 @@ where
         .modify(project)
         .reflect(writer)
         .touched_objects();
+    drive(kind, stream, changed);
+    reader
+}
+
+/// Runs a watch's stream until the process ends: `changed` (if any) is notified of every
+/// change, errors are logged (the stream retries with backoff).
+fn drive<K, S>(
+    kind: std::borrow::Cow<'static, str>,
+    stream: S,
+    changed: Option<Arc<tokio::sync::Notify>>,
+) where
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
@@ -253,7 +266,6 @@ where
             }
         }
     });
-    reader
 }
 
 /// A watch that keeps nothing and notifies `changed` on every change: the background audit's
@@ -263,17 +275,8 @@ fn spawn_notifier<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let kind = K::kind(&());
     let stream = watcher(api, listing()).default_backoff().touched_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(_) => changed.notify_one(),
-                Err(error) => tracing::warn!(%kind, %error, "watch error; retrying with backoff"),
-            }
-        }
-    });
+    drive(K::kind(&()), stream, Some(changed));
 }
 
 impl ClusterView for ClusterCache {
