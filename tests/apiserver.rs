@@ -611,16 +611,10 @@ fn two_replicas_race(i: &mut Installed) {
         Webhook::start(&i.args, other_port, &i.kubeconfig, &dirs[1]),
     ];
     for replica in &replicas {
-        assert!(
-            replica
-                .log
-                .wait_for(
-                    "serving the certificate from the Secret",
-                    Duration::from_secs(60)
-                )
-                .is_some(),
-            "{}",
-            replica.log.text()
+        replica.log.expect(
+            "serving the certificate from the Secret",
+            Duration::from_secs(60),
+            "both replicas serve the Secret's certificate",
         );
     }
     let served: Vec<Vec<u8>> = dirs
@@ -1172,16 +1166,10 @@ fn background_audit(i: &mut Installed) {
         &i.kubeconfig,
         &i.api.dir.path().join("audit-second"),
     );
-    assert!(
-        second
-            .log
-            .wait_for(
-                "PolicyReport writer is another replica",
-                Duration::from_secs(30)
-            )
-            .is_some(),
-        "{}",
-        second.log.text()
+    second.log.expect(
+        "PolicyReport writer is another replica",
+        Duration::from_secs(30),
+        "the second replica leaves the writing to the first",
     );
     eventually(30, "the second replica serves the results too", || {
         report_from(other_port)
@@ -1253,13 +1241,10 @@ fn background_audit(i: &mut Installed) {
     // The writer dies: once its Lease expires, the other replica writes (the PDB removed
     // again brings the failure back).
     i.webhook = None;
-    assert!(
-        second
-            .log
-            .wait_for("PolicyReport writer elected", Duration::from_secs(40))
-            .is_some(),
-        "{}",
-        second.log.text()
+    second.log.expect(
+        "PolicyReport writer elected",
+        Duration::from_secs(40),
+        "the second replica takes the writing over",
     );
     api.ok(&["delete", "pdb", "web", "-n", "down"], None);
     eventually(40, "the new writer's PolicyReport fails web again", || {
@@ -1270,16 +1255,10 @@ fn background_audit(i: &mut Installed) {
     // over at once instead of after its 15 s.
     i.start_webhook();
     let restarted = i.webhook.as_ref().unwrap();
-    assert!(
-        restarted
-            .log
-            .wait_for(
-                "PolicyReport writer is another replica",
-                Duration::from_secs(30)
-            )
-            .is_some(),
-        "{}",
-        restarted.log.text()
+    restarted.log.expect(
+        "PolicyReport writer is another replica",
+        Duration::from_secs(30),
+        "the restarted replica leaves the writing to the second",
     );
     let mut second = second;
     let terminated = std::process::Command::new("kill")

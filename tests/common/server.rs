@@ -107,6 +107,16 @@ impl Log {
         self.0.lock().unwrap().join("\n")
     }
 
+    /// [`Self::wait_for`], failing the test with `what` and the whole log when it times out.
+    pub fn expect(&self, needle: &str, timeout: Duration, what: &str) -> String {
+        self.wait_for(needle, timeout).unwrap_or_else(|| {
+            panic!(
+                "{what}: no {needle:?} in the log within {timeout:?}:\n{}",
+                self.text()
+            )
+        })
+    }
+
     /// Waits until a line contains `needle`; returns that line.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
