@@ -160,7 +160,6 @@ impl Elector {
         let mut logged_error = false;
         let mut first = true;
         loop {
-            let was = *self.leader.borrow();
             let now = match tokio::time::timeout(CALL_BUDGET, self.round()).await {
                 Ok(Ok(leader)) => {
                     logged_error = false;
@@ -175,9 +174,10 @@ impl Elector {
                 }
                 Err(_) => false,
             };
-            self.leader
+            let changed = self
+                .leader
                 .send_if_modified(|leader| std::mem::replace(leader, now) != now);
-            if now != was || first {
+            if changed || first {
                 first = false;
                 tracing::info!(
                     identity = %self.identity,
