@@ -1,10 +1,15 @@
 //! The AdmissionReview protocol: decode a review, dispatch on its kind, evaluate, and answer
 //! with `kube::core::admission` types (never hand-built JSON).
 //!
-//! Decoding is two cheap passes: a peek at `request.kind` (everything else skipped), then a
-//! typed decode straight into the k8s-openapi object. Only when the typed decode fails (the
-//! object does not match its kind's schema) is the review decoded a third time, generically,
-//! to answer with its uid.
+//! Decoding is one pass in the common case: the body is decoded straight into the k8s-openapi
+//! object of each kind the webhook handles in turn (a StatefulSet, then a PVC). k8s-openapi
+//! rejects an object of another kind at its `apiVersion` and `kind` keys, so a PVC's review
+//! fails the StatefulSet decode early. A decode is used only when the review is
+//! `admission.k8s.io/v1` and its request names that kind on no subresource. Anything else (another
+//! kind, a subresource, an object that does not match its kind's schema, another version) takes
+//! the careful path: a peek at `request.kind` (everything else skipped) decides, and a review
+//! that cannot be evaluated is decoded generically, to answer with its uid. The typed decode
+//! keeps `managedFields[].fieldsV1` as text ([`decode`]).
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::core::admission::{self as kadm, AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -18,6 +23,7 @@ use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
 
+mod decode;
 pub mod response;
 
 /// What to answer for a review the webhook cannot interpret (a kind it does not handle, or an
@@ -146,6 +152,12 @@ impl Reviewer<'_> {
         phase: Phase,
         body: &[u8],
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+        if let Some(review) = decode_as::<StatefulSet>(body, STATEFULSET) {
+            return self.typed(phase, review, |o| Object::StatefulSet(o)).await;
+        }
+        if let Some(review) = decode_as::<PersistentVolumeClaim>(body, PVC) {
+            return self.typed(phase, review, |o| Object::Pvc(o)).await;
+        }
         let peek: Peek = serde_json::from_slice(body)?;
         if peek.api_version != kadm::META_API_VERSION_V1 {
             return Err(BadReview::Version(peek.api_version));
@@ -159,11 +171,9 @@ impl Reviewer<'_> {
             return self.passthrough(body, "subresource: not evaluated");
         }
         if is(&kind, STATEFULSET) {
-            self.typed::<StatefulSet>(phase, body, |o| Object::StatefulSet(o))
-                .await
+            self.undecodable::<StatefulSet>(body)
         } else if is(&kind, PVC) {
-            self.typed::<PersistentVolumeClaim>(phase, body, |o| Object::Pvc(o))
-                .await
+            self.undecodable::<PersistentVolumeClaim>(body)
         } else {
             let reason = format!(
                 "stateful-guard does not handle {}/{} {}",
@@ -175,25 +185,38 @@ impl Reviewer<'_> {
         }
     }
 
+    /// A review of a kind the webhook handles that [`decode_as`] refused: its object does not
+    /// match the kind's schema (or the review changed between the two decodes, which a body
+    /// cannot).
+    fn undecodable<K>(
+        &self,
+        body: &[u8],
+    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let reason = match serde_json::from_slice::<AdmissionReview<K>>(body) {
+            Ok(_) => "the review does not decode the same way twice".to_owned(),
+            Err(error) => format!("the object does not decode as its kind: {error}"),
+        };
+        self.uninterpretable(body, reason)
+    }
+
     async fn typed<K>(
         &self,
         phase: Phase,
-        body: &[u8],
+        mut review: Box<AdmissionReview<K>>,
         wrap: fn(&K) -> Object<'_>,
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview>
     where
         K: Resource + DeserializeOwned + Clone,
     {
-        let review: AdmissionReview<K> = match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(error) => {
-                return self.uninterpretable(
-                    body,
-                    format!("the object does not decode as its kind: {error}"),
-                );
-            }
-        };
-        let req: AdmissionRequest<K> = review.try_into().map_err(|_| BadReview::NoRequest)?;
+        // What kube's `TryFrom<AdmissionReview>` does, without moving the request (kilobytes of
+        // k8s-openapi structs) out of its box.
+        let types = review.types.clone();
+        let req = review.request.as_mut().ok_or(BadReview::NoRequest)?;
+        req.types = types;
+        let req = &*req;
         let namespace = req.namespace.clone().unwrap_or_default();
         let mut outcome = Outcome {
             uid: bounded(&req.uid),
@@ -208,10 +231,10 @@ impl Reviewer<'_> {
         let operation = match req.operation {
             kadm::Operation::Create => Operation::Create,
             kadm::Operation::Update => Operation::Update,
-            _ => return Ok((AdmissionResponse::from(&req).into_review(), outcome)),
+            _ => return Ok((AdmissionResponse::from(req).into_review(), outcome)),
         };
         let Some(object) = req.object.as_ref() else {
-            return Ok((AdmissionResponse::from(&req).into_review(), outcome));
+            return Ok((AdmissionResponse::from(req).into_review(), outcome));
         };
         if outcome.name.is_empty() {
             outcome.name = bounded(&display_name(object.meta(), &namespace));
@@ -265,7 +288,7 @@ impl Reviewer<'_> {
                 }
             }
         }
-        let resp = response::build(AdmissionResponse::from(&req), &eval, object.meta());
+        let resp = response::build(AdmissionResponse::from(req), &eval, object.meta());
         outcome.decision = if !resp.allowed {
             Decision::Denied
         } else if resp.patch.is_some() {
@@ -366,6 +389,21 @@ fn operation_name(op: &kadm::Operation) -> &'static str {
         kadm::Operation::Delete => "DELETE",
         kadm::Operation::Connect => "CONNECT",
     }
+}
+
+/// The review decoded as `K`, when it is a review of one: `admission.k8s.io/v1`, with a request
+/// that names `kind` on no subresource (a StatefulSet's `status` carries a StatefulSet, but is
+/// not evaluated). `None` for anything else, which the careful path then sorts out.
+/// Boxed: the review is kilobytes, and stays in place while the review's future is moved.
+fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<Box<AdmissionReview<K>>>
+where
+    K: Resource + DeserializeOwned,
+{
+    let review: Box<AdmissionReview<K>> = decode::from_slice(body).ok()?;
+    let req = review.request.as_ref()?;
+    let whole = req.sub_resource.as_deref().is_none_or(str::is_empty);
+    (review.types.api_version == kadm::META_API_VERSION_V1 && is(&req.kind, kind) && whole)
+        .then_some(review)
 }
 
 fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {

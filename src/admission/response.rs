@@ -35,6 +35,10 @@ pub mod limits {
 
 /// `s`, cut to at most `max` characters (on a char boundary) with `…` when cut.
 pub fn truncate(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        // No more bytes than `max`, so no more characters: nothing to count.
+        return std::borrow::Cow::Borrowed(s);
+    }
     match s.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(s),
         Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..at])),
@@ -233,22 +237,38 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
 ///
 /// `kube::core::admission::AdmissionResponse` serializes `patch` (`Vec<u8>`) as an array of
 /// numbers (kube-rs issue 1781), but the API's JSON encoding of `[]byte` is a base64 string, and
-/// kube-apiserver rejects anything else. The review is built with kube's types; only that one
-/// field is re-encoded here.
+/// kube-apiserver rejects anything else. The review is built with kube's types and serialized by
+/// them; only that one field is written here, as a base64 string beside kube's other fields.
 pub fn to_wire(
     mut review: kube::core::admission::AdmissionReview<kube::core::DynamicObject>,
 ) -> Result<Vec<u8>, serde_json::Error> {
     use base64::Engine as _;
-    let patch = review.response.as_mut().and_then(|r| r.patch.take());
-    let mut value = serde_json::to_value(&review)?;
-    if let (Some(patch), Some(response)) = (
-        patch,
-        value.get_mut("response").and_then(|r| r.as_object_mut()),
-    ) {
-        response.insert(
-            "patch".to_owned(),
-            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
+
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Review<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response: Option<Response<'a>>,
     }
-    serde_json::to_vec(&value)
+
+    #[derive(serde::Serialize)]
+    struct Response<'a> {
+        #[serde(flatten)]
+        kube: &'a AdmissionResponse,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+    }
+
+    let patch = review.response.as_mut().and_then(|r| r.patch.take());
+    let wire = Review {
+        api_version: &review.types.api_version,
+        kind: &review.types.kind,
+        response: review.response.as_ref().map(|kube| Response {
+            kube,
+            patch: patch.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        }),
+    };
+    serde_json::to_vec(&wire)
 }

@@ -56,19 +56,27 @@ pub fn provenance(meta: &ObjectMeta, path: &[&str]) -> Provenance {
 /// without building a tree (the manifest is the whole object, kilobytes, on every request of
 /// a `kubectl apply`): keys off the path are skipped.
 fn manifest_has(manifest: &str, path: &[&str]) -> Option<bool> {
-    let mut de = serde_json::Deserializer::from_str(manifest);
-    let found = serde::de::DeserializeSeed::deserialize(HasPath(path), &mut de).ok()?;
+    text_has(manifest, "", path)
+}
+
+/// Whether the JSON text has `path`, each of its keys spelled with `prefix` before it.
+fn text_has(text: &str, prefix: &str, path: &[&str]) -> Option<bool> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let found = serde::de::DeserializeSeed::deserialize(HasPath { prefix, path }, &mut de).ok()?;
     de.end().ok()?;
     Some(found)
 }
 
 /// Deserializes a value to whether it has the rest of a path (an empty path: any value).
-struct HasPath<'p>(&'p [&'p str]);
+struct HasPath<'p> {
+    prefix: &'p str,
+    path: &'p [&'p str],
+}
 
 impl<'de> serde::de::DeserializeSeed<'de> for HasPath<'_> {
     type Value = bool;
     fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
-        if self.0.is_empty() {
+        if self.path.is_empty() {
             <serde::de::IgnoredAny as serde::Deserialize>::deserialize(de)?;
             return Ok(true);
         }
@@ -84,8 +92,11 @@ impl<'de> serde::de::Visitor<'de> for HasPath<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let mut found = false;
         while let Some(Key(key)) = map.next_key()? {
-            if !found && key == self.0[0] {
-                found = map.next_value_seed(HasPath(&self.0[1..]))?;
+            if !found && key.strip_prefix(self.prefix) == Some(self.path[0]) {
+                found = map.next_value_seed(HasPath {
+                    prefix: self.prefix,
+                    path: &self.path[1..],
+                })?;
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -170,8 +181,12 @@ pub fn any_manager_owns(meta: &ObjectMeta, path: &[&str]) -> Option<bool> {
     )
 }
 
-/// Whether a FieldsV1 set contains `path` (`{"f:spec":{"f:podManagementPolicy":{}}}`).
+/// Whether a FieldsV1 set contains `path` (`{"f:spec":{"f:podManagementPolicy":{}}}`). The
+/// admission path keeps the set as its JSON text (`admission::decode`); anything else as a tree.
 fn owns(fields: &Value, path: &[&str]) -> bool {
+    if let Value::String(text) = fields {
+        return text_has(text, "f:", path).unwrap_or(false);
+    }
     let mut node = fields;
     for key in path {
         match node.get(format!("f:{key}")) {
@@ -286,6 +301,34 @@ managedFields:
             let text = serde_json::to_string(&tree).unwrap();
             let by_tree = path.iter().try_fold(&tree, |v, key| v.get(*key)).is_some();
             proptest::prop_assert_eq!(manifest_has(&text, &path), Some(by_tree));
+        }
+
+        /// A FieldsV1 set kept as text (the admission path) owns exactly what its tree owns.
+        #[test]
+        fn owns_reads_a_set_as_text_as_it_reads_its_tree(
+            tree in json(),
+            path in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "spec", "b\"\\c", "é", "x"]),
+                0..4,
+            ),
+        ) {
+            // A set is an object (a string in its place is the text form).
+            proptest::prop_assume!(tree.is_object());
+            let fields = prefixed(tree);
+            let text = Value::String(serde_json::to_string(&fields).unwrap());
+            proptest::prop_assert_eq!(owns(&text, &path), owns(&fields, &path));
+        }
+    }
+
+    /// The tree with `f:` before every key, as a FieldsV1 set spells its fields.
+    fn prefixed(tree: Value) -> Value {
+        match tree {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (format!("f:{k}"), prefixed(v)))
+                    .collect(),
+            ),
+            other => other,
         }
     }
 

@@ -1,0 +1,312 @@
+//! The decode of a review into k8s-openapi types, with one change to what they build: each
+//! `managedFields[].fieldsV1` is kept as its JSON text, in a `Value::String`, instead of a tree.
+//!
+//! A FieldsV1 set names every field its manager owns, so it is as large as the object (2.8 KB
+//! of the zookeeper StatefulSet's 8.4). As a `serde_json::Value` tree it cost 30% of a review's
+//! instructions, built and dropped while the rules look up one path or two in the entries of
+//! server-side appliers. As text, it is skipped over and copied once; `rules::explicit` walks the
+//! text for the path it wants, and reads a tree the same way (objects from `check`'s manifests and
+//! from the cluster keep their trees).
+//!
+//! The change is made by [`Lean`], a deserializer that forwards everything to serde_json's, wraps
+//! whatever serde_json hands on (visitors, map and sequence access), and answers the one
+//! newtype that k8s-openapi spells `FieldsV1` with the raw text. Everything else decodes exactly
+//! as `serde_json::from_slice` would: the same values, the same errors.
+use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
+use serde_json::value::RawValue;
+
+/// The newtype name k8s-openapi's `FieldsV1` deserializes as.
+const FIELDS_V1: &str = "FieldsV1";
+
+/// `serde_json::from_slice`, with every FieldsV1 kept as its JSON text.
+pub fn from_slice<T: de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = T::deserialize(Lean(&mut de))?;
+    de.end()?;
+    Ok(value)
+}
+
+/// One wrapper for every role a deserializer's parts play: the deserializer itself, the
+/// visitors given to it, the map, sequence and enum access it gives back, and the seeds given to
+/// those. Each wraps the next part it passes on, so the whole object is decoded through it.
+struct Lean<T>(T);
+
+macro_rules! forward_deserialize {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.0.$method(Lean(visitor))
+        }
+    )*};
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
+    type Error = D::Error;
+
+    forward_deserialize! {
+        deserialize_any deserialize_bool
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+        deserialize_f32 deserialize_f64 deserialize_char deserialize_str deserialize_string
+        deserialize_bytes deserialize_byte_buf deserialize_option deserialize_unit
+        deserialize_seq deserialize_map deserialize_identifier deserialize_ignored_any
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        if name == FIELDS_V1 {
+            let raw: Box<RawValue> = serde::Deserialize::deserialize(self.0)?;
+            let text: String = Box::<str>::from(raw).into();
+            return visitor.visit_newtype_struct(text.into_deserializer());
+        }
+        self.0.deserialize_newtype_struct(name, Lean(visitor))
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_unit_struct(name, Lean(visitor))
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_tuple(len, Lean(visitor))
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_tuple_struct(name, len, Lean(visitor))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_struct(name, fields, Lean(visitor))
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_enum(name, variants, Lean(visitor))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
+    }
+}
+
+macro_rules! forward_visit {
+    ($($method:ident($ty:ty))*) => {$(
+        fn $method<E: de::Error>(self, v: $ty) -> Result<Self::Value, E> {
+            self.0.$method(v)
+        }
+    )*};
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Lean<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+
+    forward_visit! {
+        visit_bool(bool)
+        visit_i8(i8) visit_i16(i16) visit_i32(i32) visit_i64(i64) visit_i128(i128)
+        visit_u8(u8) visit_u16(u16) visit_u32(u32) visit_u64(u64) visit_u128(u128)
+        visit_f32(f32) visit_f64(f64) visit_char(char)
+        visit_str(&str) visit_borrowed_str(&'de str) visit_string(String)
+        visit_bytes(&[u8]) visit_borrowed_bytes(&'de [u8]) visit_byte_buf(Vec<u8>)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.0.visit_none()
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        self.0.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.visit_some(Lean(d))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.visit_newtype_struct(Lean(d))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_seq(Lean(seq))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_map(Lean(map))
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_enum(Lean(data))
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Lean<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
+        self.0.deserialize(Lean(d))
+    }
+}
+
+impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Lean<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        self.0.next_key_seed(Lean(seed))
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(Lean(seed))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Lean<A> {
+    type Error = A::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, A::Error> {
+        self.0.next_element_seed(Lean(seed))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.0.size_hint()
+    }
+}
+
+impl<'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Lean<A> {
+    type Error = A::Error;
+    type Variant = Lean<A::Variant>;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self::Variant), A::Error> {
+        let (value, variant) = self.0.variant_seed(Lean(seed))?;
+        Ok((value, Lean(variant)))
+    }
+}
+
+impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Lean<A> {
+    type Error = A::Error;
+
+    fn unit_variant(self) -> Result<(), A::Error> {
+        self.0.unit_variant()
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
+        self.0.newtype_variant_seed(Lean(seed))
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
+        self.0.tuple_variant(len, Lean(visitor))
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, A::Error> {
+        self.0.struct_variant(fields, Lean(visitor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use kube::core::admission::AdmissionReview;
+    use serde_json::Value;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/admission-reviews/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The same review, decoded both ways: equal once each FieldsV1 text is parsed back into
+    /// its tree.
+    #[test]
+    fn everything_but_fields_v1_decodes_as_serde_json_decodes_it() {
+        for name in [
+            "statefulset-zookeeper-create.mutating.json",
+            "statefulset-zookeeper-update.validating.json",
+        ] {
+            let body = fixture(name);
+            let plain: AdmissionReview<StatefulSet> = serde_json::from_slice(&body).unwrap();
+            let mut lean: AdmissionReview<StatefulSet> = from_slice(&body).unwrap();
+            let req = lean.request.as_mut().unwrap();
+            let mut texts = 0;
+            for object in [req.object.as_mut(), req.old_object.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                for entry in object.metadata.managed_fields.iter_mut().flatten() {
+                    let fields = entry.fields_v1.as_mut().unwrap();
+                    let Value::String(text) = &fields.0 else {
+                        panic!("{name}: fieldsV1 decoded as a tree: {:?}", fields.0);
+                    };
+                    fields.0 = serde_json::from_str(text).unwrap();
+                    texts += 1;
+                }
+            }
+            assert!(texts > 0, "{name} has no managedFields");
+            assert_eq!(
+                serde_json::to_value(&lean.request).unwrap(),
+                serde_json::to_value(&plain.request).unwrap(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_serde_jsons_errors() {
+        let body = fixture("statefulset-zookeeper-create.mutating.json");
+        let text = String::from_utf8(body).unwrap();
+        for broken in [
+            text.replacen(r#""replicas":3"#, r#""replicas":"three""#, 1),
+            text.replacen(r#""fieldsV1":{"#, r#""fieldsV1":{,"#, 1),
+            text[..text.len() / 2].to_owned(),
+            format!("{text} trailing"),
+        ] {
+            let plain = serde_json::from_str::<AdmissionReview<StatefulSet>>(&broken).unwrap_err();
+            let lean = from_slice::<AdmissionReview<StatefulSet>>(broken.as_bytes()).unwrap_err();
+            assert_eq!(lean.to_string(), plain.to_string());
+        }
+    }
+}
