@@ -577,6 +577,41 @@ async fn an_undecodable_object_gets_a_clear_well_formed_answer() {
     );
 }
 
+/// The decode order follows a hint in the body's first bytes (`request.kind` as kube-apiserver
+/// writes it); a body whose first bytes mislead it is answered exactly as one that does not.
+#[tokio::test]
+async fn a_review_that_misleads_the_decode_order_is_answered_the_same() {
+    const PVC_KIND: &str = r#""kind":{"group":"","version":"v1","kind":"PersistentVolumeClaim"}"#;
+    for (name, from, to) in [
+        // A StatefulSet's review that names a PVC's kind first, in a field nobody reads.
+        (
+            ZK_CREATE,
+            r#""request":{"#.to_owned(),
+            format!(r#""request":{{"unread":{{{PVC_KIND}}},"#),
+        ),
+        // A PVC's review with its kind's keys in another order.
+        (
+            "pvc-create-default-class-filled.mutating.json",
+            PVC_KIND.to_owned(),
+            r#""kind":{"kind":"PersistentVolumeClaim","group":"","version":"v1"}"#.to_owned(),
+        ),
+    ] {
+        let body = review_fixture(name);
+        let plain = review(Phase::Mutate, &body, &default_policies()).await;
+        assert!(patch(&plain).is_some(), "{name} is mutated: {plain}");
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(text.contains(PVC_KIND), name.starts_with("pvc"), "{name}");
+        let misled = text.replacen(&from, &to, 1);
+        assert_eq!(
+            misled.contains(PVC_KIND),
+            !name.starts_with("pvc"),
+            "{name}"
+        );
+        let resp = review(Phase::Mutate, misled.as_bytes(), &default_policies()).await;
+        assert_eq!(resp, plain, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn fast_class_missing_from_the_cluster_is_a_warning_not_a_patch() {
     let body = review_fixture("pvc-create-default-class-filled.mutating.json");

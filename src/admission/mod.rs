@@ -2,9 +2,9 @@
 //! with `kube::core::admission` types (never hand-built JSON).
 //!
 //! Decoding is one pass in the common case: the body is decoded straight into the k8s-openapi
-//! object of each kind the webhook handles in turn (a StatefulSet, then a PVC). k8s-openapi
-//! rejects an object of another kind at its `apiVersion` and `kind` keys, so a PVC's review
-//! fails the StatefulSet decode early. A decode is used only when the review is
+//! object of the kind the body's first bytes name (a PVC where kube-apiserver writes
+//! `request.kind`, else a StatefulSet: [`names_a_pvc`], a hint, never trusted). A decode is used
+//! only when the review is
 //! `admission.k8s.io/v1` and its request names that kind on no subresource. Anything else (another
 //! kind, a subresource, an object that does not match its kind's schema, another version) takes
 //! the careful path: a peek at `request.kind` (everything else skipped) decides, and a review
@@ -152,11 +152,12 @@ impl Reviewer<'_> {
         phase: Phase,
         body: &[u8],
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
-        if let Some(review) = decode_as::<StatefulSet>(body, STATEFULSET) {
+        if names_a_pvc(body) {
+            if let Some(review) = decode_as::<PersistentVolumeClaim>(body, PVC) {
+                return self.typed(phase, review, |o| Object::Pvc(o)).await;
+            }
+        } else if let Some(review) = decode_as::<StatefulSet>(body, STATEFULSET) {
             return self.typed(phase, review, |o| Object::StatefulSet(o)).await;
-        }
-        if let Some(review) = decode_as::<PersistentVolumeClaim>(body, PVC) {
-            return self.typed(phase, review, |o| Object::Pvc(o)).await;
         }
         let peek: Peek = serde_json::from_slice(body)?;
         if peek.api_version != kadm::META_API_VERSION_V1 {
@@ -171,9 +172,9 @@ impl Reviewer<'_> {
             return self.passthrough(body, "subresource: not evaluated");
         }
         if is(&kind, STATEFULSET) {
-            self.undecodable::<StatefulSet>(body)
+            self.decoded(phase, body, |o| Object::StatefulSet(o)).await
         } else if is(&kind, PVC) {
-            self.undecodable::<PersistentVolumeClaim>(body)
+            self.decoded(phase, body, |o| Object::Pvc(o)).await
         } else {
             let reason = format!(
                 "stateful-guard does not handle {}/{} {}",
@@ -185,21 +186,24 @@ impl Reviewer<'_> {
         }
     }
 
-    /// A review of a kind the webhook handles that [`decode_as`] refused: its object does not
-    /// match the kind's schema (or the review changed between the two decodes, which a body
-    /// cannot).
-    fn undecodable<K>(
+    /// A review of a kind the webhook handles, on the careful path: evaluated if its object
+    /// decodes as its kind, else uninterpretable, with the decode's error.
+    async fn decoded<K>(
         &self,
+        phase: Phase,
         body: &[u8],
+        wrap: fn(&K) -> Object<'_>,
     ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview>
     where
-        K: Resource + DeserializeOwned,
+        K: Resource + DeserializeOwned + Clone,
     {
-        let reason = match serde_json::from_slice::<AdmissionReview<K>>(body) {
-            Ok(_) => "the review does not decode the same way twice".to_owned(),
-            Err(error) => format!("the object does not decode as its kind: {error}"),
-        };
-        self.uninterpretable(body, reason)
+        match decode::from_slice(body) {
+            Ok(review) => self.typed(phase, review, wrap).await,
+            Err(error) => self.uninterpretable(
+                body,
+                format!("the object does not decode as its kind: {error}"),
+            ),
+        }
     }
 
     async fn typed<K>(
@@ -266,7 +270,7 @@ impl Reviewer<'_> {
             match live.live_namespace_labels(&namespace).await {
                 Ok(labels) => view.namespace_labels = labels,
                 Err(error) => {
-                    tracing::warn!(%error, "live Namespace read failed; using the cache")
+                    tracing::warn!(uid = %req.uid, %error, "live Namespace read failed; using the cache")
                 }
             }
         }
@@ -284,7 +288,7 @@ impl Reviewer<'_> {
                     eval = engine::evaluate(phase, &subject, self.policies, &view);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "live PodDisruptionBudget list failed; using the cache")
+                    tracing::warn!(uid = %req.uid, %error, "live PodDisruptionBudget list failed; using the cache")
                 }
             }
         }
@@ -322,7 +326,7 @@ impl Reviewer<'_> {
         match self.live?.live_claim_owner(namespace, claim).await {
             Ok(owner) => owner,
             Err(error) => {
-                tracing::warn!(%error, claim, "live StatefulSet list failed; the claim is evaluated as any other");
+                tracing::warn!(%error, namespace, claim, "live StatefulSet list failed; the claim is evaluated as any other");
                 None
             }
         }
@@ -404,6 +408,20 @@ where
     let whole = req.sub_resource.as_deref().is_none_or(str::is_empty);
     (review.types.api_version == kadm::META_API_VERSION_V1 && is(&req.kind, kind) && whole)
         .then_some(review)
+}
+
+/// Whether the body names a PVC where kube-apiserver writes `request.kind`: its second key,
+/// after the uid, within the first few hundred bytes. Only the order of the decodes depends on
+/// it: [`decode_as`] checks the kind the request names, and a body it misleads takes the careful
+/// path.
+fn names_a_pvc(body: &[u8]) -> bool {
+    static PVC_KIND: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| {
+            memchr::memmem::Finder::new(
+                r#""kind":{"group":"","version":"v1","kind":"PersistentVolumeClaim"}"#,
+            )
+        });
+    PVC_KIND.find(&body[..body.len().min(512)]).is_some()
 }
 
 fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
