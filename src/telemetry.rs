@@ -44,7 +44,13 @@ pub fn init(args: &LogArgs) -> tracing_appender::non_blocking::WorkerGuard {
         });
     let output = fmt::layer().with_writer(writer);
     let output = match args.log_format {
-        LogFormat::Json => output.json().flatten_event(true).boxed(),
+        // The current span only (`"span":{"endpoint":..,"name":"review"}`): the list of every
+        // enclosing span repeated it on each line.
+        LogFormat::Json => output
+            .json()
+            .flatten_event(true)
+            .with_span_list(false)
+            .boxed(),
         LogFormat::Text => output.boxed(),
     };
     tracing_subscriber::registry()
