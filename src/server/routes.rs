@@ -11,13 +11,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tracing::Instrument;
+use tracing::{Instrument, field};
 
 use crate::admission::response::{headline, limits, truncate};
 use crate::admission::{Outcome, Reviewer, Uninterpretable};
 use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
-use crate::engine::Phase;
+use crate::engine::{Evaluation, Phase};
 use crate::metrics::{
     EndpointLabels, FindingLabels, Metrics, MutationLabels, ReasonLabels, RequestLabels, RuleLabels,
 };
@@ -324,19 +324,46 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
             decision: outcome.decision.as_str(),
         })
         .inc();
-    let Some(eval) = &outcome.evaluation else {
-        tracing::info!(
-            uid = outcome.uid,
-            kind = outcome.kind,
-            namespace = outcome.namespace,
-            name = outcome.name,
-            operation = outcome.operation,
-            decision = outcome.decision.as_str(),
-            "admission review"
-        );
-        return;
-    };
-    // One event per review at info, whatever the object's size; details at debug, bounded.
+    let summary = outcome
+        .evaluation
+        .as_ref()
+        .map(|eval| summarize(metrics, outcome, eval));
+    let summary = summary.as_ref();
+    // One event per review at info, whatever the object's size (a review not evaluated has
+    // only the first six fields).
+    tracing::info!(
+        uid = outcome.uid,
+        kind = outcome.kind,
+        namespace = outcome.namespace,
+        name = outcome.name,
+        operation = outcome.operation,
+        decision = outcome.decision.as_str(),
+        policy = summary.map(|s| s.policy),
+        mode = summary.map(|s| s.mode),
+        skipped = summary.and_then(|s| s.skipped),
+        mutations = summary.map(|s| s.mutations.as_str()),
+        findings = summary.map(|s| s.findings.as_str()),
+        messages = summary.map(|s| field::debug(&s.messages)),
+        "admission review"
+    );
+}
+
+/// What a review's event says of its evaluation.
+struct Summary<'a> {
+    policy: &'a str,
+    mode: &'static str,
+    skipped: Option<&'a str>,
+    /// Rules that changed (or would have changed, or kept) the object, comma-separated.
+    mutations: String,
+    /// `rule:action` of each finding, with a count when more than one, comma-separated.
+    findings: String,
+    /// Messages of the findings that deny or warn, at most [`LOGGED_MESSAGES`].
+    messages: Vec<String>,
+}
+
+/// Counts the mutations and findings in the metrics and logs them at debug (bounded), and sums
+/// them up for the review's event.
+fn summarize<'a>(metrics: &Metrics, outcome: &Outcome, eval: &'a Evaluation) -> Summary<'a> {
     let mut detailed = 0;
     let mut detail = || {
         detailed += 1;
@@ -410,19 +437,12 @@ fn record(metrics: &Metrics, endpoint: &'static str, outcome: &Outcome) {
             n => format!("{rule}:{action}x{n}"),
         })
         .collect();
-    tracing::info!(
-        uid = outcome.uid,
-        kind = outcome.kind,
-        namespace = outcome.namespace,
-        name = outcome.name,
-        operation = outcome.operation,
-        decision = outcome.decision.as_str(),
-        policy = eval.policy_name(),
-        mode = eval.mode.as_str(),
-        skipped = eval.skipped.as_deref(),
-        mutations = %changes.join(","),
-        findings = %findings.join(","),
-        messages = ?messages,
-        "admission review"
-    );
+    Summary {
+        policy: eval.policy_name(),
+        mode: eval.mode.as_str(),
+        skipped: eval.skipped.as_deref(),
+        mutations: changes.join(","),
+        findings: findings.join(","),
+        messages,
+    }
 }
