@@ -3,13 +3,16 @@
 //! the README's Testing section for where they come from) and prints a line saying it was
 //! skipped when they are absent. A benchmark, not a test: it prints, and asserts nothing.
 //!
-//! 1. **Create latency.** Three namespaces: one no webhook is called for, one with a no-op
-//!    webhook (`examples/noop_webhook.rs`, the same TLS setup), one with stateful-guard (the
-//!    release binary, the embedded default policy, its caches watching the cluster). Each has a
+//! 1. **Create latency.** Four namespaces: one no webhook is called for, one with a no-op
+//!    webhook (`examples/noop_webhook.rs`, the same TLS setup), one with the no-op answering
+//!    with the patch stateful-guard sends (what the apiserver's own work on the patch costs),
+//!    one with stateful-guard (the release binary, the embedded default policy, its caches
+//!    watching the cluster). Each has a
 //!    mutating and a validating webhook configuration (`failurePolicy: Fail`, so a failed call
 //!    would show as an error). The zookeeper StatefulSet (with a PDB, so it is admitted, and
-//!    mutated) is created in the three in turn, one keep-alive client, so that drift on the
-//!    machine hits all three alike. The medians and 90th percentiles, and the ratios.
+//!    mutated) is created in the four in turn, one keep-alive client, so that drift on the
+//!    machine hits all alike. The medians and 90th percentiles, the ratios, and the webhook
+//!    calls as the apiserver's metrics timed them.
 //! 2. **Memory at cluster scale.** 10,000 PDBs (in 100 namespaces), 2,000 namespaces and 50
 //!    StorageClasses are created; the RSS of the running stateful-guard (which watched them
 //!    arrive) and of a fresh one started against the full cluster (its initial lists), once
@@ -44,7 +47,7 @@ use common::server::Log;
 /// Creates timed per namespace (after the warm-up).
 const CREATES: usize = 300;
 const WARM_UP: usize = 20;
-const NAMESPACES: [&str; 3] = ["none", "noop", "guard"];
+const NAMESPACES: [&str; 4] = ["none", "noop", "patched", "guard"];
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -222,6 +225,97 @@ fn pdb_for(sts: &StatefulSet, name: &str) -> PodDisruptionBudget {
     .unwrap()
 }
 
+/// The webhook calls as kube-apiserver timed them (its
+/// `apiserver_admission_webhook_admission_duration_seconds`, warm-up included): what a create
+/// spends in the webhook's round trip, apart from the apiserver's own work on the answer (a
+/// patch to apply, a larger object to validate and store).
+async fn webhook_calls(client: &kube::Client) {
+    let metrics = client
+        .request_text(http::Request::get("/metrics").body(Vec::new()).unwrap())
+        .await
+        .unwrap();
+    let sum_count = |name: &str, kind: &str| {
+        let series = |suffix: &str| {
+            metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!(
+                        "apiserver_admission_webhook_admission_duration_seconds_{suffix}{{"
+                    )) && l.contains(&format!("name=\"{name}.bench.stateful-guard.io\""))
+                        && l.contains(&format!("type=\"{kind}\""))
+                        && l.contains("operation=\"CREATE\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        (series("sum"), series("count"))
+    };
+    let mean = |name: &str, kind: &str| {
+        let (sum, count) = sum_count(name, kind);
+        if count > 0.0 {
+            sum / count * 1e3
+        } else {
+            f64::NAN
+        }
+    };
+    println!(
+        "  webhook calls as kube-apiserver timed them (mean; a mutating call's time includes applying its patch):\n    no-op mutate {:.2} ms, validate {:.2} ms; the no-op with the patch mutate {:.2} ms, validate {:.2} ms; stateful-guard mutate {:.2} ms, validate {:.2} ms",
+        mean("noop", "admit"),
+        mean("noop", "validating"),
+        mean("patched", "admit"),
+        mean("patched", "validating"),
+        mean("guard", "admit"),
+        mean("guard", "validating"),
+    );
+}
+
+/// The JSON Patch stateful-guard answers for `sts` created in the bench's namespaces: the
+/// object as the apiserver defaults it (a dry-run create where no webhook is called), reviewed
+/// in-process with the embedded default policy.
+async fn guard_patch(client: &kube::Client, sts: &StatefulSet) -> Vec<u8> {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let defaulted = Api::<StatefulSet>::namespaced(client.clone(), "default")
+        .create(&dry_run, sts)
+        .await
+        .unwrap();
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "00000000-0000-0000-0000-000000000000",
+            "kind": {"group": "apps", "version": "v1", "kind": "StatefulSet"},
+            "resource": {"group": "apps", "version": "v1", "resource": "statefulsets"},
+            "name": defaulted.metadata.name,
+            "namespace": "patched",
+            "operation": "CREATE",
+            "userInfo": {"username": "bench"},
+            "object": defaulted,
+        }
+    });
+    let policies =
+        stateful_guard::policy::PolicySet::embedded_default(vec!["stateful-guard".into()]).unwrap();
+    let cluster = stateful_guard::cluster::Snapshot::known(vec![], vec![], vec![]);
+    let reviewer = stateful_guard::admission::Reviewer {
+        policies: &policies,
+        cluster: &cluster,
+        live: None,
+        uninterpretable: stateful_guard::admission::Uninterpretable::Allow,
+        statefulset_controllers: &[],
+    };
+    let body = serde_json::to_vec(&review).unwrap();
+    let (answer, _) = reviewer
+        .review(stateful_guard::engine::Phase::Mutate, &body)
+        .await
+        .unwrap();
+    answer
+        .response
+        .and_then(|r| r.patch)
+        .expect("stateful-guard patches the zookeeper")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[at].as_secs_f64() * 1e3
@@ -249,12 +343,26 @@ async fn run(api: &Apiserver) {
         .arg(certs.path().join("tls.key"));
     let noop = Process::start(command);
     noop.wait_for("noop webhook serving");
+    let sts = zookeeper();
+    // The no-op again, answering with the patch stateful-guard sends for this StatefulSet: what
+    // the apiserver does with the patch (apply it, decode and validate a larger object, store
+    // it), apart from the webhook that computed it.
+    let patch = certs.path().join("patch.json");
+    std::fs::write(&patch, guard_patch(&client, &sts).await).unwrap();
+    let patched_port = free_port();
+    let mut command = Command::new(target_dir().join("release/examples/noop_webhook"));
+    command
+        .arg(format!("127.0.0.1:{patched_port}"))
+        .arg(certs.path().join("tls.crt"))
+        .arg(certs.path().join("tls.key"))
+        .arg(&patch);
+    let patched = Process::start(command);
+    patched.wait_for("noop webhook serving");
     let guard_port = free_port();
     // Admission alone: a background scan (every 10 s while StatefulSets are being created)
     // would share the two cores with the creates.
     let running = guard(api, certs.path(), guard_port, "0");
 
-    let sts = zookeeper();
     let name = sts.metadata.name.clone().unwrap();
     for ns in NAMESPACES {
         let namespace: Namespace =
@@ -270,11 +378,12 @@ async fn run(api: &Apiserver) {
             .unwrap();
     }
     register(&client, "noop", noop_port, &bundle.ca_cert).await;
+    register(&client, "patched", patched_port, &bundle.ca_cert).await;
     register(&client, "guard", guard_port, &bundle.ca_cert).await;
     // The apiserver's webhook configuration informer, and the guard's PDB cache.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut times: [Vec<Duration>; 4] = Default::default();
     for i in 0..WARM_UP + CREATES {
         for (n, ns) in NAMESPACES.iter().enumerate() {
             let mut object = sts.clone();
@@ -284,7 +393,7 @@ async fn run(api: &Apiserver) {
             let created = api.create(&PostParams::default(), &object).await;
             let took = started.elapsed();
             let created = created.unwrap_or_else(|e| panic!("create in {ns}: {e}"));
-            if *ns == "guard" && i == 0 {
+            if matches!(*ns, "guard" | "patched") && i == 0 {
                 let spec = created.spec;
                 assert_eq!(
                     spec.pod_management_policy.as_deref(),
@@ -301,15 +410,16 @@ async fn run(api: &Apiserver) {
         "kube-apiserver 1.26 on loopback, {} cores; {CREATES} creates of the zookeeper StatefulSet per case, one keep-alive client, interleaved",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut medians = [0.0; 3];
+    let mut medians = [0.0; 4];
     for (n, ns) in NAMESPACES.iter().enumerate() {
         times[n].sort();
         medians[n] = percentile(&times[n], 0.5);
         println!(
-            "  {:<32} median {:.2} ms  p90 {:.2} ms",
+            "  {:<52} median {:.2} ms  p90 {:.2} ms",
             match *ns {
                 "none" => "no webhook",
                 "noop" => "no-op webhook (mutate + validate)",
+                "patched" => "no-op webhook answering with stateful-guard's patch",
                 _ => "stateful-guard (mutate + validate)",
             },
             medians[n],
@@ -318,10 +428,16 @@ async fn run(api: &Apiserver) {
     }
     println!(
         "  ratio stateful-guard / no-op {:.2}x, stateful-guard / no webhook {:.2}x, no-op / no webhook {:.2}x",
-        medians[2] / medians[1],
-        medians[2] / medians[0],
+        medians[3] / medians[1],
+        medians[3] / medians[0],
         medians[1] / medians[0]
     );
+    println!(
+        "  ratio stateful-guard / the no-op with its patch {:.2}x, the no-op with the patch / the no-op {:.2}x",
+        medians[3] / medians[2],
+        medians[2] / medians[1]
+    );
+    webhook_calls(&client).await;
     let (rss, peak) = running.memory();
     let (noop_rss, noop_peak) = noop.memory();
     println!(

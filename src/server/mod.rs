@@ -378,6 +378,12 @@ pub async fn serve(
             drop(tcp);
             continue;
         };
+        // A response goes out as soon as it is written: with Nagle's algorithm, a write behind
+        // unacknowledged data (the TLS record after an HTTP/2 HEADERS frame) waits for the peer's
+        // ACK, which the peer may delay. Go's net/http, kube-apiserver's side, sets the same.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         // Whether the connection has sent a request yet (an HTTP/2 client that never sends
         // its preface or a request is closed after the header timeout, like a silent HTTP/1.1
