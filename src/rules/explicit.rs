@@ -288,15 +288,20 @@ managedFields:
         })
     }
 
+    /// Paths of up to three keys: those of [`json`], and one that no tree has.
+    fn path() -> impl proptest::strategy::Strategy<Value = Vec<&'static str>> {
+        proptest::collection::vec(
+            proptest::sample::select(vec!["a", "spec", "b\"\\c", "é", "x"]),
+            0..4,
+        )
+    }
+
     proptest::proptest! {
         /// Walking the text agrees with looking the path up in the decoded tree, for any JSON.
         #[test]
         fn manifest_has_agrees_with_the_tree(
             tree in json(),
-            path in proptest::collection::vec(
-                proptest::sample::select(vec!["a", "spec", "b\"\\c", "é", "x"]),
-                0..4,
-            ),
+            path in path(),
         ) {
             let text = serde_json::to_string(&tree).unwrap();
             let by_tree = path.iter().try_fold(&tree, |v, key| v.get(*key)).is_some();
@@ -307,10 +312,7 @@ managedFields:
         #[test]
         fn owns_reads_a_set_as_text_as_it_reads_its_tree(
             tree in json(),
-            path in proptest::collection::vec(
-                proptest::sample::select(vec!["a", "spec", "b\"\\c", "é", "x"]),
-                0..4,
-            ),
+            path in path(),
         ) {
             // A set is an object (a string in its place is the text form).
             proptest::prop_assume!(tree.is_object());
