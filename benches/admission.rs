@@ -10,6 +10,15 @@ fn bench(c: &mut Criterion) {
         let body = common::fixture(name);
         c.bench_function(name, |b| b.iter(|| hot.review(phase, &body)));
     }
+    // With 10,000 PDBs cached in 2,000 namespaces: what a review that reads its namespace's
+    // PDBs or StatefulSets costs in a large cluster.
+    let hot = common::HotPath::at_scale();
+    for (name, phase) in common::AT_SCALE {
+        let body = common::fixture(name);
+        c.bench_function(&format!("{name} with 10,000 PDBs cached"), |b| {
+            b.iter(|| hot.review(phase, &body))
+        });
+    }
 }
 
 criterion_group!(benches, bench);

@@ -37,12 +37,20 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
-    let hot = common::HotPath::new();
     println!(
-        "{:<46} {:>9} {:>12} {:>14}",
+        "{:<50} {:>9} {:>12} {:>14}",
         "review", "body", "allocations", "bytes"
     );
-    for (name, phase) in common::CASES {
+    let hot = common::HotPath::new();
+    let at_scale = common::HotPath::at_scale();
+    let cases = common::CASES
+        .iter()
+        .map(|&(name, phase)| (name, phase, &hot, ""));
+    // Again with 10,000 PDBs cached: a review reads its own namespace's, whatever the cluster's size.
+    let scaled = common::AT_SCALE
+        .into_iter()
+        .map(|(name, phase)| (name, phase, &at_scale, " (10,000 PDBs cached)"));
+    for (name, phase, hot, note) in cases.chain(scaled) {
         let body = common::fixture(name);
         hot.review(phase, &body);
         let (count, bytes) = (
@@ -53,6 +61,10 @@ fn main() {
         let count = ALLOCATIONS.load(Ordering::Relaxed) - count;
         let bytes = BYTES.load(Ordering::Relaxed) - bytes;
         assert!(!out.is_empty());
-        println!("{name:<46} {:>7} B {count:>12} {:>12} B", body.len(), bytes);
+        println!(
+            "{name:<50} {:>7} B {count:>12} {:>12} B{note}",
+            body.len(),
+            bytes
+        );
     }
 }

@@ -146,6 +146,16 @@ impl Installed {
             .map(|w| w.log.text())
             .unwrap_or_default()
     }
+
+    /// Waits for a line of the webhook's log (it writes them in batches, within tens of
+    /// milliseconds), failing with `what` and the log.
+    fn expect_log(&self, needle: &str, what: &str) {
+        self.webhook.as_ref().expect("the webhook runs").log.expect(
+            needle,
+            Duration::from_secs(10),
+            what,
+        );
+    }
 }
 
 /// Installs everything `deploy/base` renders but the Deployment (no kubelet here).
@@ -522,7 +532,10 @@ fn policy_configmap(i: &Installed) {
         let out = try_create();
         !out.status.success() && stderr(&out).contains("every policy source is gone")
     });
-    assert!(i.logs().contains("every policy source is gone"));
+    i.expect_log(
+        "every policy source is gone",
+        "the lost source is in the log",
+    );
     api.ok(
         &[
             "label",
@@ -909,10 +922,9 @@ fn controller_created_claims(i: &Installed) {
         None,
     );
     assert_eq!(classes("keep", 3), ["standard", "standard", "standard"]);
-    assert!(
-        i.logs()
-            .contains("is created by the StatefulSet controller"),
-        "reported once in the review's log"
+    i.expect_log(
+        "is created by the StatefulSet controller",
+        "reported once in the review's log",
     );
 }
 
@@ -1250,7 +1262,11 @@ fn background_audit(i: &mut Installed) {
     eventually(40, "the new writer's PolicyReport fails web again", || {
         policy_report().is_some_and(|r| pdb_fails(&r))
     });
-    assert!(second.log.text().contains("PolicyReports updated"));
+    second.log.expect(
+        "PolicyReports updated",
+        Duration::from_secs(10),
+        "the new writer says it wrote",
+    );
     // A replica that stops as a pod does (SIGTERM: a rolling update, a drain) hands the Lease
     // over at once instead of after its 15 s.
     i.start_webhook();
@@ -1280,10 +1296,10 @@ fn background_audit(i: &mut Installed) {
         "Lease handed over {:.1} s after SIGTERM",
         stopped.elapsed().as_secs_f64()
     );
-    assert!(
-        second.log.text().contains("Lease is released"),
-        "{}",
-        second.log.text()
+    second.log.expect(
+        "Lease is released",
+        Duration::from_secs(10),
+        "the stopped replica released its Lease",
     );
     let _ = second.child.wait();
 }

@@ -79,6 +79,7 @@ async fn a_statefulset_with_20000_containers_gets_a_small_answer() {
         warnings.last()
     );
     // The log has one bounded event for the review, not one per container.
+    assert!(server.wait_for_reviews(1), "{}", server.logs());
     let review_events = server
         .logs()
         .lines()
@@ -170,6 +171,7 @@ async fn strings_from_the_request_never_reach_metric_labels_or_grow_logs() {
         "unknown kinds are counted as other"
     );
     assert!(metrics.len() < 64 * 1024, "{}", metrics.len());
+    assert!(server.wait_for_reviews(5), "{}", server.logs());
     assert!(
         server.logs().len() < 64 * 1024,
         "{} bytes of logs",

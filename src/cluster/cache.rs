@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -18,6 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
+use super::index::Indexed;
 use super::{
     ClaimOwner, ClusterView, built_in_priority_class, claim_owner_among, namespace_projection,
     pdb_projection, priority_class_projection, statefulset_projection, storage_class_projection,
@@ -41,12 +42,13 @@ pub enum LiveListError {
 #[derive(Clone)]
 pub struct ClusterCache {
     client: Client,
-    pdbs: Store<PodDisruptionBudget>,
+    /// By namespace: a review reads its namespace's PDBs, not the cluster's.
+    pdbs: Indexed<PodDisruptionBudget>,
     storage_classes: Store<StorageClass>,
     namespaces: Store<Namespace>,
     /// Projections (name and claim template names), to recognise the claims the StatefulSet
-    /// controller creates.
-    statefulsets: Store<StatefulSet>,
+    /// controller creates; by namespace, as the PDBs.
+    statefulsets: Indexed<StatefulSet>,
     priority_classes: Store<PriorityClass>,
     /// With the background audit: notified on every change of an object it evaluates
     /// (StatefulSets, PVCs) or that changes their verdict (PDBs, classes, namespaces).
@@ -92,12 +94,12 @@ impl ClusterCache {
             namespace_projection,
             changed.clone(),
         );
-        let pdbs = spawn_reflector::<PodDisruptionBudget>(
+        let pdbs = spawn_indexed::<PodDisruptionBudget>(
             Api::all(client.clone()),
             pdb_projection,
             changed.clone(),
         );
-        let statefulsets = spawn_reflector::<StatefulSet>(
+        let statefulsets = spawn_indexed::<StatefulSet>(
             Api::all(client.clone()),
             statefulset_projection,
             changed.clone(),
@@ -125,14 +127,14 @@ impl ClusterCache {
                 synced.clone(),
             );
             tokio::spawn(async move {
-                let ready = futures::future::try_join5(
-                    pdbs.wait_until_ready(),
+                let ready = futures::future::try_join3(
                     classes.wait_until_ready(),
                     namespaces.wait_until_ready(),
-                    statefulsets.wait_until_ready(),
                     priorities.wait_until_ready(),
-                )
-                .await;
+                );
+                let indexed =
+                    futures::future::join(pdbs.wait_until_ready(), statefulsets.wait_until_ready());
+                let (ready, _) = futures::future::join(ready, indexed).await;
                 match ready {
                     Ok(_) => {
                         synced.store(true, Ordering::Release);
@@ -224,7 +226,7 @@ fn listing() -> watcher::Config {
 const LIST_PAGE: u32 = 100;
 
 /// A reflector whose store keeps each object after `project` (which drops what the rules never
-/// read, so the cache stays small); `changed` is notified on every change once synced.
+/// read, so the cache stays small); `changed` is notified on every change.
 fn spawn_reflector<K>(
     api: Api<K>,
     project: fn(&mut K),
@@ -244,14 +246,37 @@ where
     reader
 }
 
+/// [`spawn_reflector`] for the kinds the rules read one namespace at a time: the events go to
+/// an [`Indexed`] store (which takes the objects, where kube's store clones them).
+fn spawn_indexed<K>(
+    api: Api<K>,
+    project: fn(&mut K),
+    changed: Option<Arc<tokio::sync::Notify>>,
+) -> Indexed<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let store = Indexed::default();
+    let kind = K::kind(&());
+    let stream = watcher(api, listing())
+        .default_backoff()
+        .modify(project)
+        .map_ok({
+            let store = store.clone();
+            move |event| store.apply(event)
+        });
+    drive(kind, stream, changed);
+    store
+}
+
 /// Runs a watch's stream until the process ends: `changed` (if any) is notified of every
 /// change, errors are logged (the stream retries with backoff).
-fn drive<K, S>(
+fn drive<T, S>(
     kind: std::borrow::Cow<'static, str>,
     stream: S,
     changed: Option<Arc<tokio::sync::Notify>>,
 ) where
-    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -284,8 +309,7 @@ impl ClusterView for ClusterCache {
         self.is_synced()
     }
     fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
-        self.pdbs
-            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        self.pdbs.in_namespace(namespace)
     }
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
         self.storage_classes.get(&ObjectRef::new(name))
@@ -304,9 +328,7 @@ impl ClusterView for ClusterCache {
             .map(|ns| ns.metadata.labels.clone().unwrap_or_default())
     }
     fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner> {
-        let statefulsets = self
-            .statefulsets
-            .state_filter(|s| s.metadata.namespace.as_deref() == Some(namespace));
+        let statefulsets = self.statefulsets.in_namespace(namespace);
         claim_owner_among(statefulsets.iter().map(|s| s.as_ref()), claim)
     }
 }

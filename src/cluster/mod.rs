@@ -11,10 +11,14 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub mod cache;
 pub mod health;
+pub mod index;
 pub mod pages;
+
+use index::ByNamespace;
 
 /// The annotations that mark a StorageClass as the cluster default (GA and the older beta one).
 const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
@@ -102,13 +106,20 @@ pub fn claim_owner_among<'a>(
     })
 }
 
+/// Metadata reduced to the name and namespace (the watch keeps its resourceVersion itself, and
+/// the namespaced stores key objects by namespace and name).
+fn name_only(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        ..ObjectMeta::default()
+    };
+}
+
 /// A PodDisruptionBudget reduced to what the rules read (name, namespace, selector, budget):
 /// the cache keeps this, not managedFields, annotations and status.
 pub fn pdb_projection(pdb: &mut PodDisruptionBudget) {
-    pdb.metadata.managed_fields = None;
-    pdb.metadata.annotations = None;
-    pdb.metadata.labels = None;
-    pdb.metadata.owner_references = None;
+    name_only(&mut pdb.metadata);
     pdb.status = None;
 }
 
@@ -144,10 +155,7 @@ pub fn namespace_projection(ns: &mut Namespace) {
 /// A StatefulSet reduced to what the cluster view needs (name, namespace, claim template names):
 /// the cache keeps this, not the whole object with its pod template and managedFields.
 pub fn statefulset_projection(sts: &mut StatefulSet) {
-    sts.metadata.managed_fields = None;
-    sts.metadata.annotations = None;
-    sts.metadata.labels = None;
-    sts.metadata.owner_references = None;
+    name_only(&mut sts.metadata);
     sts.spec.template = Default::default();
     sts.spec.selector = Default::default();
     sts.status = None;
@@ -168,7 +176,7 @@ pub fn built_in_priority_class(name: &str) -> Option<Arc<PriorityClass>> {
         _ => return None,
     };
     Some(Arc::new(PriorityClass {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        metadata: ObjectMeta {
             name: Some(name.to_owned()),
             ..Default::default()
         },
@@ -190,10 +198,10 @@ pub fn is_default_class(sc: &StorageClass) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     known: bool,
-    pdbs: Vec<Arc<PodDisruptionBudget>>,
+    pdbs: ByNamespace<PodDisruptionBudget>,
     storage_classes: Vec<Arc<StorageClass>>,
     namespaces: Vec<Arc<Namespace>>,
-    statefulsets: Vec<Arc<StatefulSet>>,
+    statefulsets: ByNamespace<StatefulSet>,
     priority_classes: Vec<Arc<PriorityClass>>,
     /// The classes are the cluster's whole list (read from it), not what some input held.
     classes_complete: bool,
@@ -213,10 +221,10 @@ impl Snapshot {
     ) -> Self {
         Self {
             known: true,
-            pdbs: pdbs.into_iter().map(Arc::new).collect(),
+            pdbs: pdbs.into_iter().collect(),
             storage_classes: storage_classes.into_iter().map(Arc::new).collect(),
             namespaces: namespaces.into_iter().map(Arc::new).collect(),
-            statefulsets: Vec::new(),
+            statefulsets: ByNamespace::default(),
             priority_classes: Vec::new(),
             classes_complete: false,
         }
@@ -238,7 +246,7 @@ impl Snapshot {
 
     /// The same, also knowing these StatefulSets.
     pub fn with_statefulsets(mut self, statefulsets: Vec<StatefulSet>) -> Self {
-        self.statefulsets = statefulsets.into_iter().map(Arc::new).collect();
+        self.statefulsets = statefulsets.into_iter().collect();
         self
     }
 }
@@ -251,11 +259,7 @@ impl ClusterView for Snapshot {
         self.known && (self.classes_complete || !self.storage_classes.is_empty())
     }
     fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
-        self.pdbs
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == namespace)
-            .cloned()
-            .collect()
+        self.pdbs.in_namespace(namespace)
     }
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
         self.storage_classes
@@ -285,8 +289,8 @@ impl ClusterView for Snapshot {
     fn claim_owner(&self, namespace: &str, claim: &str) -> Option<ClaimOwner> {
         claim_owner_among(
             self.statefulsets
+                .in_namespace(namespace)
                 .iter()
-                .filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == namespace)
                 .map(|s| s.as_ref()),
             claim,
         )

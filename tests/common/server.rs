@@ -118,6 +118,28 @@ impl Log {
     }
 
     /// Waits until a line contains `needle`; returns that line.
+    /// Waits until `n` lines contain `needle` (lines reach the log within tens of
+    /// milliseconds: the server writes them in batches).
+    pub fn wait_for_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if count >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -217,6 +239,12 @@ impl Server {
     /// Waits until a log line contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         self.log.wait_for(needle, timeout).is_some()
+    }
+
+    /// Waits until the log holds the events of `n` reviews.
+    pub fn wait_for_reviews(&self, n: usize) -> bool {
+        self.log
+            .wait_for_count("\"admission review\"", n, Duration::from_secs(10))
     }
 
     pub async fn tls(&self, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
