@@ -30,6 +30,10 @@ use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
 
+/// A request not answered in this long is an error (kube-apiserver's webhook timeout is at
+/// most 30 s; the webhooks are deployed with 5 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Where to send, and what.
 struct Target {
     addr: String,
@@ -106,15 +110,16 @@ async fn connection(target: &Target, mut conn: Option<Conn>, schedule: &Schedule
             tally.errors += 1;
             continue;
         };
-        match exchange(c, target).await {
-            Ok(code) => {
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange(c, target)).await {
+            Ok(Ok(code)) => {
                 let us = from.elapsed().as_micros().min(u32::MAX as u128) as u32;
                 tally.latencies_us.push(us);
                 if !(200..300).contains(&code) {
                     tally.non_2xx += 1;
                 }
             }
-            Err(_) => {
+            // A failed exchange, or no answer in time: an error, and a new connection.
+            Ok(Err(_)) | Err(_) => {
                 tally.errors += 1;
                 conn = None;
             }
@@ -214,7 +219,7 @@ fn main() {
             .collect();
         let mut tallies = Vec::new();
         for task in tasks {
-            tallies.push(task.await.unwrap_or_default());
+            tallies.push(task.await.unwrap_or_else(|e| fail("a connection", &e)));
         }
         tallies
     });

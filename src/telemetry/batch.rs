@@ -57,7 +57,8 @@ impl Shared {
     fn push(&self, line: &[u8]) {
         let mut state = self.lock();
         let before = state.batch.len();
-        if before + line.len() > self.limit {
+        // Past the limit, or after the last write at shutdown: nothing would write it.
+        if before + line.len() > self.limit || state.closing {
             drop(state);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -103,7 +104,11 @@ pub fn spawn(
     limit: usize,
 ) -> std::io::Result<(BatchWriter, FlushGuard)> {
     let shared = Arc::new(Shared {
-        state: Mutex::default(),
+        // Room for a batch at the start, so that the first lines do not grow it under the lock.
+        state: Mutex::new(State {
+            batch: Vec::with_capacity(KEPT_CAPACITY),
+            closing: false,
+        }),
         wake: Condvar::new(),
         limit,
         dropped: AtomicUsize::new(0),
@@ -207,9 +212,13 @@ mod tests {
         for i in 0..3 {
             writeln!(writer.make_writer(), "line {i}").unwrap();
         }
-        let batch = received.recv_timeout(Duration::from_secs(5)).unwrap();
+        // One batch, or more if the interval ended between two lines.
+        let mut written = Vec::new();
+        while written.len() < 21 {
+            written.extend(received.recv_timeout(Duration::from_secs(5)).unwrap());
+        }
         assert!(sent.elapsed() < FLUSH_INTERVAL * 20, "{:?}", sent.elapsed());
-        assert_eq!(batch, b"line 0\nline 1\nline 2\n");
+        assert_eq!(written, b"line 0\nline 1\nline 2\n");
     }
 
     #[test]
@@ -220,6 +229,9 @@ mod tests {
         drop(guard);
         let all: Vec<u8> = received.try_iter().flatten().collect();
         assert_eq!(all, b"last words\n");
+        // Nothing writes after that: a later line is counted as dropped, not kept.
+        writer.make_writer().write_all(b"too late\n").unwrap();
+        assert_eq!(writer.dropped_lines(), 1);
     }
 
     #[test]

@@ -117,7 +117,6 @@ impl Log {
         })
     }
 
-    /// Waits until a line contains `needle`; returns that line.
     /// Waits until `n` lines contain `needle` (lines reach the log within tens of
     /// milliseconds: the server writes them in batches).
     pub fn wait_for_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
@@ -140,6 +139,7 @@ impl Log {
         }
     }
 
+    /// Waits until a line contains `needle`; returns that line.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -241,10 +241,14 @@ impl Server {
         self.log.wait_for(needle, timeout).is_some()
     }
 
-    /// Waits until the log holds the events of `n` reviews.
+    /// Waits until the log holds the events of `n` reviews, then for one more batch of lines
+    /// (whatever the server logged with them).
     pub fn wait_for_reviews(&self, n: usize) -> bool {
-        self.log
-            .wait_for_count("\"admission review\"", n, Duration::from_secs(10))
+        let found = self
+            .log
+            .wait_for_count("\"admission review\"", n, Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+        found
     }
 
     pub async fn tls(&self, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
