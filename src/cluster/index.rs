@@ -70,13 +70,6 @@ impl<K: Resource> ByNamespace<K> {
             .unwrap_or_default()
     }
 
-    /// Every object.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<K>> {
-        self.namespaces
-            .values()
-            .flat_map(|objects| objects.values())
-    }
-
     /// How many objects there are.
     pub fn len(&self) -> usize {
         self.namespaces.values().map(BTreeMap::len).sum()
