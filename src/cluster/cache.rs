@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 
 use super::index::Indexed;
 use super::{
-    ClaimOwner, ClusterView, built_in_priority_class, claim_owner_among, namespace_projection,
-    pdb_projection, priority_class_projection, statefulset_projection, storage_class_projection,
+    ClaimOwner, ClaimTemplates, ClusterView, Pdb, built_in_priority_class, claim_owner_among,
+    namespace_projection, priority_class_projection, storage_class_projection,
 };
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
@@ -43,12 +43,12 @@ pub enum LiveListError {
 pub struct ClusterCache {
     client: Client,
     /// By namespace: a review reads its namespace's PDBs, not the cluster's.
-    pdbs: Indexed<PodDisruptionBudget>,
+    pdbs: Indexed<Pdb>,
     storage_classes: Store<StorageClass>,
     namespaces: Store<Namespace>,
-    /// Projections (name and claim template names), to recognise the claims the StatefulSet
-    /// controller creates; by namespace, as the PDBs.
-    statefulsets: Indexed<StatefulSet>,
+    /// Their claim templates' names, to recognise the claims the StatefulSet controller
+    /// creates; by namespace, as the PDBs.
+    statefulsets: Indexed<ClaimTemplates>,
     priority_classes: Store<PriorityClass>,
     /// With the background audit: notified on every change of an object it evaluates
     /// (StatefulSets, PVCs) or that changes their verdict (PDBs, classes, namespaces).
@@ -94,14 +94,14 @@ impl ClusterCache {
             namespace_projection,
             changed.clone(),
         );
-        let pdbs = spawn_indexed::<PodDisruptionBudget>(
+        let pdbs = spawn_indexed::<PodDisruptionBudget, _>(
             Api::all(client.clone()),
-            pdb_projection,
+            Pdb::from,
             changed.clone(),
         );
-        let statefulsets = spawn_indexed::<StatefulSet>(
+        let statefulsets = spawn_indexed::<StatefulSet, _>(
             Api::all(client.clone()),
-            statefulset_projection,
+            ClaimTemplates::from,
             changed.clone(),
         );
         let priority_classes = spawn_reflector::<PriorityClass>(
@@ -174,15 +174,16 @@ impl ClusterCache {
 
     /// One live list of a namespace's PDBs: the cache-miss check before a denial, bounded by
     /// [`LIVE_LIST_BUDGET`].
-    pub async fn live_pdbs(
-        &self,
-        namespace: &str,
-    ) -> Result<Vec<Arc<PodDisruptionBudget>>, LiveListError> {
+    pub async fn live_pdbs(&self, namespace: &str) -> Result<Vec<Arc<Pdb>>, LiveListError> {
         let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), namespace);
         let list = tokio::time::timeout(LIVE_LIST_BUDGET, api.list(&ListParams::default()))
             .await
             .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
-        Ok(list.items.into_iter().map(Arc::new).collect())
+        Ok(list
+            .items
+            .into_iter()
+            .map(|pdb| Arc::new(Pdb::from(pdb)))
+            .collect())
     }
 
     /// One live read of a namespace's labels, for a namespace the cache does not know yet
@@ -210,7 +211,8 @@ impl ClusterCache {
         let list = tokio::time::timeout(LIVE_LIST_BUDGET, api.list(&ListParams::default()))
             .await
             .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
-        Ok(claim_owner_among(&list.items, claim))
+        let kept: Vec<_> = list.items.into_iter().map(ClaimTemplates::from).collect();
+        Ok(claim_owner_among(&kept, claim))
     }
 }
 
@@ -247,24 +249,23 @@ where
 }
 
 /// [`spawn_reflector`] for the kinds the rules read one namespace at a time: the events go to
-/// an [`Indexed`] store (which takes the objects, where kube's store clones them).
-fn spawn_indexed<K>(
+/// an [`Indexed`] store, which keeps what `keep` makes of each object (a type of
+/// [`super::kept`], a fraction of the object's size).
+fn spawn_indexed<K, V>(
     api: Api<K>,
-    project: fn(&mut K),
+    keep: fn(K) -> V,
     changed: Option<Arc<tokio::sync::Notify>>,
-) -> Indexed<K>
+) -> Indexed<V>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    V: Send + Sync + 'static,
 {
     let store = Indexed::default();
     let kind = K::kind(&());
-    let stream = watcher(api, listing())
-        .default_backoff()
-        .modify(project)
-        .map_ok({
-            let store = store.clone();
-            move |event| store.apply(event)
-        });
+    let stream = watcher(api, listing()).default_backoff().map_ok({
+        let store = store.clone();
+        move |event| store.apply(event, keep)
+    });
     drive(kind, stream, changed);
     store
 }
@@ -308,7 +309,7 @@ impl ClusterView for ClusterCache {
     fn is_known(&self) -> bool {
         self.is_synced()
     }
-    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<Pdb>> {
         self.pdbs.in_namespace(namespace)
     }
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {

@@ -1,20 +1,22 @@
 //! Objects by namespace, then name: what the rules ask for is one namespace's PDBs or
 //! StatefulSets, and a review must not walk the whole cluster's. kube-runtime's `Store` keeps
 //! one flat map (reading a namespace is a filter over every object), so the namespaced caches
-//! keep an [`Indexed`] store instead, fed by the same watcher events.
+//! keep an [`Indexed`] store instead, fed by the same watcher events. What they keep of each
+//! object is a type of `super::kept`, made when the event arrives.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use kube::Resource;
 use kube::runtime::watcher;
 
-/// Objects by namespace and name. Within a namespace they come out by name.
+/// What is kept of objects, by their namespace and name. Within a namespace it comes out by
+/// name.
 #[derive(Debug)]
-pub struct ByNamespace<K> {
-    namespaces: HashMap<String, BTreeMap<String, Arc<K>>>,
+pub struct ByNamespace<V> {
+    namespaces: HashMap<String, BTreeMap<String, Arc<V>>>,
 }
 
-impl<K> Default for ByNamespace<K> {
+impl<V> Default for ByNamespace<V> {
     fn default() -> Self {
         Self {
             namespaces: HashMap::new(),
@@ -22,7 +24,7 @@ impl<K> Default for ByNamespace<K> {
     }
 }
 
-impl<K> Clone for ByNamespace<K> {
+impl<V> Clone for ByNamespace<V> {
     fn clone(&self) -> Self {
         Self {
             namespaces: self.namespaces.clone(),
@@ -40,19 +42,25 @@ fn key<K: Resource>(obj: &K) -> (&str, &str) {
     )
 }
 
-impl<K: Resource> ByNamespace<K> {
-    /// Adds or replaces the object of that namespace and name.
-    pub fn insert(&mut self, obj: Arc<K>) {
-        let (namespace, name) = key(obj.as_ref());
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        self.namespaces
-            .entry(namespace)
-            .or_default()
-            .insert(name, obj);
+impl<V> ByNamespace<V> {
+    /// Adds or replaces the value kept for that namespace and name.
+    fn insert(&mut self, namespace: &str, name: &str, value: Arc<V>) {
+        let objects = match self.namespaces.get_mut(namespace) {
+            Some(objects) => objects,
+            None => self.namespaces.entry(namespace.to_owned()).or_default(),
+        };
+        objects.insert(name.to_owned(), value);
     }
 
-    /// Removes the object of `obj`'s namespace and name.
-    pub fn remove(&mut self, obj: &K) {
+    /// Adds or replaces the value kept for `obj`: what `keep` makes of it.
+    pub fn insert_kept<K: Resource>(&mut self, obj: K, keep: impl FnOnce(K) -> V) {
+        let (namespace, name) = key(&obj);
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        self.insert(&namespace, &name, Arc::new(keep(obj)));
+    }
+
+    /// Removes the value kept for `obj`'s namespace and name.
+    pub fn remove<K: Resource>(&mut self, obj: &K) {
         let (namespace, name) = key(obj);
         if let Some(objects) = self.namespaces.get_mut(namespace) {
             objects.remove(name);
@@ -62,15 +70,15 @@ impl<K: Resource> ByNamespace<K> {
         }
     }
 
-    /// The objects of one namespace, by name.
-    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+    /// The values of one namespace, by name.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<V>> {
         self.namespaces
             .get(namespace)
             .map(|objects| objects.values().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// How many objects there are.
+    /// How many values there are.
     pub fn len(&self) -> usize {
         self.namespaces.values().map(BTreeMap::len).sum()
     }
@@ -78,13 +86,12 @@ impl<K: Resource> ByNamespace<K> {
     pub fn is_empty(&self) -> bool {
         self.namespaces.is_empty()
     }
-}
 
-impl<K: Resource> FromIterator<K> for ByNamespace<K> {
-    fn from_iter<I: IntoIterator<Item = K>>(objects: I) -> Self {
+    /// What `keep` makes of each of `objects`, by their namespace and name.
+    pub fn kept<K: Resource>(objects: impl IntoIterator<Item = K>, keep: impl Fn(K) -> V) -> Self {
         let mut index = Self::default();
         for obj in objects {
-            index.insert(Arc::new(obj));
+            index.insert_kept(obj, &keep);
         }
         index
     }
@@ -93,24 +100,31 @@ impl<K: Resource> FromIterator<K> for ByNamespace<K> {
 /// A [`ByNamespace`] kept by a watch: [`Indexed::apply`] takes its events as kube-runtime's
 /// store does (a relist is collected apart and replaces the whole content at once, so objects
 /// deleted while the watch was down go away). Cheap to clone; clones share the content.
-#[derive(Clone)]
-pub struct Indexed<K> {
-    shared: Arc<Shared<K>>,
+pub struct Indexed<V> {
+    shared: Arc<Shared<V>>,
 }
 
-struct Shared<K> {
-    state: RwLock<State<K>>,
+impl<V> Clone for Indexed<V> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<V> {
+    state: RwLock<State<V>>,
     /// True once the first list is complete.
     ready: tokio::sync::watch::Sender<bool>,
 }
 
-struct State<K> {
-    live: ByNamespace<K>,
+struct State<V> {
+    live: ByNamespace<V>,
     /// A relist in progress (between `Init` and `InitDone`).
-    relist: Option<ByNamespace<K>>,
+    relist: Option<ByNamespace<V>>,
 }
 
-impl<K: Resource> Default for Indexed<K> {
+impl<V> Default for Indexed<V> {
     fn default() -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -124,22 +138,22 @@ impl<K: Resource> Default for Indexed<K> {
     }
 }
 
-impl<K: Resource> Indexed<K> {
-    /// Takes one watcher event.
-    pub fn apply(&self, event: watcher::Event<K>) {
+impl<V> Indexed<V> {
+    /// Takes one watcher event, keeping what `keep` makes of its object.
+    pub fn apply<K: Resource>(&self, event: watcher::Event<K>, keep: impl FnOnce(K) -> V) {
         let mut state = self
             .shared
             .state
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         match event {
-            watcher::Event::Apply(obj) => state.live.insert(Arc::new(obj)),
+            watcher::Event::Apply(obj) => state.live.insert_kept(obj, keep),
             watcher::Event::Delete(obj) => state.live.remove(&obj),
             watcher::Event::Init => state.relist = Some(ByNamespace::default()),
             watcher::Event::InitApply(obj) => state
                 .relist
                 .get_or_insert_with(ByNamespace::default)
-                .insert(Arc::new(obj)),
+                .insert_kept(obj, keep),
             watcher::Event::InitDone => {
                 state.live = state.relist.take().unwrap_or_default();
                 drop(state);
@@ -148,13 +162,13 @@ impl<K: Resource> Indexed<K> {
         }
     }
 
-    /// The objects of one namespace, by name.
-    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+    /// The values of one namespace, by name.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<V>> {
         self.read(|live| live.in_namespace(namespace))
     }
 
     /// Reads the current content.
-    pub fn read<T>(&self, f: impl FnOnce(&ByNamespace<K>) -> T) -> T {
+    pub fn read<T>(&self, f: impl FnOnce(&ByNamespace<V>) -> T) -> T {
         let state = self
             .shared
             .state
@@ -179,6 +193,7 @@ impl<K: Resource> Indexed<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::kept::Pdb;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use watcher::Event;
 
@@ -190,24 +205,25 @@ mod tests {
         .unwrap()
     }
 
-    fn names(objects: &[Arc<PodDisruptionBudget>]) -> Vec<(String, i32)> {
+    fn names(objects: &[Arc<Pdb>]) -> Vec<(String, i32)> {
         objects
             .iter()
             .map(|p| {
-                let budget = match &p.spec.as_ref().unwrap().max_unavailable {
+                let budget = match &p.max_unavailable {
                     Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => *n,
                     _ => -1,
                 };
-                (p.metadata.name.clone().unwrap(), budget)
+                (p.name.clone(), budget)
             })
             .collect()
     }
 
     #[test]
     fn a_namespace_holds_its_own_objects_by_name() {
-        let index: ByNamespace<_> = [pdb("a", "z", 1), pdb("b", "x", 1), pdb("a", "m", 2)]
-            .into_iter()
-            .collect();
+        let index = ByNamespace::kept(
+            [pdb("a", "z", 1), pdb("b", "x", 1), pdb("a", "m", 2)],
+            Pdb::from,
+        );
         assert_eq!(
             names(&index.in_namespace("a")),
             [("m".into(), 2), ("z".into(), 1)]
@@ -219,29 +235,30 @@ mod tests {
 
     #[tokio::test]
     async fn watch_events_add_replace_delete_and_relist() {
-        let store = Indexed::<PodDisruptionBudget>::default();
+        let store = Indexed::<Pdb>::default();
+        let apply = |event| store.apply(event, Pdb::from);
         assert!(!store.is_ready());
-        store.apply(Event::Init);
-        store.apply(Event::InitApply(pdb("a", "one", 1)));
-        store.apply(Event::InitApply(pdb("a", "two", 1)));
+        apply(Event::Init);
+        apply(Event::InitApply(pdb("a", "one", 1)));
+        apply(Event::InitApply(pdb("a", "two", 1)));
         // Not visible (nor ready) before the list is complete.
         assert!(store.in_namespace("a").is_empty());
         assert!(!store.is_ready());
-        store.apply(Event::InitDone);
+        apply(Event::InitDone);
         store.wait_until_ready().await;
         assert_eq!(names(&store.in_namespace("a")).len(), 2);
 
-        store.apply(Event::Apply(pdb("a", "one", 3)));
-        store.apply(Event::Apply(pdb("b", "three", 1)));
-        store.apply(Event::Delete(pdb("a", "two", 1)));
+        apply(Event::Apply(pdb("a", "one", 3)));
+        apply(Event::Apply(pdb("b", "three", 1)));
+        apply(Event::Delete(pdb("a", "two", 1)));
         assert_eq!(names(&store.in_namespace("a")), [("one".into(), 3)]);
         assert_eq!(names(&store.in_namespace("b")), [("three".into(), 1)]);
 
         // A relist replaces everything: "three" was deleted while the watch was down.
-        store.apply(Event::Init);
-        store.apply(Event::InitApply(pdb("a", "one", 3)));
+        apply(Event::Init);
+        apply(Event::InitApply(pdb("a", "one", 3)));
         assert_eq!(names(&store.in_namespace("b")).len(), 1, "until InitDone");
-        store.apply(Event::InitDone);
+        apply(Event::InitDone);
         assert!(store.in_namespace("b").is_empty());
         assert_eq!(store.read(ByNamespace::len), 1);
         assert!(store.is_ready());

@@ -16,9 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub mod cache;
 pub mod health;
 pub mod index;
+pub mod kept;
 pub mod pages;
 
 use index::ByNamespace;
+pub use kept::{ClaimTemplates, Pdb};
 
 /// The annotations that mark a StorageClass as the cluster default (GA and the older beta one).
 const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
@@ -36,7 +38,7 @@ pub trait ClusterView: Send + Sync {
         self.is_known()
     }
     /// PodDisruptionBudgets of one namespace.
-    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>>;
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<Pdb>>;
     /// A StorageClass by name.
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>>;
     /// All StorageClasses (to find the default one).
@@ -78,49 +80,26 @@ pub struct ClaimOwner {
 
 /// The claim owner of `claim` among `statefulsets` (all of one namespace).
 pub fn claim_owner_among<'a>(
-    statefulsets: impl IntoIterator<Item = &'a StatefulSet>,
+    statefulsets: impl IntoIterator<Item = &'a ClaimTemplates>,
     claim: &str,
 ) -> Option<ClaimOwner> {
     statefulsets.into_iter().find_map(|sts| {
-        let name = sts.metadata.name.as_deref()?;
-        let template = sts
-            .spec
-            .volume_claim_templates
-            .iter()
-            .flatten()
-            .filter_map(|t| t.metadata.name.as_deref())
-            .find(|template| {
-                claim
-                    .strip_prefix(*template)
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .and_then(|rest| rest.strip_prefix(name))
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .is_some_and(|ordinal| {
-                        !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit())
-                    })
-            })?;
+        let name = sts.statefulset.as_str();
+        let template = sts.templates.iter().map(String::as_str).find(|template| {
+            claim
+                .strip_prefix(*template)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|rest| rest.strip_prefix(name))
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|ordinal| {
+                    !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit())
+                })
+        })?;
         Some(ClaimOwner {
             statefulset: name.to_owned(),
             template: template.to_owned(),
         })
     })
-}
-
-/// Metadata reduced to the name and namespace (the watch keeps its resourceVersion itself, and
-/// the namespaced stores key objects by namespace and name).
-fn name_only(meta: &mut ObjectMeta) {
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        ..ObjectMeta::default()
-    };
-}
-
-/// A PodDisruptionBudget reduced to what the rules read (name, namespace, selector, budget):
-/// the cache keeps this, not managedFields, annotations and status.
-pub fn pdb_projection(pdb: &mut PodDisruptionBudget) {
-    name_only(&mut pdb.metadata);
-    pdb.status = None;
 }
 
 /// A StorageClass reduced to what the rules read (name, provisioner, binding mode, reclaim
@@ -150,21 +129,6 @@ pub fn namespace_projection(ns: &mut Namespace) {
     ns.metadata.owner_references = None;
     ns.spec = None;
     ns.status = None;
-}
-
-/// A StatefulSet reduced to what the cluster view needs (name, namespace, claim template names):
-/// the cache keeps this, not the whole object with its pod template and managedFields.
-pub fn statefulset_projection(sts: &mut StatefulSet) {
-    name_only(&mut sts.metadata);
-    sts.spec.template = Default::default();
-    sts.spec.selector = Default::default();
-    sts.status = None;
-    for template in sts.spec.volume_claim_templates.iter_mut().flatten() {
-        template.spec = None;
-        template.status = None;
-        template.metadata.labels = None;
-        template.metadata.annotations = None;
-    }
 }
 
 /// The PriorityClasses every kube-apiserver creates itself (they exist in every cluster), with
@@ -198,10 +162,10 @@ pub fn is_default_class(sc: &StorageClass) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     known: bool,
-    pdbs: ByNamespace<PodDisruptionBudget>,
+    pdbs: ByNamespace<Pdb>,
     storage_classes: Vec<Arc<StorageClass>>,
     namespaces: Vec<Arc<Namespace>>,
-    statefulsets: ByNamespace<StatefulSet>,
+    statefulsets: ByNamespace<ClaimTemplates>,
     priority_classes: Vec<Arc<PriorityClass>>,
     /// The classes are the cluster's whole list (read from it), not what some input held.
     classes_complete: bool,
@@ -221,7 +185,7 @@ impl Snapshot {
     ) -> Self {
         Self {
             known: true,
-            pdbs: pdbs.into_iter().collect(),
+            pdbs: ByNamespace::kept(pdbs, Pdb::from),
             storage_classes: storage_classes.into_iter().map(Arc::new).collect(),
             namespaces: namespaces.into_iter().map(Arc::new).collect(),
             statefulsets: ByNamespace::default(),
@@ -246,7 +210,7 @@ impl Snapshot {
 
     /// The same, also knowing these StatefulSets.
     pub fn with_statefulsets(mut self, statefulsets: Vec<StatefulSet>) -> Self {
-        self.statefulsets = statefulsets.into_iter().collect();
+        self.statefulsets = ByNamespace::kept(statefulsets, ClaimTemplates::from);
         self
     }
 }
@@ -258,7 +222,7 @@ impl ClusterView for Snapshot {
     fn storage_classes_known(&self) -> bool {
         self.known && (self.classes_complete || !self.storage_classes.is_empty())
     }
-    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<Pdb>> {
         self.pdbs.in_namespace(namespace)
     }
     fn storage_class(&self, name: &str) -> Option<Arc<StorageClass>> {
@@ -304,7 +268,7 @@ impl ClusterView for Snapshot {
 pub struct WithLive<'a> {
     pub base: &'a dyn ClusterView,
     pub namespace: &'a str,
-    pub pdbs: Option<Vec<Arc<PodDisruptionBudget>>>,
+    pub pdbs: Option<Vec<Arc<Pdb>>>,
     pub namespace_labels: Option<BTreeMap<String, String>>,
 }
 
@@ -327,7 +291,7 @@ impl ClusterView for WithLive<'_> {
     fn storage_classes_known(&self) -> bool {
         self.base.storage_classes_known()
     }
-    fn pdbs(&self, namespace: &str) -> Vec<Arc<PodDisruptionBudget>> {
+    fn pdbs(&self, namespace: &str) -> Vec<Arc<Pdb>> {
         match &self.pdbs {
             Some(pdbs) if namespace == self.namespace => pdbs.clone(),
             _ => self.base.pdbs(namespace),
@@ -435,22 +399,6 @@ mod tests {
     }
 
     #[test]
-    fn the_projection_keeps_what_claim_matching_needs() {
-        let mut full = sts("web", &["www"]);
-        full.spec.template.metadata = Some(ObjectMeta {
-            labels: Some([("app".to_string(), "web".to_string())].into()),
-            ..Default::default()
-        });
-        statefulset_projection(&mut full);
-        assert_eq!(full.spec.template, Default::default());
-        let snap = Snapshot::known(vec![], vec![], vec![]).with_statefulsets(vec![full]);
-        assert_eq!(
-            snap.claim_owner("db", "www-web-3").unwrap().statefulset,
-            "web"
-        );
-    }
-
-    #[test]
     fn projections_keep_what_the_rules_read() {
         let mut sc = class("fast", true, 7);
         sc.metadata.annotations.as_mut().unwrap().insert(
@@ -475,20 +423,6 @@ mod tests {
                 &before.reclaim_policy
             )
         );
-
-        let mut pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "db", "namespace": "n", "labels": {"a": "b"},
-                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "db"}}},
-            "status": {"currentHealthy": 3, "desiredHealthy": 2, "disruptionsAllowed": 1, "expectedPods": 3}
-        }))
-        .unwrap();
-        let spec = pdb.spec.clone();
-        pdb_projection(&mut pdb);
-        assert_eq!(pdb.spec, spec);
-        assert_eq!(pdb.metadata.name.as_deref(), Some("db"));
-        assert_eq!(pdb.metadata.namespace.as_deref(), Some("n"));
-        assert!(pdb.metadata.managed_fields.is_none() && pdb.status.is_none());
 
         let mut ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "n", "labels": {"team": "db"}, "annotations": {"x": "y"}},

@@ -5,11 +5,11 @@
 //! replicas) makes every node drain and cluster upgrade hang forever; two PDBs covering the same
 //! pods make evictions fail outright.
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::require_pdb::matching_pdbs;
 use super::{Aspect, Context, Finding, Part, RuleId, display_name};
+use crate::cluster::Pdb;
 use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
@@ -27,14 +27,13 @@ pub(crate) fn scaled(value: &IntOrString, total: i32) -> Option<i32> {
 }
 
 /// Why this PDB can never allow an eviction of a StatefulSet with `replicas` pods, if so.
-pub fn blocks_every_eviction(pdb: &PodDisruptionBudget, replicas: i32) -> Option<String> {
-    let spec = pdb.spec.as_ref()?;
-    if let Some(max) = &spec.max_unavailable
+pub fn blocks_every_eviction(pdb: &Pdb, replicas: i32) -> Option<String> {
+    if let Some(max) = &pdb.max_unavailable
         && scaled(max, replicas) == Some(0)
     {
         return Some(format!("maxUnavailable is {}", show(max)));
     }
-    if let Some(min) = &spec.min_available
+    if let Some(min) = &pdb.min_available
         && scaled(min, replicas).is_some_and(|m| m >= replicas)
     {
         return Some(format!(
@@ -62,10 +61,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
     let pdbs = matching_pdbs(sts, ctx);
     let mut findings = Vec::new();
     if pdbs.len() > 1 {
-        let names: Vec<&str> = pdbs
-            .iter()
-            .filter_map(|p| p.metadata.name.as_deref())
-            .collect();
+        let names: Vec<&str> = pdbs.iter().map(|p| p.name.as_str()).collect();
         findings.push(Finding::new(
             RuleId::PdbAllowsDisruption,
             Part::Whole(Aspect::MultiplePdbs),
@@ -78,7 +74,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
     }
     for pdb in &pdbs {
         if let Some(why) = blocks_every_eviction(pdb, replicas) {
-            let pdb_name = pdb.metadata.name.as_deref().unwrap_or("?");
+            let pdb_name = &pdb.name;
             findings.push(Finding::new(
                 RuleId::PdbAllowsDisruption,
                 Part::Pdb(pdb_name.to_owned()),
@@ -110,6 +106,7 @@ impl super::ValidationRule for PdbAllowsDisruption {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
     use crate::rules::testing::{basic_sts, ctx};

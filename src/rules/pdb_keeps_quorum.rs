@@ -67,15 +67,11 @@ fn declares_quorum(sts: &StatefulSet, cfg: &Config) -> bool {
 
 /// How many of `replicas` healthy pods the budget lets the eviction API take down at once, as
 /// the disruption controller computes it (percentages rounded up).
-fn allowed_disruptions(
-    pdb: &k8s_openapi::api::policy::v1::PodDisruptionBudget,
-    replicas: i32,
-) -> Option<(i32, String)> {
-    let spec = pdb.spec.as_ref()?;
-    if let Some(max) = &spec.max_unavailable {
+fn allowed_disruptions(pdb: &crate::cluster::Pdb, replicas: i32) -> Option<(i32, String)> {
+    if let Some(max) = &pdb.max_unavailable {
         return Some((scaled(max, replicas)?, format!("maxUnavailable: {}", show(max))));
     }
-    let min = spec.min_available.as_ref()?;
+    let min = pdb.min_available.as_ref()?;
     let desired = scaled(min, replicas)?;
     Some(((replicas - desired).max(0), format!("minAvailable: {}", show(min))))
 }
@@ -96,7 +92,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
         if allowed <= tolerated {
             continue;
         }
-        let pdb_name = pdb.metadata.name.as_deref().unwrap_or("?");
+        let pdb_name = &pdb.name;
         let fix = if tolerated == 0 {
             format!(
                 "with {replicas} replicas no pod can be lost without losing the majority: run at least 3 replicas, then set maxUnavailable: 1"

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
 use super::{Aspect, Context, Finding, Part, RuleId, display_name};
+use crate::cluster::Pdb;
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -45,7 +46,7 @@ impl Config {
 
 /// The PDBs of the StatefulSet's namespace whose selector selects its pods. In policy/v1 an
 /// empty selector selects every pod of the namespace and a missing one selects none.
-pub fn matching_pdbs(sts: &StatefulSet, ctx: &Context) -> Vec<Arc<PodDisruptionBudget>> {
+pub fn matching_pdbs(sts: &StatefulSet, ctx: &Context) -> Vec<Arc<Pdb>> {
     let empty = Default::default();
     let pod_labels = sts
         .spec
@@ -58,14 +59,9 @@ pub fn matching_pdbs(sts: &StatefulSet, ctx: &Context) -> Vec<Arc<PodDisruptionB
         .cluster
         .pdbs(ctx.namespace)
         .into_iter()
-        .filter(|pdb| {
-            pdb.spec
-                .as_ref()
-                .and_then(|s| s.selector.as_ref())
-                .is_some_and(|sel| labels::matches(sel, pod_labels))
-        })
+        .filter(|pdb| pdb.selects(pod_labels))
         .collect();
-    found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    found.sort_by(|a, b| a.name.cmp(&b.name));
     found
 }
 

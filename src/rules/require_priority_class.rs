@@ -40,7 +40,7 @@ pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding>
         None if pod.priority.is_some() => vec![],
         None => {
             let pdbs = matching_pdbs(sts, ctx);
-            let Some(pdb) = pdbs.first().and_then(|p| p.metadata.name.as_deref()) else {
+            let Some(pdb) = pdbs.first().map(|p| p.name.as_str()) else {
                 return vec![];
             };
             vec![Finding::new(
