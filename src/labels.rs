@@ -3,9 +3,10 @@
 //! Matching has exactly the semantics of kube's `kube::core::Selector` on every selector the
 //! apiserver accepts (`tests/labels.rs` proves it over random selectors and label sets). It is
 //! kept here because kube's `Selector` is built by an owned conversion of the `LabelSelector`
-//! (every key and value copied), and the rules match borrowed selectors of cached PDBs on every
-//! review; and because kube has no counterpart of [`validate`], the apiserver's own checks that
-//! policies' selectors go through.
+//! (every key and value copied), and the rules match borrowed selectors (of the policy, of the
+//! object under review) on every review; and because kube has no counterpart of [`validate`],
+//! the apiserver's own checks that policies' selectors go through. The cached PDBs, converted
+//! once when they arrive, keep kube's `Selector` (`cluster::kept`).
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
