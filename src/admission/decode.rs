@@ -19,8 +19,23 @@ use serde_json::value::RawValue;
 const FIELDS_V1: &str = "FieldsV1";
 
 /// `serde_json::from_slice`, with every FieldsV1 kept as its JSON text.
+///
+/// A body that is UTF-8 (every review kube-apiserver sends) is checked once, whole, and decoded
+/// as a `str`: serde_json then does not check each string it reads again (`from_slice` does,
+/// one call per string: 6% of a StatefulSet review's instructions, 11% of a PVC's). Any other
+/// body takes the slice path, so that its error is serde_json's own, with its line and column.
 pub fn from_slice<T: de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    match std::str::from_utf8(body) {
+        Ok(text) => decode(serde_json::Deserializer::from_str(text)),
+        Err(_) => decode(serde_json::Deserializer::from_slice(body)),
+    }
+}
+
+fn decode<'de, R, T>(mut de: serde_json::Deserializer<R>) -> serde_json::Result<T>
+where
+    R: serde_json::de::Read<'de>,
+    T: de::DeserializeOwned,
+{
     let value = T::deserialize(Lean(&mut de))?;
     de.end()?;
     Ok(value)
@@ -307,6 +322,18 @@ mod tests {
             let plain = serde_json::from_str::<AdmissionReview<StatefulSet>>(&broken).unwrap_err();
             let lean = from_slice::<AdmissionReview<StatefulSet>>(broken.as_bytes()).unwrap_err();
             assert_eq!(lean.to_string(), plain.to_string());
+        }
+        // Not UTF-8: in a string (a label value cut inside a two-byte character), and outside
+        // one. The error is `from_slice`'s, which says where.
+        let name = text.find(r#""zookeeper""#).unwrap() + 1;
+        for (at, byte) in [(name, 0xc3), (text.len() - 1, 0xff)] {
+            let mut broken = text.clone().into_bytes();
+            broken.insert(at, byte);
+            let plain =
+                serde_json::from_slice::<AdmissionReview<StatefulSet>>(&broken).unwrap_err();
+            let lean = from_slice::<AdmissionReview<StatefulSet>>(&broken).unwrap_err();
+            assert_eq!(lean.to_string(), plain.to_string());
+            assert!(lean.line() > 0 && lean.column() > 0, "{lean}");
         }
     }
 }
