@@ -3,7 +3,7 @@
 //! PDBs cached, evaluated in pages of `audit::PAGE` as the webhook lists them: its time (the
 //! median of 5 scans) and its memory, counted by the allocator (the cluster view, and the peak a
 //! scan adds: one page of objects and the verdicts it keeps). Then the caches at the performance
-//! issue's scale (10,000 PDBs, 2,000 namespaces, 50 StorageClasses), whole and as projections.
+//! issue's scale (10,000 PDBs, 2,000 namespaces, 50 StorageClasses), whole and as kept.
 //! A benchmark, not a test: it prints, and asserts nothing.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -97,9 +97,10 @@ fn main() {
     let template: StatefulSet =
         serde_json::from_value(review["request"]["object"].clone()).unwrap();
     let before = LIVE.load(Ordering::Relaxed);
-    // The cluster view as the caches keep it: PDBs, and StatefulSets as projections.
+    // The cluster view as the caches keep it (`cluster::kept`): PDBs, and StatefulSets' claim
+    // templates.
     let mut pdbs = Vec::new();
-    let mut projections = Vec::new();
+    let mut statefulsets = Vec::new();
     for i in 0..STATEFULSETS {
         let (name, namespace) = names(i);
         if i % 2 == 0 {
@@ -113,9 +114,9 @@ fn main() {
         let mut sts = template.clone();
         sts.metadata.name = Some(name);
         sts.metadata.namespace = Some(namespace);
-        projections.push(sts);
+        statefulsets.push(sts);
     }
-    let cluster = Snapshot::known(pdbs, vec![], vec![]).with_statefulsets(projections);
+    let cluster = Snapshot::known(pdbs, vec![], vec![]).with_statefulsets(statefulsets);
     let cached = LIVE.load(Ordering::Relaxed) - before;
     let policies = PolicySet::embedded_default(vec!["stateful-guard".into()]).unwrap();
     let pages = STATEFULSETS.div_ceil(stateful_guard::audit::PAGE as usize);
@@ -159,7 +160,7 @@ fn main() {
         times[4].as_secs_f64() * 1e3
     );
     println!(
-        "  heap: the cluster view (2,500 PDBs, 5,000 StatefulSet projections) {:.1} MiB; a scan adds at most {:.1} MiB while it runs (one page and the report)",
+        "  heap: the cluster view (2,500 PDBs, 5,000 StatefulSets as kept) {:.1} MiB; a scan adds at most {:.1} MiB while it runs (one page and the report)",
         mib(cached),
         mib(added)
     );
@@ -168,8 +169,8 @@ fn main() {
 }
 
 /// The cache's memory at the performance issue's scale: 10,000 PDBs, 2,000 namespaces and 50
-/// StorageClasses as the API returns them (labels, managedFields, status), whole and as the
-/// reflectors' projections keep them.
+/// StorageClasses as the API returns them (labels, managedFields, status): the decoded objects
+/// alone, then as the caches keep them (`cluster::kept`, projections of the cluster-wide kinds).
 fn cluster_view_at_scale() {
     let pdb = |i: usize| -> PodDisruptionBudget {
         serde_json::from_value(serde_json::json!({

@@ -319,12 +319,14 @@ mod tests {
             text[..text.len() / 2].to_owned(),
             format!("{text} trailing"),
         ] {
-            let plain = serde_json::from_str::<AdmissionReview<StatefulSet>>(&broken).unwrap_err();
+            let plain = serde_json::from_slice::<AdmissionReview<StatefulSet>>(broken.as_bytes())
+                .unwrap_err();
             let lean = from_slice::<AdmissionReview<StatefulSet>>(broken.as_bytes()).unwrap_err();
             assert_eq!(lean.to_string(), plain.to_string());
         }
-        // Not UTF-8: in a string (a label value cut inside a two-byte character), and outside
-        // one. The error is `from_slice`'s, which says where.
+        // Not UTF-8: the lead byte of a two-byte character with no continuation, inside a
+        // string (before the `z` of "zookeeper"), and a byte that is never UTF-8, outside one.
+        // The error is `from_slice`'s, which says where.
         let name = text.find(r#""zookeeper""#).unwrap() + 1;
         for (at, byte) in [(name, 0xc3), (text.len() - 1, 0xff)] {
             let mut broken = text.clone().into_bytes();

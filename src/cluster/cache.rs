@@ -64,7 +64,7 @@ pub enum Keep {
     Admission,
     /// Also the background audit, which is told of every change of a StatefulSet, a PVC, or
     /// anything the verdicts read (PDBs, StorageClasses, PriorityClasses, Namespaces). It lists
-    /// the objects themselves page by page when it scans: the caches stay projections, and PVCs
+    /// the objects themselves page by page when it scans: the caches stay small, and PVCs
     /// are watched for their metadata only, with no store.
     Audit,
 }
@@ -78,8 +78,9 @@ impl ClusterCache {
 
     /// [`Self::start`], keeping what `keep` says.
     pub fn start_keeping(client: Client, keep: Keep) -> Self {
-        // Each store keeps a projection (what the rules read), not the whole object: with
-        // 10,000 PDBs, managedFields alone would be most of the memory.
+        // Each store keeps what the rules read, not the whole object: a projection (the object
+        // with the rest emptied) for the cluster-wide kinds, a type of `cluster::kept` for the
+        // namespaced ones. With 10,000 PDBs, managedFields alone would be most of the memory.
 
         let changed = (keep == Keep::Audit).then(|| Arc::new(tokio::sync::Notify::new()));
         // Besides the objects themselves, a PDB changes the verdict on the StatefulSets it
@@ -219,7 +220,7 @@ impl ClusterCache {
 /// How every watch lists: in pages of [`LIST_PAGE`]. Not `any_semantic()`: a list from the
 /// apiserver's watch cache (resourceVersion 0) ignores the page size and returns everything in
 /// one response, which at 10,000 PDBs is tens of MiB decoded at once as whole objects (measured
-/// with `cargo bench --bench apiserver`: the start-up peak), while the caches keep projections.
+/// with `cargo bench --bench apiserver`: the start-up peak), while the caches keep a fraction of that.
 fn listing() -> watcher::Config {
     watcher::Config::default().page_size(LIST_PAGE)
 }

@@ -43,31 +43,23 @@ fn key<K: Resource>(obj: &K) -> (&str, &str) {
 }
 
 impl<V> ByNamespace<V> {
-    /// Adds or replaces the value kept for that namespace and name.
-    fn insert(&mut self, namespace: &str, name: &str, value: Arc<V>) {
-        let objects = match self.namespaces.get_mut(namespace) {
-            Some(objects) => objects,
-            None => self.namespaces.entry(namespace.to_owned()).or_default(),
-        };
-        objects.insert(name.to_owned(), value);
+    /// Adds or replaces a value made by [`kept`]; gives back the one it replaces.
+    fn insert(&mut self, (namespace, name, value): Kept<V>) -> Option<Arc<V>> {
+        self.namespaces
+            .entry(namespace)
+            .or_default()
+            .insert(name, value)
     }
 
-    /// Adds or replaces the value kept for `obj`: what `keep` makes of it.
-    pub fn insert_kept<K: Resource>(&mut self, obj: K, keep: impl FnOnce(K) -> V) {
-        let (namespace, name) = key(&obj);
-        let (namespace, name) = (namespace.to_owned(), name.to_owned());
-        self.insert(&namespace, &name, Arc::new(keep(obj)));
-    }
-
-    /// Removes the value kept for `obj`'s namespace and name.
-    pub fn remove<K: Resource>(&mut self, obj: &K) {
+    /// Removes the value kept for `obj`'s namespace and name, and gives it back.
+    fn remove<K: Resource>(&mut self, obj: &K) -> Option<Arc<V>> {
         let (namespace, name) = key(obj);
-        if let Some(objects) = self.namespaces.get_mut(namespace) {
-            objects.remove(name);
-            if objects.is_empty() {
-                self.namespaces.remove(namespace);
-            }
+        let objects = self.namespaces.get_mut(namespace)?;
+        let removed = objects.remove(name);
+        if objects.is_empty() {
+            self.namespaces.remove(namespace);
         }
+        removed
     }
 
     /// The values of one namespace, by name.
@@ -91,10 +83,20 @@ impl<V> ByNamespace<V> {
     pub fn kept<K: Resource>(objects: impl IntoIterator<Item = K>, keep: impl Fn(K) -> V) -> Self {
         let mut index = Self::default();
         for obj in objects {
-            index.insert_kept(obj, &keep);
+            index.insert(kept(obj, &keep));
         }
         index
     }
+}
+
+/// A value to keep, with the namespace and name it is kept under.
+type Kept<V> = (String, String, Arc<V>);
+
+/// What `keep` makes of `obj`, with its namespace and name (read before `keep` takes it).
+fn kept<K: Resource, V>(obj: K, keep: impl FnOnce(K) -> V) -> Kept<V> {
+    let (namespace, name) = key(&obj);
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    (namespace, name, Arc::new(keep(obj)))
 }
 
 /// A [`ByNamespace`] kept by a watch: [`Indexed::apply`] takes its events as kube-runtime's
@@ -139,27 +141,50 @@ impl<V> Default for Indexed<V> {
 }
 
 impl<V> Indexed<V> {
-    /// Takes one watcher event, keeping what `keep` makes of its object.
+    /// Takes one watcher event, keeping what `keep` makes of its object. The object is
+    /// converted, and what it (or a relist) replaces is dropped, outside the lock that reviews
+    /// read under.
     pub fn apply<K: Resource>(&self, event: watcher::Event<K>, keep: impl FnOnce(K) -> V) {
-        let mut state = self
-            .shared
-            .state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
         match event {
-            watcher::Event::Apply(obj) => state.live.insert_kept(obj, keep),
-            watcher::Event::Delete(obj) => state.live.remove(&obj),
-            watcher::Event::Init => state.relist = Some(ByNamespace::default()),
-            watcher::Event::InitApply(obj) => state
-                .relist
-                .get_or_insert_with(ByNamespace::default)
-                .insert_kept(obj, keep),
+            watcher::Event::Apply(obj) => {
+                let value = kept(obj, keep);
+                let replaced = self.write().live.insert(value);
+                drop(replaced);
+            }
+            watcher::Event::Delete(obj) => {
+                let removed = self.write().live.remove(&obj);
+                drop((removed, obj));
+            }
+            watcher::Event::Init => {
+                let abandoned = self.write().relist.replace(ByNamespace::default());
+                drop(abandoned);
+            }
+            watcher::Event::InitApply(obj) => {
+                let value = kept(obj, keep);
+                let replaced = self
+                    .write()
+                    .relist
+                    .get_or_insert_with(ByNamespace::default)
+                    .insert(value);
+                drop(replaced);
+            }
             watcher::Event::InitDone => {
-                state.live = state.relist.take().unwrap_or_default();
-                drop(state);
+                let previous = {
+                    let mut state = self.write();
+                    let relisted = state.relist.take().unwrap_or_default();
+                    std::mem::replace(&mut state.live, relisted)
+                };
+                drop(previous);
                 self.shared.ready.send_replace(true);
             }
         }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State<V>> {
+        self.shared
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The values of one namespace, by name.

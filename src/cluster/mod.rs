@@ -84,7 +84,8 @@ pub fn claim_owner_among<'a>(
     claim: &str,
 ) -> Option<ClaimOwner> {
     statefulsets.into_iter().find_map(|sts| {
-        let name = sts.statefulset.as_str();
+        // A StatefulSet has a name; one without (a manifest given to `check`) owns nothing.
+        let name = Some(sts.statefulset.as_str()).filter(|n| !n.is_empty())?;
         let template = sts.templates.iter().map(String::as_str).find(|template| {
             claim
                 .strip_prefix(*template)
@@ -378,8 +379,11 @@ mod tests {
 
     #[test]
     fn claims_are_matched_to_their_statefulset_by_template_name_and_ordinal() {
-        let snap = Snapshot::known(vec![], vec![], vec![])
-            .with_statefulsets(vec![sts("web", &["www", "logs"]), sts("web-a", &["www"])]);
+        let snap = Snapshot::known(vec![], vec![], vec![]).with_statefulsets(vec![
+            sts("web", &["www", "logs"]),
+            sts("web-a", &["www"]),
+            sts("", &["www"]),
+        ]);
         let owner = |claim| snap.claim_owner("db", claim);
         assert_eq!(
             owner("www-web-0"),
@@ -395,6 +399,8 @@ mod tests {
         assert_eq!(owner("www-web-x"), None);
         assert_eq!(owner("www-web-"), None);
         assert_eq!(owner("data-web-0"), None);
+        // A StatefulSet without a name (a manifest given to `check`) owns no claim.
+        assert_eq!(owner("www--0"), None);
         assert_eq!(snap.claim_owner("other", "www-web-0"), None);
     }
 
