@@ -120,31 +120,29 @@ impl Log {
     /// Waits until `n` lines contain `needle` (lines reach the log within tens of
     /// milliseconds: the server writes them in batches).
     pub fn wait_for_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let count = self
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.contains(needle))
-                .count();
-            if count >= n {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.poll(timeout, |lines| {
+            (lines.iter().filter(|l| l.contains(needle)).count() >= n).then_some(())
+        })
+        .is_some()
     }
 
     /// Waits until a line contains `needle`; returns that line.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.poll(timeout, |lines| {
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Looks at the lines every 20 ms until `found` finds something, for at most `timeout`.
+    fn poll<T>(
+        &self,
+        timeout: Duration,
+        mut found: impl FnMut(&[String]) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.0.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return Some(line.clone());
+            if let Some(found) = found(&self.0.lock().unwrap()) {
+                return Some(found);
             }
             if Instant::now() >= deadline {
                 return None;
