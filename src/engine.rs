@@ -1,5 +1,6 @@
 //! The engine: for one object, choose the policy, run its rules, and decide what each outcome
 //! does under the rule's action and the policy's mode. The webhook and `check` share it.
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -116,13 +117,14 @@ impl Evaluation {
     }
 
     /// The JSON Patch sent to the apiserver: applied mutations plus the annotation listing them.
-    pub fn patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
+    /// The rules' operations are borrowed: the patch is serialized once and dropped.
+    pub fn patch(&self, meta: &ObjectMeta) -> Vec<Cow<'_, PatchOperation>> {
         self.build_patch(meta, |m| m.applied, self.recorded.as_deref())
     }
 
     /// The patch that would be sent if every mutation rule in `mutate` or `audit` were applied
     /// in enforce mode: what audit mode reports.
-    pub fn would_be_patch(&self, meta: &ObjectMeta) -> Vec<PatchOperation> {
+    pub fn would_be_patch(&self, meta: &ObjectMeta) -> Vec<Cow<'_, PatchOperation>> {
         self.build_patch(meta, |m| !m.applied, None)
     }
 
@@ -131,7 +133,7 @@ impl Evaluation {
         meta: &ObjectMeta,
         pick: impl Fn(&RuleMutation) -> bool,
         recorded: Option<&str>,
-    ) -> Vec<PatchOperation> {
+    ) -> Vec<Cow<'_, PatchOperation>> {
         let chosen: Vec<&RuleMutation> = self
             .mutations
             .iter()
@@ -140,12 +142,12 @@ impl Evaluation {
         if chosen.is_empty() && recorded.is_none() {
             return vec![];
         }
-        let mut ops: Vec<PatchOperation> = chosen
+        let mut ops: Vec<Cow<'_, PatchOperation>> = chosen
             .iter()
-            .flat_map(|m| m.mutation.ops.iter().cloned())
+            .flat_map(|m| m.mutation.ops.iter().map(Cow::Borrowed))
             .collect();
         if let Some(op) = mutated_annotation(meta, chosen.iter().map(|m| m.rule), recorded) {
-            ops.push(op);
+            ops.push(Cow::Owned(op));
         }
         ops
     }

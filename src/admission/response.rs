@@ -3,9 +3,8 @@
 //! prefixed with the webhook's name).
 use std::collections::HashMap;
 
-use json_patch::Patch;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::admission::AdmissionResponse;
+use kube::core::admission::{AdmissionResponse, PatchType};
 
 use crate::engine::Evaluation;
 use crate::policy::{Mode, MutateAction, ValidateAction};
@@ -224,13 +223,15 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
     if ops.is_empty() {
         return resp;
     }
-    match resp.clone().with_patch(Patch(ops)) {
-        Ok(patched) => patched,
+    // The operations are serialized where they are, borrowed from the evaluation; `to_wire`
+    // sends the bytes with their patchType.
+    match serde_json::to_vec(&ops) {
+        Ok(patch) => resp.patch = Some(patch),
         Err(error) => {
-            tracing::error!(%error, "could not serialize the patch; admitting unchanged");
-            resp
+            tracing::error!(%error, "could not serialize the patch; admitting unchanged")
         }
     }
+    resp
 }
 
 /// The response body as kube-apiserver expects it.
@@ -238,7 +239,10 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
 /// `kube::core::admission::AdmissionResponse` serializes `patch` (`Vec<u8>`) as an array of
 /// numbers (kube-rs issue 1781), but the API's JSON encoding of `[]byte` is a base64 string, and
 /// kube-apiserver rejects anything else. The review is built with kube's types and serialized by
-/// them; only that one field is written here, as a base64 string beside kube's other fields.
+/// them; only the patch is written here, as a base64 string beside kube's other fields, with its
+/// `patchType`, `JSONPatch`, the one type the API defines. (kube sets that type only in
+/// `with_patch`, which takes an owned `Patch`; [`build`] serializes borrowed operations instead,
+/// so `patchType` is never set in kube's part and is never written twice.)
 pub fn to_wire(
     mut review: kube::core::admission::AdmissionReview<kube::core::DynamicObject>,
 ) -> Result<Vec<u8>, serde_json::Error> {
@@ -259,6 +263,8 @@ pub fn to_wire(
         kube: &'a AdmissionResponse,
         #[serde(skip_serializing_if = "Option::is_none")]
         patch: Option<String>,
+        #[serde(rename = "patchType", skip_serializing_if = "Option::is_none")]
+        patch_type: Option<PatchType>,
     }
 
     let patch = review.response.as_mut().and_then(|r| r.patch.take());
@@ -267,6 +273,7 @@ pub fn to_wire(
         kind: &review.types.kind,
         response: review.response.as_ref().map(|kube| Response {
             kube,
+            patch_type: patch.as_ref().map(|_| PatchType::JsonPatch),
             patch: patch.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
         }),
     };

@@ -119,7 +119,11 @@ fn evaluate_value(
         }
     };
     let (mutation, meta) = run(Phase::Mutate, value.clone())?;
-    let patch = mutation.patch(&meta);
+    let patch: Vec<_> = mutation
+        .patch(&meta)
+        .into_iter()
+        .map(std::borrow::Cow::into_owned)
+        .collect();
     let mut mutated = value.clone();
     json_patch::patch(&mut mutated, &patch).map_err(|source| InputError::Patch {
         at: ObjectAt::of(doc),

@@ -60,7 +60,21 @@ fn manifest_has(manifest: &str, path: &[&str]) -> Option<bool> {
 }
 
 /// Whether the JSON text has `path`, each of its keys spelled with `prefix` before it.
+///
+/// A text that nowhere spells the path's last key does not have the path, and is not walked:
+/// the common case (the manifest of a `kubectl apply` seldom names `podManagementPolicy`), 6% of
+/// a StatefulSet CREATE's cost otherwise. That look is exact when the key has no character JSON
+/// must escape and the text has no `\u` escape, the only one that can stand for a letter or a
+/// `:`; else the text is walked. (A text that is not JSON and lacks the key then reads as not
+/// having the path, rather than as no evidence: neither is evidence that the user wrote it.)
 fn text_has(text: &str, prefix: &str, path: &[&str]) -> Option<bool> {
+    if let Some(last) = path.last()
+        && !last.contains(|c: char| c == '"' || c == '\\' || c.is_control())
+        && memchr::memmem::find(text.as_bytes(), last.as_bytes()).is_none()
+        && memchr::memmem::find(text.as_bytes(), b"\\u").is_none()
+    {
+        return Some(false);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let found = serde::de::DeserializeSeed::deserialize(HasPath { prefix, path }, &mut de).ok()?;
     de.end().ok()?;
@@ -264,8 +278,16 @@ managedFields:
             let by_tree = path.iter().try_fold(&tree, |v, key| v.get(*key)).is_some();
             assert_eq!(manifest_has(manifest, path), Some(by_tree), "{path:?}");
         }
+        // A key spelled with a \u escape is still that key.
+        assert_eq!(manifest_has(r#"{"\u0073pec":1}"#, &["spec"]), Some(true));
+        assert_eq!(
+            manifest_has(r#"{"a":"\u0073pec"}"#, &["a", "spec"]),
+            Some(false)
+        );
         assert_eq!(manifest_has("{\"spec\":", &["spec"]), None);
-        assert_eq!(manifest_has("{} trailing", &["spec"]), None);
+        assert_eq!(manifest_has("{\"spec\":1} trailing", &["spec"]), None);
+        // Not JSON, but without the key at all: it does not have the path.
+        assert_eq!(manifest_has("{} trailing", &["spec"]), Some(false));
         assert_eq!(manifest_has("[1,2]", &["spec"]), Some(false));
     }
 
