@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::apiserver::{Apiserver, Webhook, available};
+use common::apiserver::{Apiserver, Webhook, available, eventually};
 use common::*;
 use serde_json::{Value, json};
 
@@ -82,15 +82,6 @@ fn web(image: &str, replicas: u32) -> String {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Waits until `check` holds, for up to `secs`.
-fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 struct Installed {

@@ -13,7 +13,7 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::apiserver::{Apiserver, Webhook, available};
+use common::apiserver::{Apiserver, Webhook, available, eventually};
 use common::*;
 use serde_json::{Value, json};
 
@@ -80,15 +80,6 @@ fn preview(api: &Apiserver, ns: &str, object: &Value) -> Output {
         &["create", "--dry-run=server", "-n", ns, "-f", "-"],
         Some(&object.to_string()),
     )
-}
-
-/// Waits until `check` holds, for up to `secs`.
-fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn webhook_configurations(api: &Apiserver) -> Vec<String> {

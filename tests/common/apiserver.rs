@@ -590,3 +590,12 @@ impl Apiserver {
         file
     }
 }
+
+/// Polls `check` every 250 ms until it holds; fails the test, naming `what`, after `secs`.
+pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
