@@ -124,10 +124,18 @@ pub fn available() -> Option<(PathBuf, PathBuf)> {
             panic!("SG_REQUIRE_APISERVER=1 but {why}")
         }
         Err(why) => {
-            eprintln!("skipped: the real-apiserver tests need kube-apiserver and etcd: {why}");
+            skipped(format_args!(
+                "the real-apiserver tests need kube-apiserver and etcd: {why}"
+            ));
             None
         }
     }
+}
+
+/// Says in one line what was skipped and why. Written to stderr itself: what `eprintln!` prints
+/// in a test, cargo test captures and hides when the test passes, and a skip must show.
+fn skipped(why: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
 /// A running etcd and kube-apiserver; both are stopped on drop, whatever the test's outcome.
@@ -428,9 +436,9 @@ impl Apiserver {
                 let packed = Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("../shared/k8s/kube-controller-manager-v1.26.0.gz");
                 if !packed.is_file() {
-                    eprintln!(
-                        "skipped: no kube-controller-manager (set SG_TEST_KUBE_CONTROLLER_MANAGER)"
-                    );
+                    skipped(format_args!(
+                        "no kube-controller-manager (set SG_TEST_KUBE_CONTROLLER_MANAGER)"
+                    ));
                     return None;
                 }
                 unpack_as(
