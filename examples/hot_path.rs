@@ -6,6 +6,10 @@
 #[allow(dead_code)]
 mod common;
 
+/// The allocator the binary ships with (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let name = args

@@ -247,6 +247,13 @@ impl Pod {
             .args(["--setenv", "KUBERNETES_SERVICE_HOST", "127.0.0.1"])
             .args(["--setenv", "KUBERNETES_SERVICE_PORT"])
             .arg(apiserver.addr.port().to_string());
+        // The image's environment first; the container's env overrides it, as in a pod.
+        for (keyword, pair) in runtime_stage() {
+            if keyword == "ENV" {
+                let (name, value) = pair.split_once('=').expect("ENV NAME=value");
+                bwrap.args(["--setenv", name, value]);
+            }
+        }
         for env in container["env"].as_array().into_iter().flatten() {
             let name = env["name"].as_str().unwrap();
             let value = match (&env["value"], &env["valueFrom"]["fieldRef"]["fieldPath"]) {
