@@ -128,22 +128,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The environment the image gives the binary: the `ENV` lines of the Dockerfile's runtime
-/// stage (its last), one `NAME=value` each.
-fn image_env() -> Vec<(String, String)> {
-    let dockerfile = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile");
-    let text = std::fs::read_to_string(dockerfile).expect("the Dockerfile");
-    let runtime = text.rsplit("\nFROM ").next().unwrap_or_default();
-    runtime
-        .lines()
-        .filter_map(|line| line.strip_prefix("ENV "))
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').expect("ENV NAME=value");
-            (name.trim().to_owned(), value.trim().to_owned())
-        })
-        .collect()
-}
-
 /// The release binary with the embedded default policy, its caches watching the cluster, and
 /// the background audit at `audit` (`0`: off; the default is `10m`).
 fn guard(api: &Apiserver, dir: &Path, port: u16, audit: &str) -> Process {
@@ -160,7 +144,8 @@ fn guard(api: &Apiserver, dir: &Path, port: u16, audit: &str) -> Process {
         // The webhook configurations call it by URL, at 127.0.0.1.
         .args(["--tls-server-name", "127.0.0.1"])
         .env("KUBECONFIG", &api.kubeconfig)
-        .envs(image_env());
+        // The environment the image gives it (the Dockerfile's runtime stage).
+        .envs(common::image_env());
     let process = Process::start(command);
     process.wait_for("cluster caches synced");
     process

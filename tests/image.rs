@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::server::{self, Log, SecretVolume, generate_certs, pem_to_der};
 use common::unavailable::Unavailable;
-use common::{kustomize, of_kind};
+use common::{image_env, kustomize, of_kind, runtime_stage};
 use hyper::StatusCode;
 use serde_json::Value;
 
@@ -41,23 +41,6 @@ fn image_binary() -> PathBuf {
         );
     assert!(path.is_file(), "{} does not exist", path.display());
     path
-}
-
-/// The runtime stage of the Dockerfile: instruction → arguments (the last one wins).
-fn runtime_stage() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
-    let mut stage = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
-        if keyword == "FROM" {
-            stage.clear();
-        }
-        stage.push((keyword.to_owned(), rest.trim().to_owned()));
-    }
-    stage
 }
 
 fn instruction(stage: &[(String, String)], keyword: &str) -> String {
@@ -248,11 +231,8 @@ impl Pod {
             .args(["--setenv", "KUBERNETES_SERVICE_PORT"])
             .arg(apiserver.addr.port().to_string());
         // The image's environment first; the container's env overrides it, as in a pod.
-        for (keyword, pair) in runtime_stage() {
-            if keyword == "ENV" {
-                let (name, value) = pair.split_once('=').expect("ENV NAME=value");
-                bwrap.args(["--setenv", name, value]);
-            }
+        for (name, value) in image_env() {
+            bwrap.args(["--setenv", &name, &value]);
         }
         for env in container["env"].as_array().into_iter().flatten() {
             let name = env["name"].as_str().unwrap();

@@ -12,6 +12,35 @@ use stateful_guard::cluster::{ClusterView, Snapshot};
 use stateful_guard::engine::Phase;
 use stateful_guard::policy::{PolicySet, parse_documents};
 
+/// The runtime stage of the Dockerfile (its last): instruction → arguments, in order.
+pub fn runtime_stage() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    let mut stage = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if keyword == "FROM" {
+            stage.clear();
+        }
+        stage.push((keyword.to_owned(), rest.trim().to_owned()));
+    }
+    stage
+}
+
+/// The environment the image gives the binary: the runtime stage's `ENV NAME=value` lines.
+pub fn image_env() -> Vec<(String, String)> {
+    runtime_stage()
+        .into_iter()
+        .filter(|(keyword, _)| keyword == "ENV")
+        .map(|(_, pair)| {
+            let (name, value) = pair.split_once('=').expect("ENV NAME=value");
+            (name.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
 /// `tests/fixtures`: the captured reviews and manifests (see its README).
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
