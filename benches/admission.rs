@@ -21,7 +21,52 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// One review's log event, in its span (the fields `server::routes` logs for a patched PVC),
+/// written as a JSON line to a sink: by tracing-subscriber's JSON format, and by the one the
+/// binary uses (`telemetry::json`), which writes the same text.
+fn log_event(c: &mut Criterion) {
+    use tracing_subscriber::fmt::{self, format::JsonFields};
+    use tracing_subscriber::layer::SubscriberExt;
+    let messages: Vec<String> = Vec::new();
+    let emit = || {
+        let span = tracing::info_span!("review", endpoint = "mutate");
+        let _entered = span.enter();
+        tracing::info!(
+            uid = "17692271-d8b9-4d46-b037-492b2cc5a408",
+            kind = "PersistentVolumeClaim",
+            namespace = "default",
+            name = "nosc-with-default",
+            operation = "CREATE",
+            decision = "patched",
+            policy = Some("default"),
+            mode = Some("enforce"),
+            skipped = None::<&str>,
+            mutations = Some("fast-storage-class"),
+            findings = Some(""),
+            messages = Some(tracing::field::debug(&messages)),
+            "admission review"
+        );
+    };
+    let theirs = fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_span_list(false)
+        .with_writer(std::io::sink);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(theirs), || {
+        c.bench_function("log event, tracing-subscriber's JSON format", |b| {
+            b.iter(emit)
+        });
+    });
+    let ours = fmt::layer()
+        .fmt_fields(JsonFields::new())
+        .event_format(stateful_guard::telemetry::json::JsonLines)
+        .with_writer(std::io::sink);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(ours), || {
+        c.bench_function("log event, stateful-guard's JSON format", |b| b.iter(emit));
+    });
+}
+
+criterion_group!(benches, bench, log_event);
 criterion_main!(benches);
 
 /// The allocator the binary ships with (src/main.rs).

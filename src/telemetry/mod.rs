@@ -1,10 +1,12 @@
-//! Logging setup: text or JSON, filtered by an EnvFilter expression, written by [`batch`].
+//! Logging setup: text or JSON ([`json`]), filtered by an EnvFilter expression, written by
+//! [`batch`].
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
 pub mod batch;
+pub mod json;
 
 use crate::cli::{LogArgs, LogFormat};
 use crate::cluster::health::{KUBE_CLIENT_TARGET, KubeFailures};
@@ -53,9 +55,8 @@ pub fn init(args: &LogArgs) -> Option<FlushGuard> {
         // The current span only (`"span":{"endpoint":..,"name":"review"}`): the list of every
         // enclosing span repeated it on each line.
         LogFormat::Json => output
-            .json()
-            .flatten_event(true)
-            .with_span_list(false)
+            .fmt_fields(fmt::format::JsonFields::new())
+            .event_format(json::JsonLines)
             .boxed(),
         LogFormat::Text => output.boxed(),
     };
