@@ -14,8 +14,8 @@ use crate::policy::{
     Mode, MutateAction, Policy, PolicySet, Selection, UpdateValidation, ValidateAction,
 };
 use crate::rules::{
-    Context, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, Part, RuleId,
-    Rules, ValidationRule, ValidationVisitor, patch,
+    Context, Detail, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, Part,
+    RuleId, Rules, ValidationRule, ValidationVisitor, patch,
 };
 
 /// The annotation listing the mutation rules applied to an object.
@@ -317,6 +317,7 @@ pub fn evaluate(
         cluster,
         mutate_template_on_update: policy.spec.updates.mutate_template,
         written: subject.written,
+        detail: Detail::Full,
     };
     let mut eval = Evaluation {
         policy: Some(policy.clone()),
@@ -522,7 +523,11 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
         // An existing workload must stay operable (scalable during an incident): report only
         // what this update introduces, or what it touches (a container it changes).
         // Linear: one set of the old findings, one lookup per new finding.
-        let before: HashSet<(RuleId, Part)> = findings_of(old, policy, eval, ctx)
+        let compared = Context {
+            detail: Detail::Compared,
+            ..*ctx
+        };
+        let before: HashSet<(RuleId, Part)> = findings_of(old, policy, eval, &compared)
             .into_iter()
             .map(|r| (r.finding.rule, r.finding.subject))
             .collect();

@@ -229,6 +229,19 @@ pub struct Context<'a> {
     /// The object as its author wrote it, when known (`check` reads it from a file): every field
     /// present in it was chosen, as `kubectl apply` and server-side apply would show.
     pub written: Option<&'a serde_json::Value>,
+    /// What the findings are for: reported, or only compared by rule and part.
+    pub detail: Detail,
+}
+
+/// What a validation's findings are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Reported to people: every message whole.
+    Full,
+    /// Only compared, by rule and part, with those of another version of the object (the old
+    /// object of an UPDATE, for `updates.validate: newFindings`): a rule may leave out of its
+    /// messages what is costly to write and nobody will read.
+    Compared,
 }
 
 impl Context<'_> {
@@ -392,6 +405,7 @@ pub(crate) mod testing {
             cluster,
             mutate_template_on_update: false,
             written: None,
+            detail: Detail::Full,
         }
     }
 

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
-use super::{Aspect, Context, Finding, Part, RuleId, display_name};
+use super::{Aspect, Context, Detail, Finding, Part, RuleId, display_name};
 use crate::cluster::Pdb;
 use crate::labels;
 use crate::policy::action::ValidateAction;
@@ -115,15 +115,21 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
     if !matching_pdbs(sts, ctx).is_empty() {
         return vec![];
     }
-    let manifest = serde_yaml_ng::to_string(&suggested_pdb(sts, ctx.namespace))
-        .unwrap_or_else(|e| format!("# could not render a PodDisruptionBudget: {e}\n"));
+    let mut message = format!(
+        "StatefulSet {name} has {replicas} replicas but no PodDisruptionBudget selects its pods ({}): a node drain can evict several at once and break quorum.",
+        labels::display(&spec.selector)
+    );
+    // The manifest is most of the finding's cost (a YAML rendering): only for a message read.
+    if ctx.detail == Detail::Full {
+        let manifest = serde_yaml_ng::to_string(&suggested_pdb(sts, ctx.namespace))
+            .unwrap_or_else(|e| format!("# could not render a PodDisruptionBudget: {e}\n"));
+        message.push_str(" Create this PodDisruptionBudget first:\n---\n");
+        message.push_str(&manifest);
+    }
     vec![Finding::new(
         RuleId::RequirePdb,
         Part::Whole(Aspect::Pdb),
-        format!(
-            "StatefulSet {name} has {replicas} replicas but no PodDisruptionBudget selects its pods ({}): a node drain can evict several at once and break quorum. Create this PodDisruptionBudget first:\n---\n{manifest}",
-            labels::display(&spec.selector)
-        ),
+        message,
     )]
 }
 
@@ -177,6 +183,25 @@ mod tests {
             manifest.contains("apiVersion: policy/v1")
                 && manifest.contains("kind: PodDisruptionBudget")
         );
+    }
+
+    #[test]
+    fn a_finding_only_compared_has_the_same_key_without_the_manifest() {
+        let cluster = Snapshot::known(vec![], vec![], vec![]);
+        let full = ctx(Operation::Update, &cluster);
+        let compared = Context {
+            detail: Detail::Compared,
+            ..full
+        };
+        let reported = validate(&basic_sts(), &Config::default(), &full);
+        let only_compared = validate(&basic_sts(), &Config::default(), &compared);
+        assert_eq!(reported.len(), 1);
+        assert_eq!(only_compared.len(), 1);
+        let (r, c) = (&reported[0], &only_compared[0]);
+        assert_eq!((r.rule, &r.subject), (c.rule, &c.subject));
+        assert!(r.message.contains("kind: PodDisruptionBudget"), "{}", r.message);
+        assert!(!c.message.contains("---"), "{}", c.message);
+        assert!(r.message.starts_with(&c.message), "{}", c.message);
     }
 
     #[test]
