@@ -342,40 +342,35 @@ async fn update_reports_only_what_the_update_introduces() {
 async fn an_update_that_leaves_its_pdb_is_denied_with_the_manifest_to_create() {
     // The old pods carry `tier: quorum`, which the namespace's one PDB selects; the update drops
     // the label. The finding is new, so it is reported whole, manifest included (the old
-    // object's findings are only compared, without one).
-    let mut v: Value = serde_json::from_slice(&review_fixture(ZK_UPDATE_VALIDATING)).unwrap();
-    v["request"]["oldObject"]["spec"]["template"]["metadata"]["labels"]["tier"] = json!("quorum");
+    // object's findings are only compared, without one). Keeping the label keeps the PDB.
+    let mut left: Value = serde_json::from_slice(&review_fixture(ZK_UPDATE_VALIDATING)).unwrap();
+    left["request"]["oldObject"]["spec"]["template"]["metadata"]["labels"]["tier"] =
+        json!("quorum");
+    let mut kept = left.clone();
+    kept["request"]["object"]["spec"]["template"]["metadata"]["labels"]["tier"] = json!("quorum");
     let with_pdb = cluster(
         "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: zk, namespace: default}\nspec:\n  maxUnavailable: 1\n  selector: {matchLabels: {tier: quorum}}",
     );
-    let resp = review_with(
-        Phase::Validate,
-        &serde_json::to_vec(&v).unwrap(),
-        &default_policies(),
-        &with_pdb,
-        Uninterpretable::Allow,
-    )
-    .await;
-    assert!(!allowed(&resp), "{resp}");
-    let msg = resp["response"]["status"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("[require-pdb] StatefulSet default/zk has 5 replicas")
-            && msg.contains("Create this PodDisruptionBudget first")
-            && msg.contains("kind: PodDisruptionBudget"),
-        "{msg}"
-    );
-    // Without the label change the update keeps its PDB and is admitted.
-    let mut kept = v.clone();
-    kept["request"]["object"]["spec"]["template"]["metadata"]["labels"]["tier"] = json!("quorum");
-    let resp = review_with(
-        Phase::Validate,
-        &serde_json::to_vec(&kept).unwrap(),
-        &default_policies(),
-        &with_pdb,
-        Uninterpretable::Allow,
-    )
-    .await;
-    assert!(allowed(&resp), "{resp}");
+    for (body, admitted) in [(left, false), (kept, true)] {
+        let resp = review_with(
+            Phase::Validate,
+            &serde_json::to_vec(&body).unwrap(),
+            &default_policies(),
+            &with_pdb,
+            Uninterpretable::Allow,
+        )
+        .await;
+        assert_eq!(allowed(&resp), admitted, "{resp}");
+        if !admitted {
+            let msg = resp["response"]["status"]["message"].as_str().unwrap();
+            assert!(
+                msg.contains("[require-pdb] StatefulSet default/zk has 5 replicas")
+                    && msg.contains("Create this PodDisruptionBudget first")
+                    && msg.contains("kind: PodDisruptionBudget"),
+                "{msg}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
