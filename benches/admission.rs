@@ -21,6 +21,34 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// The typed decode alone (the body into kube's `AdmissionReview` of k8s-openapi's object, as the
+/// webhook decodes it, and dropped), beside a generic parse of the same body into a
+/// `serde_json::Value` (what the no-op webhook of `scripts/load` does): the floor under the
+/// hot path's time while its objects are k8s-openapi's structs.
+fn decode(c: &mut Criterion) {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use kube::core::admission::AdmissionReview;
+    use stateful_guard::admission::decode::from_slice;
+    for (name, _) in common::CASES {
+        let body = common::fixture(name);
+        let typed: fn(&[u8]) -> bool = if name.starts_with("pvc-") {
+            |body| from_slice::<Box<AdmissionReview<PersistentVolumeClaim>>>(body).is_ok()
+        } else {
+            |body| from_slice::<Box<AdmissionReview<StatefulSet>>>(body).is_ok()
+        };
+        assert!(typed(&body), "{name} decodes");
+        c.bench_function(&format!("typed decode alone, {name}"), |b| {
+            b.iter(|| typed(std::hint::black_box(&body)))
+        });
+        c.bench_function(&format!("generic parse (the no-op's), {name}"), |b| {
+            b.iter(|| {
+                serde_json::from_slice::<serde_json::Value>(std::hint::black_box(&body)).is_ok()
+            })
+        });
+    }
+}
+
 /// One review's log event, in its span (the fields `server::routes` logs for a patched PVC),
 /// written as a JSON line to a sink: by tracing-subscriber's JSON format, and by the one the
 /// binary uses (`telemetry::json`), which writes the same text.
@@ -66,7 +94,7 @@ fn log_event(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, log_event);
+criterion_group!(benches, bench, decode, log_event);
 criterion_main!(benches);
 
 /// The allocator the binary ships with (src/main.rs).

@@ -23,7 +23,7 @@ use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
 
-mod decode;
+pub mod decode;
 pub mod response;
 
 /// What to answer for a review the webhook cannot interpret (a kind it does not handle, or an
