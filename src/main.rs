@@ -5,7 +5,7 @@ use stateful_guard::cli::{Cli, Command};
 /// mimalloc instead of glibc's allocator: a review's decode makes some 700 small allocations,
 /// and glibc's malloc and free were a fifth of its instructions. Built without transparent huge
 /// pages (`no_thp`: with them, 34 MiB RSS idle instead of 20), and the image sets
-/// `MIMALLOC_PURGE_DELAY=0` (Dockerfile). README, Performance, has the measurements.
+/// `MIMALLOC_PURGE_DELAY=10` (Dockerfile). README, Performance, has the measurements.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
