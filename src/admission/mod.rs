@@ -22,6 +22,7 @@ use crate::cluster::{ClaimOwner, ClusterView, WithLive};
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
+use decode::Boxed;
 
 pub mod decode;
 pub mod response;
@@ -130,11 +131,7 @@ fn is(gvk: &GroupVersionKind, (g, v, k): (&str, &str, &str)) -> bool {
 
 impl Reviewer<'_> {
     /// Answers one review body. `Err` only for bodies that are not an AdmissionReview.
-    pub async fn review(
-        &self,
-        phase: Phase,
-        body: &[u8],
-    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+    pub async fn review(&self, phase: Phase, body: &[u8]) -> Result<(Reply, Outcome), BadReview> {
         let (mut review, outcome) = self.answer(phase, body).await?;
         if let (Some(why), Some(response)) =
             (self.policies.orphaned_warning(), review.response.as_mut())
@@ -147,11 +144,7 @@ impl Reviewer<'_> {
         Ok((review, outcome))
     }
 
-    async fn answer(
-        &self,
-        phase: Phase,
-        body: &[u8],
-    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+    async fn answer(&self, phase: Phase, body: &[u8]) -> Result<(Reply, Outcome), BadReview> {
         if names_a_pvc(body) {
             if let Some(review) = decode_as::<PersistentVolumeClaim>(body, PVC) {
                 return self.typed(phase, review, |o| Object::Pvc(o)).await;
@@ -193,9 +186,9 @@ impl Reviewer<'_> {
         phase: Phase,
         body: &[u8],
         wrap: fn(&K) -> Object<'_>,
-    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview>
+    ) -> Result<(Reply, Outcome), BadReview>
     where
-        K: Resource + DeserializeOwned + Clone,
+        Boxed<K>: Resource + DeserializeOwned,
     {
         match decode::from_slice(body) {
             Ok(review) => self.typed(phase, review, wrap).await,
@@ -209,11 +202,11 @@ impl Reviewer<'_> {
     async fn typed<K>(
         &self,
         phase: Phase,
-        mut review: Box<AdmissionReview<K>>,
+        mut review: Box<AdmissionReview<Boxed<K>>>,
         wrap: fn(&K) -> Object<'_>,
-    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview>
+    ) -> Result<(Reply, Outcome), BadReview>
     where
-        K: Resource + DeserializeOwned + Clone,
+        Boxed<K>: Resource,
     {
         // What kube's `TryFrom<AdmissionReview>` does, without moving the request (kilobytes of
         // k8s-openapi structs) out of its box.
@@ -235,10 +228,10 @@ impl Reviewer<'_> {
         let operation = match req.operation {
             kadm::Operation::Create => Operation::Create,
             kadm::Operation::Update => Operation::Update,
-            _ => return Ok((AdmissionResponse::from(req).into_review(), outcome)),
+            _ => return Ok((reply(AdmissionResponse::from(req)), outcome)),
         };
         let Some(object) = req.object.as_ref() else {
-            return Ok((AdmissionResponse::from(req).into_review(), outcome));
+            return Ok((reply(AdmissionResponse::from(req)), outcome));
         };
         if outcome.name.is_empty() {
             outcome.name = bounded(&display_name(object.meta(), &namespace));
@@ -255,7 +248,7 @@ impl Reviewer<'_> {
             operation,
             namespace: &namespace,
             object,
-            old: req.old_object.as_ref().map(wrap),
+            old: req.old_object.as_deref().map(wrap),
             claim_owner: claim_owner.as_ref(),
             written: None,
         };
@@ -267,7 +260,7 @@ impl Reviewer<'_> {
         {
             // A namespace created or relabelled a moment ago: read its labels before choosing
             // the policy, rather than fall through to a weaker one.
-            match live.live_namespace_labels(&namespace).await {
+            match Box::pin(live.live_namespace_labels(&namespace)).await {
                 Ok(labels) => view.namespace_labels = labels,
                 Err(error) => {
                     tracing::warn!(uid = %req.uid, %error, "live Namespace read failed; using the cache")
@@ -282,7 +275,7 @@ impl Reviewer<'_> {
                 .any(|r| r.finding.rule == RuleId::RequirePdb && !r.finding.unverified)
         {
             // The cache may lag a PDB created a moment ago: one live list before denying.
-            match live.live_pdbs(&namespace).await {
+            match Box::pin(live.live_pdbs(&namespace)).await {
                 Ok(pdbs) => {
                     view.pdbs = Some(pdbs);
                     eval = engine::evaluate(phase, &subject, self.policies, &view);
@@ -304,7 +297,7 @@ impl Reviewer<'_> {
         };
         outcome.evaluation = Some(eval);
         outcome.would_patch = resp.audit_annotations.get("would-patch").cloned();
-        Ok((resp.into_review(), outcome))
+        Ok((reply(resp), outcome))
     }
 
     /// For a PVC the StatefulSet controller creates: the StatefulSet it is for. The cache
@@ -323,7 +316,7 @@ impl Reviewer<'_> {
         if let Some(owner) = self.cluster.claim_owner(namespace, claim) {
             return Some(owner);
         }
-        match self.live?.live_claim_owner(namespace, claim).await {
+        match Box::pin(self.live?.live_claim_owner(namespace, claim)).await {
             Ok(owner) => owner,
             Err(error) => {
                 tracing::warn!(%error, namespace, claim, "live StatefulSet list failed; the claim is evaluated as any other");
@@ -332,22 +325,14 @@ impl Reviewer<'_> {
         }
     }
 
-    fn passthrough(
-        &self,
-        body: &[u8],
-        why: &str,
-    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+    fn passthrough(&self, body: &[u8], why: &str) -> Result<(Reply, Outcome), BadReview> {
         let req = generic_request(body)?;
         let outcome = outcome_of(&req, Decision::Skipped);
         tracing::debug!(uid = %req.uid, why, "not evaluated");
-        Ok((AdmissionResponse::from(&req).into_review(), outcome))
+        Ok((reply(AdmissionResponse::from(&req)), outcome))
     }
 
-    fn uninterpretable(
-        &self,
-        body: &[u8],
-        reason: String,
-    ) -> Result<(AdmissionReview<DynamicObject>, Outcome), BadReview> {
+    fn uninterpretable(&self, body: &[u8], reason: String) -> Result<(Reply, Outcome), BadReview> {
         let req = generic_request(body)?;
         let outcome = outcome_of(&req, Decision::Uninterpretable);
         let reason = response::truncate(&reason, response::limits::ITEM);
@@ -365,8 +350,17 @@ impl Reviewer<'_> {
             }
         };
         tracing::warn!(uid = %req.uid, %reason, "uninterpretable review");
-        Ok((resp.into_review(), outcome))
+        Ok((reply(resp), outcome))
     }
+}
+
+/// The review sent back: kube's `AdmissionReview` around the response, boxed. It is 2 KB (its
+/// `request`, empty here, is inline), returned through each level of the review's futures: a
+/// pointer moves instead.
+pub type Reply = Box<AdmissionReview<DynamicObject>>;
+
+fn reply(response: AdmissionResponse) -> Reply {
+    Box::new(response.into_review())
 }
 
 /// A string from the request, bounded before it reaches logs, metrics and warnings (Kubernetes
@@ -399,11 +393,11 @@ fn operation_name(op: &kadm::Operation) -> &'static str {
 /// that names `kind` on no subresource (a StatefulSet's `status` carries a StatefulSet, but is
 /// not evaluated). `None` for anything else, which the careful path then sorts out.
 /// Boxed: the review is kilobytes, and stays in place while the review's future is moved.
-fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<Box<AdmissionReview<K>>>
+fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<Box<AdmissionReview<Boxed<K>>>>
 where
-    K: Resource + DeserializeOwned,
+    Boxed<K>: Resource + DeserializeOwned,
 {
-    let review: Box<AdmissionReview<K>> = decode::from_slice(body).ok()?;
+    let review: Box<AdmissionReview<Boxed<K>>> = decode::from_slice(body).ok()?;
     let req = review.request.as_ref()?;
     let whole = req.sub_resource.as_deref().is_none_or(str::is_empty);
     (review.types.api_version == kadm::META_API_VERSION_V1 && is(&req.kind, kind) && whole)

@@ -243,9 +243,7 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
 /// `patchType`, `JSONPatch`, the one type the API defines. (kube sets that type only in
 /// `with_patch`, which takes an owned `Patch`; [`build`] serializes borrowed operations instead,
 /// so `patchType` is never set in kube's part and is never written twice.)
-pub fn to_wire(
-    mut review: kube::core::admission::AdmissionReview<kube::core::DynamicObject>,
-) -> Result<Vec<u8>, serde_json::Error> {
+pub fn to_wire(mut review: super::Reply) -> Result<Vec<u8>, serde_json::Error> {
     use base64::Engine as _;
 
     #[derive(serde::Serialize)]
