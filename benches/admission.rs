@@ -28,14 +28,13 @@ fn bench(c: &mut Criterion) {
 fn decode(c: &mut Criterion) {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-    use kube::core::admission::AdmissionReview;
-    use stateful_guard::admission::decode::{Boxed, from_slice};
+    use stateful_guard::admission::decode::{Review, from_slice};
     for (name, _) in common::CASES {
         let body = common::fixture(name);
         let typed: fn(&[u8]) -> bool = if name.starts_with("pvc-") {
-            |body| from_slice::<Box<AdmissionReview<Boxed<PersistentVolumeClaim>>>>(body).is_ok()
+            |body| from_slice::<Review<PersistentVolumeClaim>>(body).is_ok()
         } else {
-            |body| from_slice::<Box<AdmissionReview<Boxed<StatefulSet>>>>(body).is_ok()
+            |body| from_slice::<Review<StatefulSet>>(body).is_ok()
         };
         assert!(typed(&body), "{name} decodes");
         c.bench_function(&format!("typed decode alone, {name}"), |b| {

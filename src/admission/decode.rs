@@ -75,6 +75,10 @@ impl<K: k8s_openapi::Metadata> k8s_openapi::Metadata for Boxed<K> {
     }
 }
 
+/// A review of a `K` as the webhook decodes it, with [`from_slice`]: the review boxed, its objects
+/// [`Boxed`].
+pub type Review<K> = Box<kube::core::admission::AdmissionReview<Boxed<K>>>;
+
 fn decode<'de, R, T>(mut de: serde_json::Deserializer<R>) -> serde_json::Result<T>
 where
     R: serde_json::de::Read<'de>,

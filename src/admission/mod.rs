@@ -202,7 +202,7 @@ impl Reviewer<'_> {
     async fn typed<K>(
         &self,
         phase: Phase,
-        mut review: Box<AdmissionReview<Boxed<K>>>,
+        mut review: decode::Review<K>,
         wrap: fn(&K) -> Object<'_>,
     ) -> Result<(Reply, Outcome), BadReview>
     where
@@ -393,11 +393,11 @@ fn operation_name(op: &kadm::Operation) -> &'static str {
 /// that names `kind` on no subresource (a StatefulSet's `status` carries a StatefulSet, but is
 /// not evaluated). `None` for anything else, which the careful path then sorts out.
 /// Boxed: the review is kilobytes, and stays in place while the review's future is moved.
-fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<Box<AdmissionReview<Boxed<K>>>>
+fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<decode::Review<K>>
 where
     Boxed<K>: Resource + DeserializeOwned,
 {
-    let review: Box<AdmissionReview<Boxed<K>>> = decode::from_slice(body).ok()?;
+    let review: decode::Review<K> = decode::from_slice(body).ok()?;
     let req = review.request.as_ref()?;
     let whole = req.sub_resource.as_deref().is_none_or(str::is_empty);
     (review.types.api_version == kadm::META_API_VERSION_V1 && is(&req.kind, kind) && whole)
