@@ -227,6 +227,10 @@ pub enum OutputFormat {
     Text,
     Json,
     Yaml,
+    /// SARIF 2.1.0, for GitHub code scanning and other SARIF readers.
+    Sarif,
+    /// JUnit XML: a test case per object and rule, a failure per deny or warn.
+    Junit,
 }
 
 #[derive(Debug, Args)]

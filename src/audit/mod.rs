@@ -112,6 +112,7 @@ impl Tally {
             };
             let doc = Document {
                 path: crate::check::cluster::CLUSTER_FILE.to_owned(),
+                line: 0,
                 index: self.summary.objects + 1,
                 value,
             };

@@ -187,6 +187,7 @@ mod tests {
             name: name.into(),
             file: "cluster".into(),
             document: 1,
+            line: 0,
             policy: "default".into(),
             mode: Mode::Enforce,
             allowed: false,

@@ -182,6 +182,7 @@ pub async fn read(client: &Client, scope: &Scope) -> Result<Listed, ClusterError
     {
         documents.push(Document {
             path: CLUSTER_FILE.to_owned(),
+            line: 0,
             index: documents.len() + 1,
             value: value?,
         });

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
-use super::input::{Document, InputError, ObjectAt, decode, invalid, snapshot, type_of};
+use super::input::{Document, InputError, ObjectAt, decode, invalid, snapshot_of, type_of};
 use super::report::{ObjectReport, Report, ReportFinding, ReportMutation, Summary};
 use crate::cluster::ClusterView;
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
@@ -138,15 +138,24 @@ fn evaluate_value(
     })
 }
 
+/// What `check` makes of its input.
+#[derive(Debug)]
+pub struct Checked {
+    pub report: Report,
+    /// Every document that read, with the mutations applied to those that evaluated (for
+    /// `--fix`).
+    pub fixed: Vec<Value>,
+    /// Each document that did not evaluate, and why: `check` exits 2 after reporting the rest.
+    pub errors: Vec<InputError>,
+}
+
 /// Evaluates every StatefulSet and PVC of `docs`, with the cluster state they describe.
-/// Returns the report and the documents with the mutations applied (for `--fix`).
-pub fn check(
-    docs: &[Document],
-    policies: &PolicySet,
-    namespace: &str,
-) -> Result<(Report, Vec<Value>), InputError> {
-    let cluster = snapshot(docs)?;
-    evaluate_all(docs, policies, namespace, &cluster, Origin::Manifests)
+pub fn check(docs: &[Document], policies: &PolicySet, namespace: &str) -> Checked {
+    let (cluster, mut errors) = snapshot_of(docs);
+    let mut checked = evaluate_all(docs, policies, namespace, &cluster, Origin::Manifests);
+    errors.append(&mut checked.errors);
+    checked.errors = errors;
+    checked
 }
 
 /// Evaluates every StatefulSet and PVC of `docs` against `cluster`.
@@ -156,20 +165,29 @@ pub fn evaluate_all(
     namespace: &str,
     cluster: &dyn ClusterView,
     origin: Origin,
-) -> Result<(Report, Vec<Value>), InputError> {
+) -> Checked {
     let mut objects = Vec::new();
     let mut fixed = Vec::new();
+    let mut errors = Vec::new();
     for doc in docs {
-        match evaluate_document(doc, policies, namespace, cluster, origin)? {
-            Some((report, mutated)) => {
+        match evaluate_document(doc, policies, namespace, cluster, origin) {
+            Ok(Some((report, mutated))) => {
                 objects.push(report);
                 fixed.push(mutated);
             }
-            None => fixed.push(doc.value.clone()),
+            Ok(None) => fixed.push(doc.value.clone()),
+            Err(error) => {
+                errors.push(error);
+                fixed.push(doc.value.clone());
+            }
         }
     }
     let summary = Summary::of(&objects);
-    Ok((Report { objects, summary }, fixed))
+    Checked {
+        report: Report { objects, summary },
+        fixed,
+        errors,
+    }
 }
 
 /// The verdict on one document, and the document with the mutations applied; `None` when it is
@@ -219,6 +237,7 @@ pub fn evaluate_document(
                 name,
                 file: doc.path.clone(),
                 document: doc.index,
+                line: doc.line,
                 policy: String::new(),
                 mode: Default::default(),
                 allowed: true,
@@ -238,6 +257,7 @@ pub fn evaluate_document(
         name,
         file: doc.path.clone(),
         document: doc.index,
+        line: doc.line,
         policy: m.policy_name().to_owned(),
         mode: m.mode,
         allowed: !denied,

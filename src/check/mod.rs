@@ -15,19 +15,21 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::cli::{CheckArgs, OutputFormat};
 use crate::policy::PolicySet;
 use crate::policy::source::{FileSource, PolicyStore};
 
+pub mod ci;
 pub mod cluster;
 pub mod evaluate;
 pub mod input;
 pub mod report;
+pub mod yaml;
 
-pub use evaluate::check;
-pub use input::{Document, InputError, ObjectAt, parse_stream, read_inputs, snapshot};
+pub use evaluate::{Checked, check};
+pub use input::{
+    Document, InputError, ObjectAt, parse_stream, read_inputs, read_stream, snapshot, snapshot_of,
+};
 pub use report::{ObjectReport, Report, ReportFinding, ReportMutation, Summary, render_text};
 
 /// The policies of `--policy` (a file or a directory), or the embedded default; never applied to
@@ -55,7 +57,7 @@ fn load_policies(
 }
 
 /// `check --cluster`: lists what the cluster runs, then evaluates it as `check -f` does.
-fn check_cluster(args: &CheckArgs) -> anyhow::Result<(Report, Vec<Value>)> {
+fn check_cluster(args: &CheckArgs) -> anyhow::Result<Checked> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -78,24 +80,33 @@ fn check_cluster(args: &CheckArgs) -> anyhow::Result<(Report, Vec<Value>)> {
             &args.namespace,
             &listed.cluster,
             evaluate::Origin::Cluster,
-        )?)
+        ))
     })
 }
 
+/// `check -f`: every document that reads is evaluated, whatever the others do.
+fn check_files(args: &CheckArgs) -> Result<Checked, InputError> {
+    let policies = load_policies(args.policy.as_deref(), vec![])?;
+    let (docs, mut errors) = read_inputs(&args.files);
+    let mut checked = check(&docs, &policies, &args.namespace);
+    errors.append(&mut checked.errors);
+    checked.errors = errors;
+    Ok(checked)
+}
+
 /// `stateful-guard check`: exit 0 when nothing enforced is violated, 1 when something is, 2 on
-/// usage or input errors.
+/// usage or input errors. Input errors are reported after everything that did evaluate.
 pub fn run(args: &CheckArgs) -> ExitCode {
     let result = if args.cluster {
         check_cluster(args)
     } else {
-        (|| {
-            let policies = load_policies(args.policy.as_deref(), vec![])?;
-            let docs = read_inputs(&args.files)?;
-            check(&docs, &policies, &args.namespace)
-        })()
-        .map_err(anyhow::Error::from)
+        check_files(args).map_err(anyhow::Error::from)
     };
-    let (report, fixed) = match result {
+    let Checked {
+        report,
+        fixed,
+        errors,
+    } = match result {
         Ok(r) => r,
         Err(error) => {
             // Each error's message includes its cause.
@@ -105,13 +116,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     };
     if args.fix {
         for value in &fixed {
-            match serde_yaml_ng::to_string(value) {
-                Ok(yaml) => print!("---\n{yaml}"),
-                Err(error) => {
-                    eprintln!("error: cannot render YAML: {error}");
-                    return ExitCode::from(2);
-                }
-            }
+            print!("---\n{}", yaml::write(value));
         }
         eprint!("{}", render_text(&report));
     } else {
@@ -121,6 +126,8 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 .map(|s| s + "\n")
                 .map_err(|e| e.to_string()),
             OutputFormat::Yaml => serde_yaml_ng::to_string(&report).map_err(|e| e.to_string()),
+            OutputFormat::Sarif => ci::sarif(&report, &errors),
+            OutputFormat::Junit => ci::junit(&report, &errors),
         };
         match rendered {
             Ok(text) => print!("{text}"),
@@ -129,6 +136,16 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    for error in &errors {
+        eprintln!("error: {error}");
+    }
+    if !errors.is_empty() {
+        eprintln!(
+            "error: {} document(s) could not be evaluated; every other one is reported above",
+            errors.len()
+        );
+        return ExitCode::from(2);
     }
     let enforced_violation = report.objects.iter().any(|o| !o.allowed);
     if enforced_violation {

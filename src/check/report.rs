@@ -32,6 +32,9 @@ pub struct ObjectReport {
     pub name: String,
     pub file: String,
     pub document: usize,
+    /// 1-based line where the document starts in its file (0: not from a file).
+    #[serde(default)]
+    pub line: usize,
     pub policy: String,
     pub mode: Mode,
     pub allowed: bool,
@@ -77,7 +80,7 @@ pub fn render_text(report: &Report) -> String {
         let place = if o.file == super::cluster::CLUSTER_FILE {
             "in the cluster".to_owned()
         } else {
-            format!("{}, document {}", o.file, o.document)
+            format!("{}:{}, document {}", o.file, o.line, o.document)
         };
         out.push_str(&format!(
             "{} {}/{} ({place}): {verdict}, policy {} ({})\n",

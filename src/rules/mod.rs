@@ -205,6 +205,38 @@ impl<'de> Deserialize<'de> for RuleId {
     }
 }
 
+/// What a rule is for, from its module's documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    /// The first paragraph, without the rule's name: what the rule asks for.
+    pub summary: String,
+    /// The rest: why, and what the rule does about it.
+    pub help: String,
+}
+
+impl RuleId {
+    /// The rule's description, read from its module's `//!` documentation (SARIF's rule
+    /// metadata, `check`'s help).
+    pub fn description(self) -> Description {
+        let doc: Vec<&str> = self
+            .source()
+            .lines()
+            .map_while(|l| l.strip_prefix("//!"))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l))
+            .collect();
+        let mut paragraphs = doc.split(|l| l.trim().is_empty()).map(|p| p.join(" "));
+        let first = paragraphs.next().unwrap_or_default();
+        let name = format!("`{}`:", self.as_str());
+        let summary = first
+            .strip_prefix(name.as_str())
+            .unwrap_or(&first)
+            .trim()
+            .to_owned();
+        let help = paragraphs.collect::<Vec<_>>().join("\n\n");
+        Description { summary, help }
+    }
+}
+
 impl fmt::Display for RuleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

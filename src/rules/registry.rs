@@ -37,6 +37,15 @@ macro_rules! registry {
                 }
             }
 
+            /// The rule module's source: its `//!` documentation is the rule's description (see
+            /// [`RuleId::description`]), written once, where the rule is.
+            const fn source(self) -> &'static str {
+                match self {
+                    $(RuleId::$m => include_str!(concat!(stringify!($mmod), ".rs")),)*
+                    $(RuleId::$v => include_str!(concat!(stringify!($vmod), ".rs")),)*
+                }
+            }
+
             pub const fn is_mutation(self) -> bool {
                 match self {
                     $(RuleId::$m => true,)*
