@@ -476,11 +476,10 @@ fn findings_of(
                 return;
             }
             let found = R::validate(self.sts, config, self.ctx);
-            self.out.extend(
-                found
-                    .into_iter()
-                    .map(|finding| Reported { finding, action }),
-            );
+            self.out.extend(found.into_iter().filter_map(|finding| {
+                let action = R::action_of(config, &finding);
+                (action != ValidateAction::Off).then_some(Reported { finding, action })
+            }));
         }
     }
     let mut visitor = Validate {
@@ -541,9 +540,9 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
                 || matches!(&f.subject, Part::Container(name) if changed.contains(name.as_str()))
         });
     }
-    // A rule that could not verify (no cluster state) never denies.
+    // A rule that could not verify (no cluster state), or that only advises, never denies.
     for r in &mut found {
-        if r.finding.unverified && r.action == ValidateAction::Enforce {
+        if (r.finding.unverified || r.finding.advisory) && r.action == ValidateAction::Enforce {
             r.action = ValidateAction::Warn;
         }
     }

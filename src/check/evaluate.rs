@@ -24,8 +24,13 @@ fn apply_defaults(value: &mut Value, namespace: &str, cluster: &dyn ClusterView)
     match type_of(value) {
         ("apps/v1", "StatefulSet") => {
             if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
-                spec.entry("podManagementPolicy")
+                // The apiserver defaults an empty or null policy as an absent one.
+                let policy = spec
+                    .entry("podManagementPolicy")
                     .or_insert_with(|| "OrderedReady".into());
+                if policy.is_null() || policy.as_str() == Some("") {
+                    *policy = "OrderedReady".into();
+                }
                 spec.entry("replicas").or_insert_with(|| 1.into());
             }
         }

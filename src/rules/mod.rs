@@ -102,6 +102,12 @@ pub trait MutationRule: Rule {
 pub trait ValidationRule: Rule {
     fn action(config: &Self::Config) -> ValidateAction;
     fn validate(sts: &StatefulSet, config: &Self::Config, ctx: &Context) -> Vec<Finding>;
+    /// The action of one of its findings, for a rule whose findings do not all weigh the same
+    /// (`require-priority-class`: a class that does not exist, or none at all). The rule runs
+    /// unless [`ValidationRule::action`] is `off`; a finding whose action is `off` is dropped.
+    fn action_of(config: &Self::Config, _finding: &Finding) -> ValidateAction {
+        Self::action(config)
+    }
 }
 
 /// What earlier mutation rules provide to later ones (filled by [`MutationRule::provide`]).
@@ -391,6 +397,9 @@ pub struct Finding {
     pub message: String,
     /// The rule could not verify (no cluster state): never deny on such a finding.
     pub unverified: bool,
+    /// Advice rather than a violation (a risk the object partly covers): never deny on such a
+    /// finding either; `enforce` reports it as a warning.
+    pub advisory: bool,
 }
 
 impl Finding {
@@ -400,6 +409,15 @@ impl Finding {
             subject,
             message: message.into(),
             unverified: false,
+            advisory: false,
+        }
+    }
+
+    /// The same finding as advice (see [`Finding::advisory`]).
+    pub fn advisory(self) -> Self {
+        Self {
+            advisory: true,
+            ..self
         }
     }
 }

@@ -3,6 +3,11 @@
 //! Why: with `OrderedReady`, pod N+1 starts only once pod N is Ready. A quorum-based database
 //! whose readiness needs a quorum never comes back after all its pods die at once (a full
 //! cluster restart): pod 0 waits for a quorum, and the other pods wait for pod 0.
+//!
+//! An `OrderedReady` the user wrote is a choice and stays, but on a StatefulSet of two or more
+//! replicas it is exactly that deadlock, so the rule says so (a warning naming the one-line fix
+//! and the opt-out annotation, which silences it). `podManagementPolicy: ""`, a chart's empty
+//! value, is no choice: the apiserver defaults it as if it were absent.
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use super::explicit::{Provenance, provenance, provenance_in};
@@ -33,8 +38,17 @@ pub fn mutate(
     }
     // OrderedReady is the default, so the value alone says nothing; but a server-side or
     // client-side apply tells us when the user wrote it, and then it stays.
-    if provenance_in(ctx, &sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet {
-        return Ok(Mutation::none());
+    if provenance_in(ctx, &sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet
+        && !written_empty(ctx, &sts.metadata)
+    {
+        let replicas = spec.replicas.unwrap_or(1);
+        if replicas < 2 {
+            return Ok(Mutation::none());
+        }
+        let name = sts.metadata.name.as_deref().unwrap_or("NAME");
+        return Ok(Mutation::note(format!(
+            "podManagementPolicy OrderedReady kept as written, but with {replicas} replicas it can deadlock a full restart: pod 1 waits for pod 0 to be Ready while pod 0 waits for a quorum of its peers. Fix: set spec.podManagementPolicy: Parallel (immutable: kubectl delete statefulset {name} --cascade=orphan, then apply; pods and volumes stay). If ordered start-up is really needed, say so with the annotation {OPT_OUT_ANNOTATION}: OrderedReady"
+        )));
     }
     Ok(Mutation {
         ops: vec![patch::set(
@@ -47,6 +61,24 @@ pub fn mutate(
         ),
         notes: vec![],
     })
+}
+
+/// Whether the manifest wrote `podManagementPolicy: ""` (or null): the apiserver defaults that
+/// exactly like an absent field, so it is no choice. Read from the manifest `check` was given,
+/// or from a client-side apply's last-applied configuration (compact JSON, as kubectl writes
+/// it).
+fn written_empty(ctx: &Context, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    if let Some(manifest) = ctx.written {
+        return manifest
+            .pointer("/spec/podManagementPolicy")
+            .is_some_and(|v| v.is_null() || v.as_str() == Some(""));
+    }
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get("kubectl.kubernetes.io/last-applied-configuration"))
+        .is_some_and(|m| {
+            m.contains(r#""podManagementPolicy":"""#) || m.contains(r#""podManagementPolicy":null"#)
+        })
 }
 
 /// On UPDATE of a StatefulSet this rule changed at CREATE: keeps `Parallel` when the update
@@ -147,10 +179,35 @@ mod tests {
             )]
             .into(),
         );
+        // Kept, with a warning naming the deadlock, the fix and the opt-out (3 replicas).
+        let m = mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        assert!(m.ops.is_empty());
+        assert_eq!(m.notes.len(), 1);
+        assert!(m.notes[0].contains("deadlock"), "{}", m.notes[0]);
+        assert!(m.notes[0].contains("podManagementPolicy: Parallel"));
+        assert!(m.notes[0].contains(OPT_OUT_ANNOTATION));
+        // One replica cannot deadlock: nothing to say.
+        let mut single = obj.clone();
+        single.spec.replicas = Some(1);
         assert!(
-            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+            mutate(&single, &Config::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
+        );
+        // A chart's empty value is no choice: changed like an absent field.
+        obj.metadata.annotations = Some(
+            [(
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                r#"{"spec":{"podManagementPolicy":""}}"#.to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+                .unwrap()
+                .ops
+                .len(),
+            1
         );
         // Same manifest without the field: the value was defaulted, so it is changed.
         obj.metadata.annotations = Some(

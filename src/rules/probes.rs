@@ -19,7 +19,17 @@ pub fn long_running_containers(sts: &StatefulSet) -> impl Iterator<Item = &Conta
         .chain(sidecars)
 }
 
-/// One finding per long-running container that lacks the probe `get` returns.
+/// The long-running containers that serve: each declares a `containerPort`, or is the pod's
+/// only long-running container. A sidecar that exposes no port (a config reloader, a log
+/// shipper, a backup agent) receives no traffic from a Service, so a readiness probe on it
+/// protects nobody, and an official chart that ships one is not wrong.
+pub fn serving_containers(sts: &StatefulSet) -> impl Iterator<Item = &Container> {
+    let only = long_running_containers(sts).nth(1).is_none();
+    long_running_containers(sts)
+        .filter(move |c| only || c.ports.as_ref().is_some_and(|p| !p.is_empty()))
+}
+
+/// One finding per serving container that lacks the probe `get` returns.
 pub fn missing(
     sts: &StatefulSet,
     ctx: &Context,
@@ -28,7 +38,7 @@ pub fn missing(
     why: &str,
     get: fn(&Container) -> Option<&Probe>,
 ) -> Vec<Finding> {
-    long_running_containers(sts)
+    serving_containers(sts)
         .filter(|c| get(c).is_none())
         .map(|c| {
             Finding::new(

@@ -1,7 +1,9 @@
-//! `require-liveness-probe`: every long-running container has a liveness probe.
+//! `require-liveness-probe`: every container that serves traffic has a liveness probe.
 //!
 //! Why: a deadlocked database process keeps its pod Running forever; only a liveness probe lets
-//! the kubelet restart it.
+//! the kubelet restart it. The containers asked are those `require-readiness-probe` asks (a
+//! declared `containerPort`, or the pod's only container): a port-less sidecar such as a config
+//! reloader is not the database, and a chart that ships one without probes is not wrong.
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use super::{Context, Finding, RuleId, probes};

@@ -103,6 +103,7 @@ pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> 
     if !ctx.cluster.is_known() {
         return vec![Finding {
             unverified: true,
+            advisory: false,
             ..Finding::new(
                 RuleId::RequirePdb,
                 Part::Whole(Aspect::Pdb),

@@ -7,16 +7,40 @@
 //! same as every batch job, so it is among the first to go. And a pod naming a PriorityClass
 //! that does not exist is refused at creation: the StatefulSet would run no pod at all.
 //!
+//! The two findings do not weigh the same. A class that does not exist stops every pod, and
+//! takes the rule's `action` (`warn` by default). No class at all is a cluster-wide choice that
+//! no public chart makes for its users (none sets a class), so reporting it on every
+//! StatefulSet is noise that teaches a team to ignore warnings: it takes `withoutClass`,
+//! `audit` by default (recorded, not shown) and `warn` in the strict policy.
+//!
 //! The `priority-class` mutation sets the policy's class where it is on; this rule reports what
 //! remains.
 use k8s_openapi::api::apps::v1::StatefulSet;
+use serde::{Deserialize, Serialize};
 
 use super::require_pdb::matching_pdbs;
 use super::{Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
-/// Only an action (default `warn`).
-pub type Config = super::ActionOnly<super::WarnByDefault>;
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    /// The rule's action, and that of a named class that does not exist (default `warn`);
+    /// `off` turns the whole rule off.
+    pub action: ValidateAction,
+    /// The action for a StatefulSet covered by a PDB whose pods name no class (default
+    /// `audit`).
+    pub without_class: ValidateAction,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            action: ValidateAction::Warn,
+            without_class: ValidateAction::Audit,
+        }
+    }
+}
 
 pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
     let Some(pod) = sts.spec.template.spec.as_ref() else {
@@ -68,6 +92,12 @@ impl super::ValidationRule for RequirePriorityClass {
     fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
         validate(sts, config, ctx)
     }
+    fn action_of(config: &Config, finding: &Finding) -> ValidateAction {
+        match finding.subject {
+            Part::Whole(Aspect::NoPriorityClass) => config.without_class,
+            _ => config.action,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +130,12 @@ mod tests {
         assert_eq!(found[0].subject, Part::Whole(Aspect::NoPriorityClass));
         assert!(found[0].message.contains("db-pdb"), "{}", found[0].message);
         assert!(found[0].message.contains("preempted"));
+        // Recorded, not shown, under the default policy; a missing class is warned.
+        use crate::rules::ValidationRule;
+        assert_eq!(
+            RequirePriorityClass::action_of(&Config::default(), &found[0]),
+            ValidateAction::Audit
+        );
     }
 
     #[test]
