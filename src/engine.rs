@@ -15,7 +15,7 @@ use crate::policy::{
 };
 use crate::rules::{
     Context, Detail, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, Part,
-    RuleId, Rules, ValidationRule, ValidationVisitor, patch,
+    RuleConfig, RuleId, Rules, ValidationRule, ValidationVisitor, patch,
 };
 
 /// The annotation listing the mutation rules applied to an object.
@@ -413,7 +413,7 @@ fn mutate(
     }
     impl<'r> MutationVisitor<'r> for Mutate<'_, 'r> {
         fn visit<R: MutationRule>(&mut self, rule: RuleId, config: &'r R::Config) {
-            let action = R::action(config);
+            let action = config.action();
             // A rule whose earlier decision was just kept has nothing new to add.
             if action == MutateAction::Off
                 || self.eval.exempted.contains(&rule)
@@ -471,7 +471,7 @@ fn findings_of(
     }
     impl<'r> ValidationVisitor<'r> for Validate<'_> {
         fn visit<R: ValidationRule>(&mut self, rule: RuleId, config: &'r R::Config) {
-            let action = R::action(config);
+            let action = config.action();
             if action == ValidateAction::Off || self.exempted.contains(&rule) {
                 return;
             }

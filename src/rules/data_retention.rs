@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde::{Deserialize, Serialize};
 
-use super::{Aspect, ClassAspect, Context, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Aspect, ClassAspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,89 +38,86 @@ impl Default for Config {
     }
 }
 
-pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let name = display_name(&sts.metadata, ctx.namespace);
-    let mut findings = Vec::new();
-    if cfg.retention_policy
-        && let Some(policy) = &sts.spec.persistent_volume_claim_retention_policy
-    {
-        if policy.when_deleted.as_deref() == Some("Delete") {
-            findings.push(Finding::new(
-                RuleId::DataRetention,
-                Part::Whole(Aspect::RetentionWhenDeleted),
-                format!(
-                    "deleting StatefulSet {name} deletes its PersistentVolumeClaims and their data (persistentVolumeClaimRetentionPolicy.whenDeleted: Delete): a mistaken `kubectl delete` or a GitOps prune loses the database; use Retain"
-                ),
-            ));
-        }
-        if policy.when_scaled.as_deref() == Some("Delete") {
-            findings.push(Finding::new(
-                RuleId::DataRetention,
-                Part::Whole(Aspect::RetentionWhenScaled),
-                format!(
-                    "scaling StatefulSet {name} down deletes the claims of the removed replicas (persistentVolumeClaimRetentionPolicy.whenScaled: Delete): scaling back up starts them empty, and a replica scaled away during an incident is gone; use Retain"
-                ),
-            ));
-        }
+impl super::RuleConfig for Config {
+    type Action = ValidateAction;
+    fn action(&self) -> ValidateAction {
+        self.action
     }
-    if !(cfg.reclaim_policy || cfg.volume_expansion) || !ctx.cluster.storage_classes_known() {
-        return findings;
-    }
-    // Each class once, whatever the number of templates using it.
-    let mut classes = BTreeSet::new();
-    for template in sts.spec.volume_claim_templates.iter().flatten() {
-        let class = match template
-            .spec
-            .as_ref()
-            .and_then(|s| s.storage_class_name.as_deref())
-        {
-            Some("") => continue, // statically provisioned: no class decides
-            Some(class) => ctx.cluster.storage_class(class),
-            None => ctx.cluster.default_storage_class(),
-        };
-        if let Some(class) = class {
-            classes.insert(class.metadata.name.clone().unwrap_or_default());
-        }
-    }
-    for class_name in classes {
-        let Some(class) = ctx.cluster.storage_class(&class_name) else {
-            continue;
-        };
-        if cfg.reclaim_policy && class.reclaim_policy.as_deref().unwrap_or("Delete") == "Delete" {
-            findings.push(Finding::new(
-                RuleId::DataRetention,
-                Part::StorageClass(class_name.to_owned(), ClassAspect::Reclaim),
-                format!(
-                    "StatefulSet {name} keeps its data on StorageClass {class_name:?}, whose reclaimPolicy is Delete: when a claim is deleted (by hand, by a retention policy, with its namespace) the volume and its data are deleted with it; use a class with reclaimPolicy: Retain"
-                ),
-            ));
-        }
-        if cfg.volume_expansion && class.allow_volume_expansion != Some(true) {
-            findings.push(Finding::new(
-                RuleId::DataRetention,
-                Part::StorageClass(class_name.to_owned(), ClassAspect::Expansion),
-                format!(
-                    "StatefulSet {name} keeps its data on StorageClass {class_name:?}, which does not allow volume expansion: when the database fills its disk, the claim cannot be resized; use a class with allowVolumeExpansion: true"
-                ),
-            ));
-        }
-    }
-    findings
 }
 
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct DataRetention;
 
-impl super::Rule for DataRetention {
+impl ValidationRule for DataRetention {
     type Config = Config;
-}
-
-impl super::ValidationRule for DataRetention {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let name = display_name(&sts.metadata, ctx.namespace);
+        let mut findings = Vec::new();
+        if cfg.retention_policy
+            && let Some(policy) = &sts.spec.persistent_volume_claim_retention_policy
+        {
+            if policy.when_deleted.as_deref() == Some("Delete") {
+                findings.push(Finding::new(
+                    RuleId::DataRetention,
+                    Part::Whole(Aspect::RetentionWhenDeleted),
+                    format!(
+                        "deleting StatefulSet {name} deletes its PersistentVolumeClaims and their data (persistentVolumeClaimRetentionPolicy.whenDeleted: Delete): a mistaken `kubectl delete` or a GitOps prune loses the database; use Retain"
+                    ),
+                ));
+            }
+            if policy.when_scaled.as_deref() == Some("Delete") {
+                findings.push(Finding::new(
+                    RuleId::DataRetention,
+                    Part::Whole(Aspect::RetentionWhenScaled),
+                    format!(
+                        "scaling StatefulSet {name} down deletes the claims of the removed replicas (persistentVolumeClaimRetentionPolicy.whenScaled: Delete): scaling back up starts them empty, and a replica scaled away during an incident is gone; use Retain"
+                    ),
+                ));
+            }
+        }
+        if !(cfg.reclaim_policy || cfg.volume_expansion) || !ctx.cluster.storage_classes_known() {
+            return findings;
+        }
+        // Each class once, whatever the number of templates using it.
+        let mut classes = BTreeSet::new();
+        for template in sts.spec.volume_claim_templates.iter().flatten() {
+            let class = match template
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+            {
+                Some("") => continue, // statically provisioned: no class decides
+                Some(class) => ctx.cluster.storage_class(class),
+                None => ctx.cluster.default_storage_class(),
+            };
+            if let Some(class) = class {
+                classes.insert(class.metadata.name.clone().unwrap_or_default());
+            }
+        }
+        for class_name in classes {
+            let Some(class) = ctx.cluster.storage_class(&class_name) else {
+                continue;
+            };
+            if cfg.reclaim_policy && class.reclaim_policy.as_deref().unwrap_or("Delete") == "Delete" {
+                findings.push(Finding::new(
+                    RuleId::DataRetention,
+                    Part::StorageClass(class_name.to_owned(), ClassAspect::Reclaim),
+                    format!(
+                        "StatefulSet {name} keeps its data on StorageClass {class_name:?}, whose reclaimPolicy is Delete: when a claim is deleted (by hand, by a retention policy, with its namespace) the volume and its data are deleted with it; use a class with reclaimPolicy: Retain"
+                    ),
+                ));
+            }
+            if cfg.volume_expansion && class.allow_volume_expansion != Some(true) {
+                findings.push(Finding::new(
+                    RuleId::DataRetention,
+                    Part::StorageClass(class_name.to_owned(), ClassAspect::Expansion),
+                    format!(
+                        "StatefulSet {name} keeps its data on StorageClass {class_name:?}, which does not allow volume expansion: when the database fills its disk, the claim cannot be resized; use a class with allowVolumeExpansion: true"
+                    ),
+                ));
+            }
+        }
+        findings
     }
 }
 
@@ -151,13 +148,13 @@ spec:
   persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Delete}
 "#);
         let cluster = Snapshot::unknown();
-        let found = validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
+        let found = DataRetention::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(subjects(&found), ["retention/whenDeleted", "retention/whenScaled"]);
         let off = Config {
             retention_policy: false,
             ..Config::default()
         };
-        assert!(validate(&obj, &off, &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(DataRetention::validate(&obj, &off, &ctx(Operation::Create, &cluster)).is_empty());
     }
 
     #[test]
@@ -172,23 +169,23 @@ spec:
         );
         // basic_sts: one template without a class, so the default `std` (Delete, no expansion).
         let obj = basic_sts();
-        let found = validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
+        let found = DataRetention::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(subjects(&found), ["class/std/reclaim", "class/std/expansion"]);
         assert!(found[0].message.contains("reclaimPolicy is Delete"));
         let only_expansion = Config {
             reclaim_policy: false,
             ..Config::default()
         };
-        let found = validate(&obj, &only_expansion, &ctx(Operation::Create, &cluster));
+        let found = DataRetention::validate(&obj, &only_expansion, &ctx(Operation::Create, &cluster));
         assert_eq!(subjects(&found), ["class/std/expansion"]);
         // Two templates on the safe class: nothing.
         let mut safe = basic_sts();
         let templates = safe.spec.volume_claim_templates.as_mut().unwrap();
         templates[0].spec.as_mut().unwrap().storage_class_name = Some("safe".into());
         templates.push(templates[0].clone());
-        assert!(validate(&safe, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(DataRetention::validate(&safe, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
         // Unknown cluster: no class finding.
         let unknown = Snapshot::unknown();
-        assert!(validate(&obj, &Config::default(), &ctx(Operation::Create, &unknown)).is_empty());
+        assert!(DataRetention::validate(&obj, &Config::default(), &ctx(Operation::Create, &unknown)).is_empty());
     }
 }

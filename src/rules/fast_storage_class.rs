@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use serde::{Deserialize, Serialize};
 
 use super::explicit::{Provenance, any_manager_owns, provenance_in};
-use super::{Context, Mutation, has_annotation, patch};
+use super::{MutationRule, Context, Mutation, has_annotation, patch};
 use crate::policy::action::MutateAction;
 
 /// Opt-out annotation: `stateful-guard.io/storage-class: keep` on the StatefulSet (all its claim
@@ -38,8 +38,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = MutateAction;
+    fn action(&self) -> MutateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         match &self.fast_class {
             None if self.action != MutateAction::Off => {
                 Err("fastClass: required unless action is off".into())
@@ -133,7 +137,7 @@ fn missing_note(fast: &str, what: &str) -> String {
     )
 }
 
-pub fn mutate_statefulset(
+fn mutate_templates(
     sts: &StatefulSet,
     cfg: &Config,
     ctx: &Context,
@@ -184,7 +188,7 @@ pub fn mutate_statefulset(
     Ok(out)
 }
 
-pub fn mutate_pvc(
+fn mutate_claim(
     pvc: &PersistentVolumeClaim,
     cfg: &Config,
     ctx: &Context,
@@ -251,7 +255,7 @@ pub fn mutate_pvc(
 /// is immutable, so without this every `kubectl apply`, `replace` or `helm upgrade` fails.
 /// A different class named explicitly is the user's choice: it stays, and the apiserver reports
 /// the real conflict.
-pub fn keep(
+fn keep_classes(
     new: &StatefulSet,
     old: &StatefulSet,
     cfg: Option<&Config>,
@@ -318,17 +322,8 @@ pub fn keep(
 /// absent means off (the rule needs the name of the cluster's fast class).
 pub struct FastStorageClass;
 
-impl super::Rule for FastStorageClass {
+impl MutationRule for FastStorageClass {
     type Config = Option<Config>;
-    fn check(config: &Option<Config>) -> Result<(), String> {
-        config.as_ref().map_or(Ok(()), Config::validate)
-    }
-}
-
-impl super::MutationRule for FastStorageClass {
-    fn action(config: &Option<Config>) -> MutateAction {
-        config.as_ref().map_or(MutateAction::Off, |c| c.action)
-    }
     fn mutate(
         sts: &StatefulSet,
         config: &Option<Config>,
@@ -336,7 +331,7 @@ impl super::MutationRule for FastStorageClass {
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         match config {
-            Some(config) => mutate_statefulset(sts, config, ctx),
+            Some(config) => mutate_templates(sts, config, ctx),
             None => Ok(Mutation::none()),
         }
     }
@@ -346,7 +341,7 @@ impl super::MutationRule for FastStorageClass {
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         match config {
-            Some(config) => mutate_pvc(pvc, config, ctx),
+            Some(config) => mutate_claim(pvc, config, ctx),
             None => Ok(Mutation::none()),
         }
     }
@@ -355,7 +350,7 @@ impl super::MutationRule for FastStorageClass {
         old: &StatefulSet,
         config: Option<&Option<Config>>,
     ) -> Result<Mutation, serde_json::Error> {
-        keep(new, old, config.and_then(Option::as_ref))
+        keep_classes(new, old, config.and_then(Option::as_ref))
     }
     fn provide<'a>(config: &'a Option<Config>, earlier: &mut super::Earlier<'a>) {
         earlier.storage = config.as_ref();
@@ -365,9 +360,10 @@ impl super::MutationRule for FastStorageClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::RuleConfig;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{apply, basic_sts, ctx, pvc, sts};
+    use crate::rules::testing::{mutate, apply, basic_sts, ctx, pvc, sts};
     use k8s_openapi::api::storage::v1::StorageClass;
 
     fn cfg() -> Config {
@@ -415,7 +411,7 @@ spec:
     fn sets_fast_class_on_missing_and_slow_templates_only() {
         let cluster = Snapshot::unknown();
         let obj = sts(TWO_TEMPLATES);
-        let m = mutate_statefulset(&obj, &cfg(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<FastStorageClass>(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(
             classes_of(&apply(&obj, &m)),
             vec![
@@ -428,7 +424,7 @@ spec:
         assert!(m.summary.contains("\"data\"") && m.summary.contains("slow class \"standard\""));
         // Idempotent.
         assert!(
-            mutate_statefulset(&apply(&obj, &m), &cfg(), &ctx(Operation::Create, &cluster))
+            mutate::<FastStorageClass>(&apply(&obj, &m), &Some(cfg()), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -438,7 +434,7 @@ spec:
     fn does_not_mutate_when_the_fast_class_is_missing_from_a_known_cluster() {
         let cluster = Snapshot::known(vec![], vec![class("standard", true)], vec![]);
         let obj = basic_sts();
-        let m = mutate_statefulset(&obj, &cfg(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<FastStorageClass>(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster)).unwrap();
         assert!(m.ops.is_empty());
         assert!(
             m.notes[0].contains("\"fast-ssd\" does not exist"),
@@ -451,7 +447,7 @@ spec:
     fn no_change_when_the_default_class_is_already_the_fast_one() {
         let cluster = Snapshot::known(vec![], vec![class("fast-ssd", true)], vec![]);
         assert!(
-            mutate_statefulset(&basic_sts(), &cfg(), &ctx(Operation::Create, &cluster))
+            mutate::<FastStorageClass>(&basic_sts(), &Some(cfg()), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -462,14 +458,14 @@ spec:
         let cluster = Snapshot::unknown();
         let mut obj = basic_sts();
         assert!(
-            mutate_statefulset(&obj, &cfg(), &ctx(Operation::Update, &cluster))
+            mutate::<FastStorageClass>(&obj, &Some(cfg()), &ctx(Operation::Update, &cluster))
                 .unwrap()
                 .is_empty()
         );
         obj.metadata.annotations =
             Some([(OPT_OUT_ANNOTATION.to_string(), "keep".to_string())].into());
         assert!(
-            mutate_statefulset(&obj, &cfg(), &ctx(Operation::Create, &cluster))
+            mutate::<FastStorageClass>(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -490,7 +486,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
     fn pvc_class_filled_in_by_default_storage_class_is_replaced() {
         let cluster = Snapshot::unknown();
         let obj = pvc(PVC_FILLED);
-        let m = mutate_pvc(&obj, &cfg(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = FastStorageClass::mutate_pvc(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster)).unwrap();
         let out = apply(&obj, &m);
         assert_eq!(
             out.spec.unwrap().storage_class_name.as_deref(),
@@ -511,7 +507,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
             r#""f:accessModes": {}, "f:storageClassName": {}"#,
         ));
         assert!(
-            mutate_pvc(&obj, &cfg(), &ctx(Operation::Create, &cluster))
+            FastStorageClass::mutate_pvc(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -526,7 +522,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
         );
         let obj = pvc("metadata: {name: d}\nspec: {storageClassName: e2e-standard}");
         assert_eq!(
-            mutate_pvc(&obj, &cfg(), &ctx(Operation::Create, &cluster))
+            FastStorageClass::mutate_pvc(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .ops
                 .len(),
@@ -537,7 +533,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
             ..cfg()
         };
         assert!(
-            mutate_pvc(&obj, &keep, &ctx(Operation::Create, &cluster))
+            FastStorageClass::mutate_pvc(&obj, &Some(keep), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -554,7 +550,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
             "metadata: {name: d}\nspec: {storageClassName: fast-ssd}",
         ] {
             assert!(
-                mutate_pvc(&pvc(yaml), &cfg(), &ctx(Operation::Create, &cluster))
+                FastStorageClass::mutate_pvc(&pvc(yaml), &Some(cfg()), &ctx(Operation::Create, &cluster))
                     .unwrap()
                     .is_empty(),
                 "{yaml}"
@@ -576,7 +572,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
             ),
         ] {
             let obj = pvc(yaml);
-            let m = mutate_pvc(&obj, &cfg(), &ctx(Operation::Create, &cluster)).unwrap();
+            let m = FastStorageClass::mutate_pvc(&obj, &Some(cfg()), &ctx(Operation::Create, &cluster)).unwrap();
             let op = serde_json::to_value(&m.ops[0]).unwrap();
             assert_eq!(op["op"], path_op);
             assert_eq!(
@@ -590,7 +586,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
     fn config_requires_a_fast_class() {
         assert!(
             Config::default()
-                .validate()
+                .check()
                 .unwrap_err()
                 .contains("fastClass")
         );
@@ -599,7 +595,7 @@ spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}, stor
                 action: MutateAction::Off,
                 ..Config::default()
             }
-            .validate()
+            .check()
             .is_ok()
         );
     }

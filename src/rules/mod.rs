@@ -23,13 +23,17 @@ pub mod probes;
 mod registry;
 
 // ---------------------------------------------------------------------------------------------
-// THE RULES. To add one: write `src/rules/<module>.rs` with a unit struct implementing
-// [`MutationRule`] or [`ValidationRule`] (see `require_liveness_probe.rs` for the smallest),
-// then add one line below. Everything else is derived from this list: the [`RuleId`] and its
-// name, the policy's `rules:` schema ([`Rules`], with the defaults), the action lookup, the
-// configuration checks and the engine's loops. Mutation rules run in the order listed.
-// `tests/registry.rs` checks that every rule is in policies/default.yaml (with the Rust
-// defaults), in policies/README.md and in the README's table.
+// THE RULES. To add one:
+// 1. write `src/rules/<module>.rs`: its `//!` docs (the first paragraph says what it asks, the
+//    rest why: SARIF and `check` show them), a unit struct, and one `impl` of [`MutationRule`]
+//    or [`ValidationRule`] with `type Config` ([`ActionOnly`] or a struct of your own
+//    implementing [`RuleConfig`]); `require_liveness_probe.rs` is the smallest;
+// 2. add its line below;
+// 3. add it to policies/default.yaml, policies/README.md and the README's table
+//    (`tests/registry.rs` checks all three).
+// Everything else is derived from this list: the [`RuleId`] and its name, the policy's `rules:`
+// schema ([`Rules`], with the defaults), the action lookup, the configuration checks and the
+// engine's loops. Mutation rules run in the order listed.
 // ---------------------------------------------------------------------------------------------
 registry! {
     mutations: [
@@ -55,18 +59,57 @@ registry! {
     ],
 }
 
-/// What every rule has: its parameters in a policy's `rules:` section, with their defaults.
-pub trait Rule {
-    type Config: Default + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned;
-    /// Checks the parameters beyond their types (ranges, required values).
-    fn check(_config: &Self::Config) -> Result<(), String> {
+/// A rule's parameters, as a policy's `rules:` section holds them (with their defaults): the
+/// action they set, and what their values must satisfy beyond their types. A rule with only an
+/// action uses [`ActionOnly`]; a rule whose section may be left out (absent means off) uses
+/// `Option<C>`.
+pub trait RuleConfig:
+    Default + Clone + PartialEq + fmt::Debug + Serialize + DeserializeOwned
+{
+    /// [`MutateAction`] or [`ValidateAction`].
+    type Action: ActionKind;
+    fn action(&self) -> Self::Action;
+    /// Checks the parameters beyond their types (ranges, required values); the error starts
+    /// with the field's name.
+    fn check(&self) -> Result<(), String> {
         Ok(())
     }
 }
 
+/// The two kinds of action, and their `off`.
+pub trait ActionKind: Copy + PartialEq + fmt::Debug + Serialize + DeserializeOwned {
+    const OFF: Self;
+}
+
+impl ActionKind for MutateAction {
+    const OFF: Self = MutateAction::Off;
+}
+
+impl ActionKind for ValidateAction {
+    const OFF: Self = ValidateAction::Off;
+}
+
+impl<D: DefaultAction> RuleConfig for ActionOnly<D> {
+    type Action = D::Action;
+    fn action(&self) -> D::Action {
+        self.action
+    }
+}
+
+/// A section that may be left out of a policy: absent means off.
+impl<C: RuleConfig> RuleConfig for Option<C> {
+    type Action = C::Action;
+    fn action(&self) -> C::Action {
+        self.as_ref().map_or(C::Action::OFF, RuleConfig::action)
+    }
+    fn check(&self) -> Result<(), String> {
+        self.as_ref().map_or(Ok(()), RuleConfig::check)
+    }
+}
+
 /// A rule that changes objects: a pure function from the object to a [`Mutation`].
-pub trait MutationRule: Rule {
-    fn action(config: &Self::Config) -> MutateAction;
+pub trait MutationRule {
+    type Config: RuleConfig<Action = MutateAction>;
     /// On a StatefulSet CREATE (and UPDATE, for pod-template rules with
     /// `updates.mutateTemplate`).
     fn mutate(
@@ -99,14 +142,14 @@ pub trait MutationRule: Rule {
 }
 
 /// A rule that reports problems: a pure function from the object to [`Finding`]s.
-pub trait ValidationRule: Rule {
-    fn action(config: &Self::Config) -> ValidateAction;
+pub trait ValidationRule {
+    type Config: RuleConfig<Action = ValidateAction>;
     fn validate(sts: &StatefulSet, config: &Self::Config, ctx: &Context) -> Vec<Finding>;
     /// The action of one of its findings, for a rule whose findings do not all weigh the same
     /// (`require-priority-class`: a class that does not exist, or none at all). The rule runs
-    /// unless [`ValidationRule::action`] is `off`; a finding whose action is `off` is dropped.
+    /// unless its config's action is `off`; a finding whose action is `off` is dropped.
     fn action_of(config: &Self::Config, _finding: &Finding) -> ValidateAction {
-        Self::action(config)
+        config.action()
     }
 }
 
@@ -144,8 +187,8 @@ impl<D: DefaultAction> ActionOnly<D> {
 }
 
 /// A rule's default action, as a type (see [`ActionOnly`]).
-pub trait DefaultAction {
-    type Action: Copy + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
+pub trait DefaultAction: fmt::Debug + Clone + PartialEq {
+    type Action: ActionKind;
     const ACTION: Self::Action;
 }
 
@@ -488,6 +531,23 @@ spec:
       accessModes: [ReadWriteOnce]
       resources: {requests: {storage: 1Gi}}
 "#)
+    }
+
+    /// A mutation rule's `mutate`, with nothing provided by earlier rules.
+    pub fn mutate<R: MutationRule>(
+        sts: &StatefulSet,
+        config: &R::Config,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        R::mutate(sts, config, &Earlier::default(), ctx)
+    }
+
+    /// A mutation rule's `keep`, with no policy governing the namespace.
+    pub fn keep<R: MutationRule>(
+        new: &StatefulSet,
+        old: &StatefulSet,
+    ) -> Result<Mutation, serde_json::Error> {
+        R::keep(new, old, None)
     }
 
     pub fn pvc(yaml: &str) -> PersistentVolumeClaim {

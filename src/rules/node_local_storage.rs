@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Context, Finding, Part, RuleId, display_name};
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -41,8 +41,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = ValidateAction;
+    fn action(&self) -> ValidateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         for (i, selector) in self.replicated_selectors.iter().enumerate() {
             labels::validate(selector, &format!("replicatedSelectors[{i}]"))?;
         }
@@ -52,86 +56,73 @@ impl Config {
 
 const LOST: &str = "when the node is replaced the pod cannot move and the data is gone";
 
-pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let empty = Default::default();
-    let own = sts.metadata.labels.as_ref().unwrap_or(&empty);
-    if cfg.replicated_namespaces.iter().any(|n| n == ctx.namespace)
-        || cfg.replicated_selectors.iter().any(|s| labels::matches(s, own))
-    {
-        return vec![];
-    }
-    let name = display_name(&sts.metadata, ctx.namespace);
-    let mut findings = Vec::new();
-    let pod = sts.spec.template.spec.as_ref();
-    for volume in pod.and_then(|p| p.volumes.as_ref()).into_iter().flatten() {
-        if let Some(host) = &volume.host_path {
-            findings.push(Finding::new(
-                RuleId::NodeLocalStorage,
-                Part::Volume(volume.name.clone()),
-                format!(
-                    "volume {:?} of StatefulSet {name} is a hostPath ({}): its data lives on one node's disk; {LOST}",
-                    volume.name, host.path
-                ),
-            ));
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct NodeLocalStorage;
+
+impl ValidationRule for NodeLocalStorage {
+    type Config = Config;
+    fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let empty = Default::default();
+        let own = sts.metadata.labels.as_ref().unwrap_or(&empty);
+        if cfg.replicated_namespaces.iter().any(|n| n == ctx.namespace)
+            || cfg.replicated_selectors.iter().any(|s| labels::matches(s, own))
+        {
+            return vec![];
         }
-        if volume.empty_dir.is_some() {
-            let mounted_as_data = pod
-                .into_iter()
-                .flat_map(|p| p.containers.iter())
-                .flat_map(|c| c.volume_mounts.iter().flatten())
-                .filter(|m| m.name == volume.name)
-                .find(|m| cfg.data_paths.iter().any(|p| m.mount_path.trim_end_matches('/') == p.trim_end_matches('/')));
-            if let Some(mount) = mounted_as_data {
+        let name = display_name(&sts.metadata, ctx.namespace);
+        let mut findings = Vec::new();
+        let pod = sts.spec.template.spec.as_ref();
+        for volume in pod.and_then(|p| p.volumes.as_ref()).into_iter().flatten() {
+            if let Some(host) = &volume.host_path {
                 findings.push(Finding::new(
                     RuleId::NodeLocalStorage,
                     Part::Volume(volume.name.clone()),
                     format!(
-                        "volume {:?} of StatefulSet {name} is an emptyDir mounted at the data path {}: the data lives on the node and goes with the pod; {LOST}",
-                        volume.name, mount.mount_path
+                        "volume {:?} of StatefulSet {name} is a hostPath ({}): its data lives on one node's disk; {LOST}",
+                        volume.name, host.path
                     ),
                 ));
             }
-        }
-    }
-    if ctx.cluster.storage_classes_known() {
-        for template in sts.spec.volume_claim_templates.iter().flatten() {
-            let class = match template.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()) {
-                Some("") => continue,
-                Some(class) => ctx.cluster.storage_class(class),
-                None => ctx.cluster.default_storage_class(),
-            };
-            if let Some(class) = class.filter(|c| c.provisioner == LOCAL_PROVISIONER) {
-                let template_name = template.metadata.name.as_deref().unwrap_or("?");
-                findings.push(Finding::new(
-                    RuleId::NodeLocalStorage,
-                    Part::ClaimTemplate(template_name.to_owned()),
-                    format!(
-                        "claim template {template_name:?} of StatefulSet {name} uses local PersistentVolumes (StorageClass {:?}, {LOCAL_PROVISIONER}): each pod is pinned to the node holding its volume; {LOST} (list the workload in replicatedSelectors if it replicates its own data)",
-                        class.metadata.name.as_deref().unwrap_or("?")
-                    ),
-                ));
+            if volume.empty_dir.is_some() {
+                let mounted_as_data = pod
+                    .into_iter()
+                    .flat_map(|p| p.containers.iter())
+                    .flat_map(|c| c.volume_mounts.iter().flatten())
+                    .filter(|m| m.name == volume.name)
+                    .find(|m| cfg.data_paths.iter().any(|p| m.mount_path.trim_end_matches('/') == p.trim_end_matches('/')));
+                if let Some(mount) = mounted_as_data {
+                    findings.push(Finding::new(
+                        RuleId::NodeLocalStorage,
+                        Part::Volume(volume.name.clone()),
+                        format!(
+                            "volume {:?} of StatefulSet {name} is an emptyDir mounted at the data path {}: the data lives on the node and goes with the pod; {LOST}",
+                            volume.name, mount.mount_path
+                        ),
+                    ));
+                }
             }
         }
-    }
-    findings
-}
-
-/// The rule, as the registry in `rules/mod.rs` lists it.
-pub struct NodeLocalStorage;
-
-impl super::Rule for NodeLocalStorage {
-    type Config = Config;
-    fn check(config: &Config) -> Result<(), String> {
-        config.validate()
-    }
-}
-
-impl super::ValidationRule for NodeLocalStorage {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+        if ctx.cluster.storage_classes_known() {
+            for template in sts.spec.volume_claim_templates.iter().flatten() {
+                let class = match template.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()) {
+                    Some("") => continue,
+                    Some(class) => ctx.cluster.storage_class(class),
+                    None => ctx.cluster.default_storage_class(),
+                };
+                if let Some(class) = class.filter(|c| c.provisioner == LOCAL_PROVISIONER) {
+                    let template_name = template.metadata.name.as_deref().unwrap_or("?");
+                    findings.push(Finding::new(
+                        RuleId::NodeLocalStorage,
+                        Part::ClaimTemplate(template_name.to_owned()),
+                        format!(
+                            "claim template {template_name:?} of StatefulSet {name} uses local PersistentVolumes (StorageClass {:?}, {LOCAL_PROVISIONER}): each pod is pinned to the node holding its volume; {LOST} (list the workload in replicatedSelectors if it replicates its own data)",
+                            class.metadata.name.as_deref().unwrap_or("?")
+                        ),
+                    ));
+                }
+            }
+        }
+        findings
     }
 }
 
@@ -159,7 +150,7 @@ spec:
     }
 
     fn subjects(s: &StatefulSet, cfg: &Config, cluster: &Snapshot) -> Vec<String> {
-        validate(s, cfg, &ctx(Operation::Create, cluster))
+        NodeLocalStorage::validate(s, cfg, &ctx(Operation::Create, cluster))
             .into_iter()
             .map(|f| f.subject.to_string())
             .collect()
@@ -196,9 +187,9 @@ spec:
         )
         .unwrap();
         let cluster = Snapshot::known(vec![], vec![local], vec![]);
-        let f = validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster));
+        let f = NodeLocalStorage::validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(f.len(), 1);
         assert!(f[0].message.contains("pinned to the node"), "{}", f[0].message);
-        assert!(validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &Snapshot::unknown())).is_empty());
+        assert!(NodeLocalStorage::validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &Snapshot::unknown())).is_empty());
     }
 }

@@ -11,8 +11,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 
 use super::explicit::{Provenance, provenance, provenance_in};
-use super::{Context, Mutation, Operation, has_annotation, patch};
-use crate::policy::action::MutateAction;
+use super::{MutationRule, Context, Mutation, Operation, has_annotation, patch};
 
 /// Opt-out annotation for apps that truly need ordered bootstrap:
 /// `stateful-guard.io/pod-management-policy: OrderedReady`.
@@ -20,47 +19,83 @@ pub const OPT_OUT_ANNOTATION: &str = "stateful-guard.io/pod-management-policy";
 
 /// Only an action (default `mutate`).
 pub type Config = super::ActionOnly<super::MutateByDefault>;
-pub fn mutate(
-    sts: &StatefulSet,
-    _cfg: &Config,
-    ctx: &Context,
-) -> Result<Mutation, serde_json::Error> {
-    // podManagementPolicy is immutable: only CREATE.
-    let spec = &sts.spec;
-    if ctx.operation != Operation::Create
-        || has_annotation(&sts.metadata, OPT_OUT_ANNOTATION, "OrderedReady")
-    {
-        return Ok(Mutation::none());
-    }
-    let current = spec.pod_management_policy.as_deref();
-    if !matches!(current, None | Some("OrderedReady")) {
-        return Ok(Mutation::none());
-    }
-    // OrderedReady is the default, so the value alone says nothing; but a server-side or
-    // client-side apply tells us when the user wrote it, and then it stays.
-    if provenance_in(ctx, &sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet
-        && !written_empty(ctx, &sts.metadata)
-    {
-        let replicas = spec.replicas.unwrap_or(1);
-        if replicas < 2 {
+/// The rule, as the registry in `rules/mod.rs` lists it.
+pub struct ParallelPodManagement;
+
+impl MutationRule for ParallelPodManagement {
+    type Config = Config;
+    fn mutate(
+        sts: &StatefulSet,
+        _cfg: &Config,
+        _earlier: &super::Earlier,
+        ctx: &Context,
+    ) -> Result<Mutation, serde_json::Error> {
+        // podManagementPolicy is immutable: only CREATE.
+        let spec = &sts.spec;
+        if ctx.operation != Operation::Create
+            || has_annotation(&sts.metadata, OPT_OUT_ANNOTATION, "OrderedReady")
+        {
             return Ok(Mutation::none());
         }
-        let name = sts.metadata.name.as_deref().unwrap_or("NAME");
-        return Ok(Mutation::note(format!(
-            "podManagementPolicy OrderedReady kept as written, but with {replicas} replicas it can deadlock a full restart: pod 1 waits for pod 0 to be Ready while pod 0 waits for a quorum of its peers. Fix: set spec.podManagementPolicy: Parallel (immutable: kubectl delete statefulset {name} --cascade=orphan, then apply; pods and volumes stay). If ordered start-up is really needed, say so with the annotation {OPT_OUT_ANNOTATION}: OrderedReady"
-        )));
+        let current = spec.pod_management_policy.as_deref();
+        if !matches!(current, None | Some("OrderedReady")) {
+            return Ok(Mutation::none());
+        }
+        // OrderedReady is the default, so the value alone says nothing; but a server-side or
+        // client-side apply tells us when the user wrote it, and then it stays.
+        if provenance_in(ctx, &sts.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet
+            && !written_empty(ctx, &sts.metadata)
+        {
+            let replicas = spec.replicas.unwrap_or(1);
+            if replicas < 2 {
+                return Ok(Mutation::none());
+            }
+            let name = sts.metadata.name.as_deref().unwrap_or("NAME");
+            return Ok(Mutation::note(format!(
+                "podManagementPolicy OrderedReady kept as written, but with {replicas} replicas it can deadlock a full restart: pod 1 waits for pod 0 to be Ready while pod 0 waits for a quorum of its peers. Fix: set spec.podManagementPolicy: Parallel (immutable: kubectl delete statefulset {name} --cascade=orphan, then apply; pods and volumes stay). If ordered start-up is really needed, say so with the annotation {OPT_OUT_ANNOTATION}: OrderedReady"
+            )));
+        }
+        Ok(Mutation {
+            ops: vec![patch::set(
+                &["spec", "podManagementPolicy"],
+                current.is_some(),
+                &"Parallel",
+            )?],
+            summary: format!(
+                "set podManagementPolicy Parallel so the pods can all restart together after a full outage (opt out with annotation {OPT_OUT_ANNOTATION}: OrderedReady)"
+            ),
+            notes: vec![],
+        })
     }
-    Ok(Mutation {
-        ops: vec![patch::set(
-            &["spec", "podManagementPolicy"],
-            current.is_some(),
-            &"Parallel",
-        )?],
-        summary: format!(
-            "set podManagementPolicy Parallel so the pods can all restart together after a full outage (opt out with annotation {OPT_OUT_ANNOTATION}: OrderedReady)"
-        ),
-        notes: vec![],
-    })
+    /// On UPDATE of a StatefulSet this rule changed at CREATE: keeps `Parallel` when the update
+    /// sends the default back (`kubectl replace` of the original manifest, a PUT by a GitOps tool).
+    /// `podManagementPolicy` is immutable, so without this the update fails. `OrderedReady` that the
+    /// user wrote (in the applied manifest, or owned by a server-side applier) or the opt-out
+    /// annotation is a choice: it stays, and the apiserver reports the real conflict.
+    fn keep(
+        new: &StatefulSet,
+        old: &StatefulSet,
+        _config: Option<&Config>,
+    ) -> Result<Mutation, serde_json::Error> {
+        let incoming = new.spec.pod_management_policy.as_deref();
+        if old.spec.pod_management_policy.as_deref() != Some("Parallel")
+            || !matches!(incoming, None | Some("OrderedReady"))
+            || has_annotation(&new.metadata, OPT_OUT_ANNOTATION, "OrderedReady")
+            || provenance(&new.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet
+        {
+            return Ok(Mutation::none());
+        }
+        Ok(Mutation {
+            ops: vec![patch::set(
+                &["spec", "podManagementPolicy"],
+                incoming.is_some(),
+                &"Parallel",
+            )?],
+            summary: "kept podManagementPolicy Parallel (set at creation; the field is immutable)"
+                .into(),
+            notes: vec![],
+        })
+    }
 }
 
 /// Whether the manifest wrote `podManagementPolicy: ""` (or null): the apiserver defaults that
@@ -81,75 +116,22 @@ fn written_empty(ctx: &Context, meta: &k8s_openapi::apimachinery::pkg::apis::met
         })
 }
 
-/// On UPDATE of a StatefulSet this rule changed at CREATE: keeps `Parallel` when the update
-/// sends the default back (`kubectl replace` of the original manifest, a PUT by a GitOps tool).
-/// `podManagementPolicy` is immutable, so without this the update fails. `OrderedReady` that the
-/// user wrote (in the applied manifest, or owned by a server-side applier) or the opt-out
-/// annotation is a choice: it stays, and the apiserver reports the real conflict.
-pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
-    let incoming = new.spec.pod_management_policy.as_deref();
-    if old.spec.pod_management_policy.as_deref() != Some("Parallel")
-        || !matches!(incoming, None | Some("OrderedReady"))
-        || has_annotation(&new.metadata, OPT_OUT_ANNOTATION, "OrderedReady")
-        || provenance(&new.metadata, &["spec", "podManagementPolicy"]) == Provenance::UserSet
-    {
-        return Ok(Mutation::none());
-    }
-    Ok(Mutation {
-        ops: vec![patch::set(
-            &["spec", "podManagementPolicy"],
-            incoming.is_some(),
-            &"Parallel",
-        )?],
-        summary: "kept podManagementPolicy Parallel (set at creation; the field is immutable)"
-            .into(),
-        notes: vec![],
-    })
-}
-
-/// The rule, as the registry in `rules/mod.rs` lists it.
-pub struct ParallelPodManagement;
-
-impl super::Rule for ParallelPodManagement {
-    type Config = Config;
-}
-
-impl super::MutationRule for ParallelPodManagement {
-    fn action(config: &Config) -> MutateAction {
-        config.action
-    }
-    fn mutate(
-        sts: &StatefulSet,
-        config: &Config,
-        _earlier: &super::Earlier,
-        ctx: &Context,
-    ) -> Result<Mutation, serde_json::Error> {
-        mutate(sts, config, ctx)
-    }
-    fn keep(
-        new: &StatefulSet,
-        old: &StatefulSet,
-        _config: Option<&Config>,
-    ) -> Result<Mutation, serde_json::Error> {
-        keep(new, old)
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::Snapshot;
-    use crate::rules::testing::{apply, basic_sts, ctx};
+    use crate::rules::testing::{mutate, apply, basic_sts, ctx};
 
     #[test]
     fn ordered_ready_default_becomes_parallel() {
         let cluster = Snapshot::unknown();
         let obj = basic_sts();
-        let m = mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
         let out = apply(&obj, &m);
         assert_eq!(out.spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert!(
-            mutate(&out, &Config::default(), &ctx(Operation::Create, &cluster))
+            mutate::<ParallelPodManagement>(&out, &Config::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -162,7 +144,7 @@ mod tests {
         obj.metadata.annotations =
             Some([(OPT_OUT_ANNOTATION.to_string(), "OrderedReady".to_string())].into());
         assert!(
-            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+            mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -180,7 +162,7 @@ mod tests {
             .into(),
         );
         // Kept, with a warning naming the deadlock, the fix and the opt-out (3 replicas).
-        let m = mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert!(m.ops.is_empty());
         assert_eq!(m.notes.len(), 1);
         assert!(m.notes[0].contains("deadlock"), "{}", m.notes[0]);
@@ -190,7 +172,7 @@ mod tests {
         let mut single = obj.clone();
         single.spec.replicas = Some(1);
         assert!(
-            mutate(&single, &Config::default(), &ctx(Operation::Create, &cluster))
+            mutate::<ParallelPodManagement>(&single, &Config::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -203,7 +185,7 @@ mod tests {
             .into(),
         );
         assert_eq!(
-            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+            mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .ops
                 .len(),
@@ -218,7 +200,7 @@ mod tests {
             .into(),
         );
         assert_eq!(
-            mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
+            mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .ops
                 .len(),
@@ -230,7 +212,7 @@ mod tests {
     fn never_on_update_the_field_is_immutable() {
         let cluster = Snapshot::unknown();
         assert!(
-            mutate(
+            mutate::<ParallelPodManagement>(
                 &basic_sts(),
                 &Config::default(),
                 &ctx(Operation::Update, &cluster)

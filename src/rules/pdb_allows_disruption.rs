@@ -8,9 +8,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::require_pdb::matching_pdbs;
-use super::{Aspect, Context, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::cluster::Pdb;
-use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
 pub type Config = super::ActionOnly<super::WarnByDefault>;
@@ -51,55 +50,45 @@ pub(crate) fn show(v: &IntOrString) -> String {
     }
 }
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let spec = &sts.spec;
-    let replicas = spec.replicas.unwrap_or(1);
-    if replicas < 1 || !ctx.cluster.is_known() {
-        return vec![];
-    }
-    let name = display_name(&sts.metadata, ctx.namespace);
-    let pdbs = matching_pdbs(sts, ctx);
-    let mut findings = Vec::new();
-    if pdbs.len() > 1 {
-        let names: Vec<&str> = pdbs.iter().map(|p| p.name.as_str()).collect();
-        findings.push(Finding::new(
-            RuleId::PdbAllowsDisruption,
-            Part::Whole(Aspect::MultiplePdbs),
-            format!(
-                "the pods of StatefulSet {name} are selected by {} PodDisruptionBudgets ({}): the eviction API refuses to evict pods covered by more than one, so drains fail; keep one",
-                pdbs.len(),
-                names.join(", ")
-            ),
-        ));
-    }
-    for pdb in &pdbs {
-        if let Some(why) = blocks_every_eviction(pdb, replicas) {
-            let pdb_name = &pdb.name;
-            findings.push(Finding::new(
-                RuleId::PdbAllowsDisruption,
-                Part::Pdb(pdb_name.to_owned()),
-                format!(
-                    "PodDisruptionBudget {pdb_name} never allows evicting a pod of StatefulSet {name} ({why}): node drains and upgrades would hang; use maxUnavailable: 1"
-                ),
-            ));
-        }
-    }
-    findings
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct PdbAllowsDisruption;
 
-impl super::Rule for PdbAllowsDisruption {
+impl ValidationRule for PdbAllowsDisruption {
     type Config = Config;
-}
-
-impl super::ValidationRule for PdbAllowsDisruption {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let spec = &sts.spec;
+        let replicas = spec.replicas.unwrap_or(1);
+        if replicas < 1 || !ctx.cluster.is_known() {
+            return vec![];
+        }
+        let name = display_name(&sts.metadata, ctx.namespace);
+        let pdbs = matching_pdbs(sts, ctx);
+        let mut findings = Vec::new();
+        if pdbs.len() > 1 {
+            let names: Vec<&str> = pdbs.iter().map(|p| p.name.as_str()).collect();
+            findings.push(Finding::new(
+                RuleId::PdbAllowsDisruption,
+                Part::Whole(Aspect::MultiplePdbs),
+                format!(
+                    "the pods of StatefulSet {name} are selected by {} PodDisruptionBudgets ({}): the eviction API refuses to evict pods covered by more than one, so drains fail; keep one",
+                    pdbs.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        for pdb in &pdbs {
+            if let Some(why) = blocks_every_eviction(pdb, replicas) {
+                let pdb_name = &pdb.name;
+                findings.push(Finding::new(
+                    RuleId::PdbAllowsDisruption,
+                    Part::Pdb(pdb_name.to_owned()),
+                    format!(
+                        "PodDisruptionBudget {pdb_name} never allows evicting a pod of StatefulSet {name} ({why}): node drains and upgrades would hang; use maxUnavailable: 1"
+                    ),
+                ));
+            }
+        }
+        findings
     }
 }
 
@@ -120,7 +109,7 @@ mod tests {
 
     fn check(pdbs: Vec<PodDisruptionBudget>) -> Vec<Finding> {
         let cluster = Snapshot::known(pdbs, vec![], vec![]);
-        validate(
+        PdbAllowsDisruption::validate(
             &basic_sts(),
             &Config::default(),
             &ctx(Operation::Create, &cluster),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pdb_allows_disruption::{scaled, show};
 use super::require_pdb::matching_pdbs;
-use super::{Context, Finding, Part, RuleId, display_name, has_annotation};
+use super::{ValidationRule, Context, Finding, Part, RuleId, display_name, has_annotation};
 use crate::labels;
 use crate::policy::action::ValidateAction;
 
@@ -37,8 +37,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = ValidateAction;
+    fn action(&self) -> ValidateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         for (i, selector) in self.quorum_selectors.iter().enumerate() {
             labels::validate(selector, &format!("quorumSelectors[{i}]"))?;
         }
@@ -76,66 +80,54 @@ fn allowed_disruptions(pdb: &crate::cluster::Pdb, replicas: i32) -> Option<(i32,
     Some(((replicas - desired).max(0), format!("minAvailable: {}", show(min))))
 }
 
-pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let replicas = sts.spec.replicas.unwrap_or(1);
-    if !declares_quorum(sts, cfg) || !ctx.cluster.is_known() || replicas < 1 {
-        return vec![];
-    }
-    // A majority of N survives ⌈N/2⌉−1 unavailable pods.
-    let tolerated = (replicas + 1) / 2 - 1;
-    let name = display_name(&sts.metadata, ctx.namespace);
-    let mut findings = Vec::new();
-    for pdb in matching_pdbs(sts, ctx) {
-        let Some((allowed, budget)) = allowed_disruptions(&pdb, replicas) else {
-            continue;
-        };
-        if allowed <= tolerated {
-            continue;
-        }
-        let pdb_name = &pdb.name;
-        let fix = if tolerated == 0 {
-            format!(
-                "with {replicas} replicas no pod can be lost without losing the majority: run at least 3 replicas, then set maxUnavailable: 1"
-            )
-        } else {
-            format!(
-                "set maxUnavailable: {tolerated} (or minAvailable: {})",
-                replicas - tolerated
-            )
-        };
-        findings.push(Finding::new(
-            RuleId::PdbKeepsQuorum,
-            Part::Pdb(pdb_name.to_owned()),
-            format!(
-                "PodDisruptionBudget {pdb_name} ({budget}) lets a drain take {allowed} of the {replicas} pods of StatefulSet {name} at once, but its majority quorum survives at most {tolerated}: the database stops in the middle of a node upgrade; {fix}"
-            ),
-        ));
-    }
-    findings
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct PdbKeepsQuorum;
 
-impl super::Rule for PdbKeepsQuorum {
+impl ValidationRule for PdbKeepsQuorum {
     type Config = Config;
-    fn check(config: &Config) -> Result<(), String> {
-        config.validate()
-    }
-}
-
-impl super::ValidationRule for PdbKeepsQuorum {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let replicas = sts.spec.replicas.unwrap_or(1);
+        if !declares_quorum(sts, cfg) || !ctx.cluster.is_known() || replicas < 1 {
+            return vec![];
+        }
+        // A majority of N survives ⌈N/2⌉−1 unavailable pods.
+        let tolerated = (replicas + 1) / 2 - 1;
+        let name = display_name(&sts.metadata, ctx.namespace);
+        let mut findings = Vec::new();
+        for pdb in matching_pdbs(sts, ctx) {
+            let Some((allowed, budget)) = allowed_disruptions(&pdb, replicas) else {
+                continue;
+            };
+            if allowed <= tolerated {
+                continue;
+            }
+            let pdb_name = &pdb.name;
+            let fix = if tolerated == 0 {
+                format!(
+                    "with {replicas} replicas no pod can be lost without losing the majority: run at least 3 replicas, then set maxUnavailable: 1"
+                )
+            } else {
+                format!(
+                    "set maxUnavailable: {tolerated} (or minAvailable: {})",
+                    replicas - tolerated
+                )
+            };
+            findings.push(Finding::new(
+                RuleId::PdbKeepsQuorum,
+                Part::Pdb(pdb_name.to_owned()),
+                format!(
+                    "PodDisruptionBudget {pdb_name} ({budget}) lets a drain take {allowed} of the {replicas} pods of StatefulSet {name} at once, but its majority quorum survives at most {tolerated}: the database stops in the middle of a node upgrade; {fix}"
+                ),
+            ));
+        }
+        findings
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::RuleConfig;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
     use crate::rules::testing::{basic_sts, ctx};
@@ -158,7 +150,7 @@ mod tests {
 
     fn findings(sts: &StatefulSet, budget: &str, cfg: &Config) -> Vec<Finding> {
         let cluster = Snapshot::known(vec![pdb(budget)], vec![], vec![]);
-        validate(sts, cfg, &ctx(Operation::Create, &cluster))
+        PdbKeepsQuorum::validate(sts, cfg, &ctx(Operation::Create, &cluster))
     }
 
     #[test]
@@ -221,6 +213,6 @@ mod tests {
             ],
             ..Config::default()
         };
-        assert!(bad.validate().unwrap_err().contains("quorumSelectors[0]"));
+        assert!(bad.check().unwrap_err().contains("quorumSelectors[0]"));
     }
 }

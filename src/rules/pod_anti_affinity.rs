@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{self as core, PodAffinityTerm, WeightedPodAffinityTerm};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Mutation, patch};
+use super::{MutationRule, Context, Mutation, patch};
 use crate::policy::action::MutateAction;
 
 /// `preferred` lets the scheduler co-locate when it must; `required` never does.
@@ -41,8 +41,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = MutateAction;
+    fn action(&self) -> MutateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         if !(1..=100).contains(&self.weight) {
             return Err(format!("weight: must be 1 to 100, got {}", self.weight));
         }
@@ -53,152 +57,133 @@ impl Config {
     }
 }
 
-pub fn mutate(
-    sts: &StatefulSet,
-    cfg: &Config,
-    ctx: &Context,
-) -> Result<Mutation, serde_json::Error> {
-    let spec = &sts.spec;
-    let pod = spec.template.spec.as_ref();
-    let affinity = pod.and_then(|p| p.affinity.as_ref());
-    if affinity.is_some_and(|a| a.pod_anti_affinity.is_some()) || !ctx.may_change_template() {
-        return Ok(Mutation::none());
-    }
-    if pod.is_none() {
-        return Ok(Mutation::none());
-    }
-    let selector = &spec.selector;
-    if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && selector
-            .match_expressions
-            .as_ref()
-            .is_none_or(|e| e.is_empty())
-    {
-        return Ok(Mutation::note(
-            "spec.selector is empty, so an anti-affinity term would repel every pod in the namespace; none added",
-        ));
-    }
-    let term = PodAffinityTerm {
-        label_selector: Some(selector.clone()),
-        topology_key: cfg.topology_key.clone(),
-        ..Default::default()
-    };
-    let anti = match cfg.mode {
-        Strength::Preferred => core::PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                WeightedPodAffinityTerm {
-                    weight: cfg.weight,
-                    pod_affinity_term: term,
-                },
-            ]),
-            ..Default::default()
-        },
-        Strength::Required => core::PodAntiAffinity {
-            required_during_scheduling_ignored_during_execution: Some(vec![term]),
-            ..Default::default()
-        },
-    };
-    let base = ["spec", "template", "spec"];
-    let op = if affinity.is_some() {
-        patch::add_creating(
-            &[&base[..], &["affinity"]].concat(),
-            &["podAntiAffinity"],
-            &anti,
-        )?
-    } else {
-        patch::add_creating(&base, &["affinity", "podAntiAffinity"], &anti)?
-    };
-    let how = match cfg.mode {
-        Strength::Preferred => "prefers",
-        Strength::Required => "requires",
-    };
-    Ok(Mutation {
-        ops: vec![op],
-        summary: format!(
-            "added pod anti-affinity that {how} one pod per {} so replicas do not fail together",
-            cfg.topology_key
-        ),
-        notes: vec![],
-    })
-}
-
-/// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops the pod
-/// anti-affinity altogether (a `kubectl replace` or PUT of the original manifest), keeps the
-/// stored one, so the pod template ends up as the stored template plus the user's own change
-/// and the pods keep their spreading. An anti-affinity the update sends is the user's: it stays.
-pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
-    let Some(stored) = old
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.affinity.as_ref()?.pod_anti_affinity.as_ref())
-    else {
-        return Ok(Mutation::none());
-    };
-    let Some(pod) = new.spec.template.spec.as_ref() else {
-        return Ok(Mutation::none());
-    };
-    let base = ["spec", "template", "spec"];
-    let op = match &pod.affinity {
-        Some(a) if a.pod_anti_affinity.is_some() => return Ok(Mutation::none()),
-        Some(_) => patch::add_creating(
-            &[&base[..], &["affinity"]].concat(),
-            &["podAntiAffinity"],
-            stored,
-        )?,
-        None => patch::add_creating(&base, &["affinity", "podAntiAffinity"], stored)?,
-    };
-    Ok(Mutation {
-        ops: vec![op],
-        summary: "kept the pod anti-affinity set at creation (the update dropped it; without it replicas can land on one node)".into(),
-        notes: vec![],
-    })
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct PodAntiAffinity;
 
-impl super::Rule for PodAntiAffinity {
+impl MutationRule for PodAntiAffinity {
     type Config = Config;
-    fn check(config: &Config) -> Result<(), String> {
-        config.validate()
-    }
-}
-
-impl super::MutationRule for PodAntiAffinity {
-    fn action(config: &Config) -> MutateAction {
-        config.action
-    }
     fn mutate(
         sts: &StatefulSet,
-        config: &Config,
+        cfg: &Config,
         _earlier: &super::Earlier,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
-        mutate(sts, config, ctx)
+        let spec = &sts.spec;
+        let pod = spec.template.spec.as_ref();
+        let affinity = pod.and_then(|p| p.affinity.as_ref());
+        if affinity.is_some_and(|a| a.pod_anti_affinity.is_some()) || !ctx.may_change_template() {
+            return Ok(Mutation::none());
+        }
+        if pod.is_none() {
+            return Ok(Mutation::none());
+        }
+        let selector = &spec.selector;
+        if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && selector
+                .match_expressions
+                .as_ref()
+                .is_none_or(|e| e.is_empty())
+        {
+            return Ok(Mutation::note(
+                "spec.selector is empty, so an anti-affinity term would repel every pod in the namespace; none added",
+            ));
+        }
+        let term = PodAffinityTerm {
+            label_selector: Some(selector.clone()),
+            topology_key: cfg.topology_key.clone(),
+            ..Default::default()
+        };
+        let anti = match cfg.mode {
+            Strength::Preferred => core::PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: cfg.weight,
+                        pod_affinity_term: term,
+                    },
+                ]),
+                ..Default::default()
+            },
+            Strength::Required => core::PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![term]),
+                ..Default::default()
+            },
+        };
+        let base = ["spec", "template", "spec"];
+        let op = if affinity.is_some() {
+            patch::add_creating(
+                &[&base[..], &["affinity"]].concat(),
+                &["podAntiAffinity"],
+                &anti,
+            )?
+        } else {
+            patch::add_creating(&base, &["affinity", "podAntiAffinity"], &anti)?
+        };
+        let how = match cfg.mode {
+            Strength::Preferred => "prefers",
+            Strength::Required => "requires",
+        };
+        Ok(Mutation {
+            ops: vec![op],
+            summary: format!(
+                "added pod anti-affinity that {how} one pod per {} so replicas do not fail together",
+                cfg.topology_key
+            ),
+            notes: vec![],
+        })
     }
+    /// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops the pod
+    /// anti-affinity altogether (a `kubectl replace` or PUT of the original manifest), keeps the
+    /// stored one, so the pod template ends up as the stored template plus the user's own change
+    /// and the pods keep their spreading. An anti-affinity the update sends is the user's: it stays.
     fn keep(
         new: &StatefulSet,
         old: &StatefulSet,
         _config: Option<&Config>,
     ) -> Result<Mutation, serde_json::Error> {
-        keep(new, old)
+        let Some(stored) = old
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.affinity.as_ref()?.pod_anti_affinity.as_ref())
+        else {
+            return Ok(Mutation::none());
+        };
+        let Some(pod) = new.spec.template.spec.as_ref() else {
+            return Ok(Mutation::none());
+        };
+        let base = ["spec", "template", "spec"];
+        let op = match &pod.affinity {
+            Some(a) if a.pod_anti_affinity.is_some() => return Ok(Mutation::none()),
+            Some(_) => patch::add_creating(
+                &[&base[..], &["affinity"]].concat(),
+                &["podAntiAffinity"],
+                stored,
+            )?,
+            None => patch::add_creating(&base, &["affinity", "podAntiAffinity"], stored)?,
+        };
+        Ok(Mutation {
+            ops: vec![op],
+            summary: "kept the pod anti-affinity set at creation (the update dropped it; without it replicas can land on one node)".into(),
+            notes: vec![],
+        })
     }
 }
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::RuleConfig;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{apply, basic_sts, ctx, sts};
+    use crate::rules::testing::{mutate, apply, basic_sts, ctx, sts};
 
     #[test]
     fn adds_preferred_anti_affinity_on_the_statefulsets_own_selector() {
         let cluster = Snapshot::unknown();
         let obj = basic_sts();
-        let m = mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<PodAntiAffinity>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
         let out = apply(&obj, &m);
         let anti = out
             .spec
@@ -238,7 +223,7 @@ mod tests {
         };
         let out = apply(
             &obj,
-            &mutate(&obj, &cfg, &ctx(Operation::Create, &cluster)).unwrap(),
+            &mutate::<PodAntiAffinity>(&obj, &cfg, &ctx(Operation::Create, &cluster)).unwrap(),
         );
         let anti = out
             .spec
@@ -278,7 +263,7 @@ spec:
             nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]}]
       containers: [{name: db, image: x}]
 "#);
-        let m = mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<PodAntiAffinity>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(
             patch::path_of(&m.ops[0]),
             "/spec/template/spec/affinity/podAntiAffinity"
@@ -300,14 +285,14 @@ spec:
         let obj = basic_sts();
         let once = apply(
             &obj,
-            &mutate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap(),
+            &mutate::<PodAntiAffinity>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap(),
         );
         let cfg = Config {
             mode: Strength::Required,
             ..Config::default()
         };
         assert!(
-            mutate(&once, &cfg, &ctx(Operation::Create, &cluster))
+            mutate::<PodAntiAffinity>(&once, &cfg, &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -318,13 +303,13 @@ spec:
         let cluster = Snapshot::unknown();
         let obj = basic_sts();
         assert!(
-            mutate(&obj, &Config::default(), &ctx(Operation::Update, &cluster))
+            mutate::<PodAntiAffinity>(&obj, &Config::default(), &ctx(Operation::Update, &cluster))
                 .unwrap()
                 .is_empty()
         );
         let mut c = ctx(Operation::Update, &cluster);
         c.mutate_template_on_update = true;
-        assert_eq!(mutate(&obj, &Config::default(), &c).unwrap().ops.len(), 1);
+        assert_eq!(mutate::<PodAntiAffinity>(&obj, &Config::default(), &c).unwrap().ops.len(), 1);
     }
 
     #[test]
@@ -334,7 +319,7 @@ spec:
                 weight: 0,
                 ..Config::default()
             }
-            .validate()
+            .check()
             .unwrap_err()
             .contains("weight")
         );

@@ -10,7 +10,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Mutation, patch};
+use super::{MutationRule, Context, Mutation, patch};
 use crate::policy::action::MutateAction;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,8 +31,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = MutateAction;
+    fn action(&self) -> MutateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         match self.class_name.as_deref().filter(|c| !c.is_empty()) {
             None if self.action != MutateAction::Off => {
                 Err("className: required unless action is off".into())
@@ -58,120 +62,105 @@ fn is_dns_subdomain(name: &str) -> bool {
         })
 }
 
-pub fn mutate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Result<Mutation, serde_json::Error> {
-    // The class lives in the pod template: changing it on UPDATE would roll every pod.
-    let Some(class) = cfg.class_name.as_deref().filter(|c| !c.is_empty()) else {
-        return Ok(Mutation::none());
-    };
-    if !ctx.may_change_template() {
-        return Ok(Mutation::none());
-    }
-    let Some(pod) = sts.spec.template.spec.as_ref() else {
-        return Ok(Mutation::none());
-    };
-    if pod.priority_class_name.as_deref().is_some_and(|c| !c.is_empty()) {
-        // The user's choice, whatever it is.
-        return Ok(Mutation::none());
-    }
-    if let Some(priority) = pod.priority {
-        // The Priority admission plugin refuses a pod whose `priority` differs from its class's
-        // value: adding a class to a template that states a number would stop every pod.
-        return Ok(Mutation::note(format!(
-            "the pod template sets priority {priority} without a priorityClassName, so priorityClassName {class:?} was not added (the Priority admission plugin would refuse pods whose priority differs from their class's value)"
-        )));
-    }
-    if ctx.cluster.priority_classes_known() && ctx.cluster.priority_class(class).is_none() {
-        // A pod naming a missing class is refused: the StatefulSet would create no pod at all.
-        return Ok(Mutation::note(format!(
-            "PriorityClass {class:?} does not exist in this cluster, so no priorityClassName was set (pods naming a missing class are refused); create it or set className in the policy"
-        )));
-    }
-    let present = pod.priority_class_name.is_some();
-    Ok(Mutation {
-        ops: vec![patch::set(
-            &["spec", "template", "spec", "priorityClassName"],
-            present,
-            &class,
-        )?],
-        summary: format!(
-            "set priorityClassName {class:?} so the pods are the last preempted or evicted under pressure, not the first"
-        ),
-        notes: vec![],
-    })
-}
-
-/// On UPDATE of a StatefulSet this rule changed at CREATE: keeps the class when the update
-/// sends the template without one (`kubectl replace` or a GitOps PUT of the original manifest),
-/// which would otherwise roll every pod just to drop their priority. Another class is the
-/// user's choice and stays.
-pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
-    let Some(stored) = old
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.priority_class_name.as_deref())
-        .filter(|c| !c.is_empty())
-    else {
-        return Ok(Mutation::none());
-    };
-    let Some(pod) = new.spec.template.spec.as_ref() else {
-        return Ok(Mutation::none());
-    };
-    if pod.priority_class_name.as_deref().is_some_and(|c| !c.is_empty()) || pod.priority.is_some()
-    {
-        return Ok(Mutation::none());
-    }
-    Ok(Mutation {
-        ops: vec![patch::set(
-            &["spec", "template", "spec", "priorityClassName"],
-            pod.priority_class_name.is_some(),
-            &stored,
-        )?],
-        summary: format!(
-            "kept priorityClassName {stored:?} set at creation (the update dropped it; without it every pod would be restarted at priority 0)"
-        ),
-        notes: vec![],
-    })
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct PriorityClass;
 
-impl super::Rule for PriorityClass {
+impl MutationRule for PriorityClass {
     type Config = Config;
-    fn check(config: &Config) -> Result<(), String> {
-        config.validate()
-    }
-}
-
-impl super::MutationRule for PriorityClass {
-    fn action(config: &Config) -> MutateAction {
-        config.action
-    }
     fn mutate(
         sts: &StatefulSet,
-        config: &Config,
+        cfg: &Config,
         _earlier: &super::Earlier,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
-        mutate(sts, config, ctx)
+        // The class lives in the pod template: changing it on UPDATE would roll every pod.
+        let Some(class) = cfg.class_name.as_deref().filter(|c| !c.is_empty()) else {
+            return Ok(Mutation::none());
+        };
+        if !ctx.may_change_template() {
+            return Ok(Mutation::none());
+        }
+        let Some(pod) = sts.spec.template.spec.as_ref() else {
+            return Ok(Mutation::none());
+        };
+        if pod.priority_class_name.as_deref().is_some_and(|c| !c.is_empty()) {
+            // The user's choice, whatever it is.
+            return Ok(Mutation::none());
+        }
+        if let Some(priority) = pod.priority {
+            // The Priority admission plugin refuses a pod whose `priority` differs from its class's
+            // value: adding a class to a template that states a number would stop every pod.
+            return Ok(Mutation::note(format!(
+                "the pod template sets priority {priority} without a priorityClassName, so priorityClassName {class:?} was not added (the Priority admission plugin would refuse pods whose priority differs from their class's value)"
+            )));
+        }
+        if ctx.cluster.priority_classes_known() && ctx.cluster.priority_class(class).is_none() {
+            // A pod naming a missing class is refused: the StatefulSet would create no pod at all.
+            return Ok(Mutation::note(format!(
+                "PriorityClass {class:?} does not exist in this cluster, so no priorityClassName was set (pods naming a missing class are refused); create it or set className in the policy"
+            )));
+        }
+        let present = pod.priority_class_name.is_some();
+        Ok(Mutation {
+            ops: vec![patch::set(
+                &["spec", "template", "spec", "priorityClassName"],
+                present,
+                &class,
+            )?],
+            summary: format!(
+                "set priorityClassName {class:?} so the pods are the last preempted or evicted under pressure, not the first"
+            ),
+            notes: vec![],
+        })
     }
+    /// On UPDATE of a StatefulSet this rule changed at CREATE: keeps the class when the update
+    /// sends the template without one (`kubectl replace` or a GitOps PUT of the original manifest),
+    /// which would otherwise roll every pod just to drop their priority. Another class is the
+    /// user's choice and stays.
     fn keep(
         new: &StatefulSet,
         old: &StatefulSet,
         _config: Option<&Config>,
     ) -> Result<Mutation, serde_json::Error> {
-        keep(new, old)
+        let Some(stored) = old
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.priority_class_name.as_deref())
+            .filter(|c| !c.is_empty())
+        else {
+            return Ok(Mutation::none());
+        };
+        let Some(pod) = new.spec.template.spec.as_ref() else {
+            return Ok(Mutation::none());
+        };
+        if pod.priority_class_name.as_deref().is_some_and(|c| !c.is_empty()) || pod.priority.is_some()
+        {
+            return Ok(Mutation::none());
+        }
+        Ok(Mutation {
+            ops: vec![patch::set(
+                &["spec", "template", "spec", "priorityClassName"],
+                pod.priority_class_name.is_some(),
+                &stored,
+            )?],
+            summary: format!(
+                "kept priorityClassName {stored:?} set at creation (the update dropped it; without it every pod would be restarted at priority 0)"
+            ),
+            notes: vec![],
+        })
     }
 }
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::RuleConfig;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{apply, basic_sts, ctx};
+    use crate::rules::testing::{keep, mutate, apply, basic_sts, ctx};
     use k8s_openapi::api::scheduling::v1::PriorityClass as Class;
 
     fn config(class: &str) -> Config {
@@ -201,12 +190,12 @@ mod tests {
         let cluster =
             Snapshot::known(vec![], vec![], vec![]).with_priority_classes(vec![class("stateful")]);
         let obj = basic_sts();
-        let m = mutate(&obj, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<PriorityClass>(&obj, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
         let out = apply(&obj, &m);
         assert_eq!(class_of(&out), Some("stateful"));
         assert!(m.summary.contains("\"stateful\""));
         // A second pass changes nothing (reinvocation).
-        let again = mutate(&out, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
+        let again = mutate::<PriorityClass>(&out, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
         assert!(again.is_empty());
     }
 
@@ -215,7 +204,7 @@ mod tests {
         let cluster = Snapshot::unknown();
         let mut obj = basic_sts();
         obj.spec.template.spec.as_mut().unwrap().priority_class_name = Some("mine".into());
-        let m = mutate(&obj, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<PriorityClass>(&obj, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
         assert!(m.is_empty());
     }
 
@@ -223,12 +212,12 @@ mod tests {
     fn a_missing_class_is_not_set_and_the_note_says_why() {
         let cluster =
             Snapshot::known(vec![], vec![], vec![]).with_priority_classes(vec![class("other")]);
-        let m = mutate(&basic_sts(), &config("stateful"), &ctx(Operation::Create, &cluster))
+        let m = mutate::<PriorityClass>(&basic_sts(), &config("stateful"), &ctx(Operation::Create, &cluster))
             .unwrap();
         assert!(m.ops.is_empty());
         assert!(m.notes[0].contains("\"stateful\" does not exist"), "{m:?}");
         // The built-in classes always exist, whatever the view lists.
-        let m = mutate(
+        let m = mutate::<PriorityClass>(
             &basic_sts(),
             &config("system-cluster-critical"),
             &ctx(Operation::Create, &cluster),
@@ -241,7 +230,7 @@ mod tests {
     fn an_unknown_cluster_gets_the_class() {
         // Offline (`check` with no PriorityClass in its input): nothing says it is missing.
         let cluster = Snapshot::unknown();
-        let m = mutate(&basic_sts(), &config("stateful"), &ctx(Operation::Create, &cluster))
+        let m = mutate::<PriorityClass>(&basic_sts(), &config("stateful"), &ctx(Operation::Create, &cluster))
             .unwrap();
         assert_eq!(m.ops.len(), 1);
     }
@@ -251,7 +240,7 @@ mod tests {
         let cluster = Snapshot::unknown();
         let mut obj = basic_sts();
         obj.spec.template.spec.as_mut().unwrap().priority = Some(1000);
-        let m = mutate(&obj, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutate::<PriorityClass>(&obj, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap();
         assert!(m.ops.is_empty());
         assert!(m.notes[0].contains("priority 1000"));
     }
@@ -261,14 +250,14 @@ mod tests {
         let cluster = Snapshot::unknown();
         let obj = basic_sts();
         assert!(
-            mutate(&obj, &config("stateful"), &ctx(Operation::Update, &cluster))
+            mutate::<PriorityClass>(&obj, &config("stateful"), &ctx(Operation::Update, &cluster))
                 .unwrap()
                 .is_empty()
         );
         let mut update = ctx(Operation::Update, &cluster);
         update.mutate_template_on_update = true;
         assert_eq!(
-            mutate(&obj, &config("stateful"), &update).unwrap().ops.len(),
+            mutate::<PriorityClass>(&obj, &config("stateful"), &update).unwrap().ops.len(),
             1
         );
     }
@@ -279,34 +268,34 @@ mod tests {
         let created = basic_sts();
         let stored = apply(
             &created,
-            &mutate(&created, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap(),
+            &mutate::<PriorityClass>(&created, &config("stateful"), &ctx(Operation::Create, &cluster)).unwrap(),
         );
         // `kubectl replace` of the original manifest: no class.
-        let kept = keep(&created, &stored).unwrap();
+        let kept = keep::<PriorityClass>(&created, &stored).unwrap();
         assert_eq!(class_of(&apply(&created, &kept)), Some("stateful"));
         assert!(kept.summary.contains("kept"));
         // The user names another class: theirs.
         let mut changed = created.clone();
         changed.spec.template.spec.as_mut().unwrap().priority_class_name = Some("mine".into());
-        assert!(keep(&changed, &stored).unwrap().is_empty());
+        assert!(keep::<PriorityClass>(&changed, &stored).unwrap().is_empty());
         // Nothing to keep when the stored object has no class.
-        assert!(keep(&created, &created).unwrap().is_empty());
+        assert!(keep::<PriorityClass>(&created, &created).unwrap().is_empty());
     }
 
     #[test]
     fn the_class_name_is_required_and_validated_unless_off() {
-        assert!(Config::default().validate().is_ok());
+        assert!(Config::default().check().is_ok());
         let mut cfg = Config {
             action: MutateAction::Mutate,
             class_name: None,
         };
-        assert!(cfg.validate().unwrap_err().contains("required"));
+        assert!(cfg.check().unwrap_err().contains("required"));
         cfg.class_name = Some("Not_A_Name".into());
-        assert!(cfg.validate().unwrap_err().contains("not a valid"));
+        assert!(cfg.check().unwrap_err().contains("not a valid"));
         cfg.class_name = Some("stateful-critical".into());
-        assert!(cfg.validate().is_ok());
+        assert!(cfg.check().is_ok());
         cfg.action = MutateAction::Audit;
         cfg.class_name = Some(String::new());
-        assert!(cfg.validate().is_err());
+        assert!(cfg.check().is_err());
     }
 }

@@ -29,28 +29,27 @@ pub fn serving_containers(sts: &StatefulSet) -> impl Iterator<Item = &Container>
         .filter(move |c| only || c.ports.as_ref().is_some_and(|p| !p.is_empty()))
 }
 
-/// One finding per serving container that lacks the probe `get` returns.
-pub fn missing(
-    sts: &StatefulSet,
+/// One finding per serving container that lacks the probe `get` returns, with the container.
+pub fn missing<'s>(
+    sts: &'s StatefulSet,
     ctx: &Context,
     rule: RuleId,
-    field: &str,
-    why: &str,
+    field: &'static str,
+    why: &'static str,
     get: fn(&Container) -> Option<&Probe>,
-) -> Vec<Finding> {
+) -> impl Iterator<Item = (&'s Container, Finding)> {
+    let name = display_name(&sts.metadata, ctx.namespace);
     serving_containers(sts)
-        .filter(|c| get(c).is_none())
-        .map(|c| {
-            Finding::new(
+        .filter(move |c| get(c).is_none())
+        .map(move |c| {
+            let finding = Finding::new(
                 rule,
                 Part::Container(c.name.clone()),
                 format!(
-                    "container {:?} of StatefulSet {} has no {field}: add one to spec.template.spec containers[name={:?}].{field} ({why})",
-                    c.name,
-                    display_name(&sts.metadata, ctx.namespace),
-                    c.name
+                    "container {:?} of StatefulSet {name} has no {field}: add one to spec.template.spec containers[name={:?}].{field} ({why})",
+                    c.name, c.name
                 ),
-            )
+            );
+            (c, finding)
         })
-        .collect()
 }

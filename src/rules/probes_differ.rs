@@ -5,42 +5,31 @@
 //! an outage. Liveness should only check that the process itself is alive.
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use super::{Context, Finding, Part, RuleId, display_name, probes};
-use crate::policy::action::ValidateAction;
+use super::{ValidationRule, Context, Finding, Part, RuleId, display_name, probes};
 
 /// Only an action (default `warn`).
 pub type Config = super::ActionOnly<super::WarnByDefault>;
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    probes::long_running_containers(sts)
-        .filter(|c| c.liveness_probe.is_some() && c.liveness_probe == c.readiness_probe)
-        .map(|c| {
-            Finding::new(
-                RuleId::ProbesDiffer,
-                Part::Container(c.name.clone()),
-                format!(
-                    "container {:?} of StatefulSet {} uses the same check for livenessProbe and readinessProbe: a slow dependency would restart healthy pods; make the liveness probe check only the process",
-                    c.name,
-                    display_name(&sts.metadata, ctx.namespace)
-                ),
-            )
-        })
-        .collect()
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct ProbesDiffer;
 
-impl super::Rule for ProbesDiffer {
+impl ValidationRule for ProbesDiffer {
     type Config = Config;
-}
-
-impl super::ValidationRule for ProbesDiffer {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        probes::long_running_containers(sts)
+            .filter(|c| c.liveness_probe.is_some() && c.liveness_probe == c.readiness_probe)
+            .map(|c| {
+                Finding::new(
+                    RuleId::ProbesDiffer,
+                    Part::Container(c.name.clone()),
+                    format!(
+                        "container {:?} of StatefulSet {} uses the same check for livenessProbe and readinessProbe: a slow dependency would restart healthy pods; make the liveness probe check only the process",
+                        c.name,
+                        display_name(&sts.metadata, ctx.namespace)
+                    ),
+                )
+            })
+            .collect()
     }
 }
 
@@ -70,7 +59,7 @@ spec:
     fn identical_probes_are_found() {
         let cluster = Snapshot::unknown();
         let p = "{exec: {command: [pg_isready]}, periodSeconds: 10}";
-        let f = validate(
+        let f = ProbesDiffer::validate(
             &with_probes(p, p),
             &Config::default(),
             &ctx(Operation::Create, &cluster),
@@ -86,12 +75,12 @@ spec:
             "{tcpSocket: {port: 5432}}",
             "{exec: {command: [pg_isready]}}",
         );
-        assert!(validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(ProbesDiffer::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
         // Same handler, different timing: still the same check, but a deliberate choice; pass.
         let obj = with_probes(
             "{exec: {command: [a]}, periodSeconds: 30}",
             "{exec: {command: [a]}, periodSeconds: 5}",
         );
-        assert!(validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(ProbesDiffer::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
     }
 }

@@ -61,11 +61,11 @@ macro_rules! registry {
         pub struct Rules {
             $(
                 #[serde(rename = $mname)]
-                pub $mmod: <$mmod::$m as Rule>::Config,
+                pub $mmod: <$mmod::$m as MutationRule>::Config,
             )*
             $(
                 #[serde(rename = $vname)]
-                pub $vmod: <$vmod::$v as Rule>::Config,
+                pub $vmod: <$vmod::$v as ValidationRule>::Config,
             )*
         }
 
@@ -73,16 +73,16 @@ macro_rules! registry {
             /// The action a rule takes under this configuration.
             pub fn action(&self, rule: RuleId) -> Action {
                 match rule {
-                    $(RuleId::$m => Action::Mutate(<$mmod::$m as MutationRule>::action(&self.$mmod)),)*
-                    $(RuleId::$v => Action::Validate(<$vmod::$v as ValidationRule>::action(&self.$vmod)),)*
+                    $(RuleId::$m => Action::Mutate(self.$mmod.action()),)*
+                    $(RuleId::$v => Action::Validate(self.$vmod.action()),)*
                 }
             }
 
             /// Checks every rule's parameters; the error names the field.
             pub fn check(&self) -> Result<(), String> {
-                $(<$mmod::$m as Rule>::check(&self.$mmod)
+                $(self.$mmod.check()
                     .map_err(|e| format!("spec.rules.{}.{e}", $mname))?;)*
-                $(<$vmod::$v as Rule>::check(&self.$vmod)
+                $(self.$vmod.check()
                     .map_err(|e| format!("spec.rules.{}.{e}", $vname))?;)*
                 Ok(())
             }

@@ -6,36 +6,27 @@
 //! reloader is not the database, and a chart that ships one without probes is not wrong.
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use super::{Context, Finding, RuleId, probes};
-use crate::policy::action::ValidateAction;
+use super::{ValidationRule, Context, Finding, RuleId, probes};
 
 /// Only an action (default `warn`).
 pub type Config = super::ActionOnly<super::WarnByDefault>;
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    probes::missing(
-        sts,
-        ctx,
-        RuleId::RequireLivenessProbe,
-        "livenessProbe",
-        "otherwise a hung process is never restarted",
-        |c| c.liveness_probe.as_ref(),
-    )
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct RequireLivenessProbe;
 
-impl super::Rule for RequireLivenessProbe {
+impl ValidationRule for RequireLivenessProbe {
     type Config = Config;
-}
-
-impl super::ValidationRule for RequireLivenessProbe {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        probes::missing(
+            sts,
+            ctx,
+            RuleId::RequireLivenessProbe,
+            "livenessProbe",
+            "otherwise a hung process is never restarted",
+            |c| c.liveness_probe.as_ref(),
+        )
+        .map(|(_, finding)| finding)
+        .collect()
     }
 }
 
@@ -49,7 +40,7 @@ mod tests {
     #[test]
     fn container_without_liveness_probe_is_named() {
         let cluster = Snapshot::unknown();
-        let findings = validate(
+        let findings = RequireLivenessProbe::validate(
             &basic_sts(),
             &Config::default(),
             &ctx(Operation::Create, &cluster),
@@ -73,6 +64,6 @@ spec:
       initContainers: [{name: init, image: busybox}]
       containers: [{name: db, image: pg, livenessProbe: {exec: {command: [pg_isready]}}}]
 "#);
-        assert!(validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(RequireLivenessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
     }
 }

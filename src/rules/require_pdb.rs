@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 
-use super::{Aspect, Context, Detail, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Aspect, Context, Detail, Finding, Part, RuleId, display_name};
 use crate::cluster::Pdb;
 use crate::labels;
 use crate::policy::action::ValidateAction;
@@ -32,8 +32,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = ValidateAction;
+    fn action(&self) -> ValidateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         if self.min_replicas < 1 {
             return Err(format!(
                 "minReplicas: must be at least 1, got {}",
@@ -93,63 +97,50 @@ pub fn suggested_pdb(sts: &StatefulSet, namespace: &str) -> PodDisruptionBudget 
     }
 }
 
-pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let spec = &sts.spec;
-    let replicas = spec.replicas.unwrap_or(1);
-    if replicas < cfg.min_replicas {
-        return vec![];
-    }
-    let name = display_name(&sts.metadata, ctx.namespace);
-    if !ctx.cluster.is_known() {
-        return vec![Finding {
-            unverified: true,
-            advisory: false,
-            ..Finding::new(
-                RuleId::RequirePdb,
-                Part::Whole(Aspect::Pdb),
-                format!(
-                    "cannot check that a PodDisruptionBudget covers StatefulSet {name}: no cluster state"
-                ),
-            )
-        }];
-    }
-    if !matching_pdbs(sts, ctx).is_empty() {
-        return vec![];
-    }
-    let mut message = format!(
-        "StatefulSet {name} has {replicas} replicas but no PodDisruptionBudget selects its pods ({}): a node drain can evict several at once and break quorum.",
-        labels::display(&spec.selector)
-    );
-    // The manifest is most of the finding's cost (a YAML rendering): only for a message read.
-    if ctx.detail == Detail::Full {
-        let manifest = serde_yaml_ng::to_string(&suggested_pdb(sts, ctx.namespace))
-            .unwrap_or_else(|e| format!("# could not render a PodDisruptionBudget: {e}\n"));
-        message.push_str(" Create this PodDisruptionBudget first:\n---\n");
-        message.push_str(&manifest);
-    }
-    vec![Finding::new(
-        RuleId::RequirePdb,
-        Part::Whole(Aspect::Pdb),
-        message,
-    )]
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct RequirePdb;
 
-impl super::Rule for RequirePdb {
+impl ValidationRule for RequirePdb {
     type Config = Config;
-    fn check(config: &Config) -> Result<(), String> {
-        config.validate()
-    }
-}
-
-impl super::ValidationRule for RequirePdb {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let spec = &sts.spec;
+        let replicas = spec.replicas.unwrap_or(1);
+        if replicas < cfg.min_replicas {
+            return vec![];
+        }
+        let name = display_name(&sts.metadata, ctx.namespace);
+        if !ctx.cluster.is_known() {
+            return vec![Finding {
+                unverified: true,
+                advisory: false,
+                ..Finding::new(
+                    RuleId::RequirePdb,
+                    Part::Whole(Aspect::Pdb),
+                    format!(
+                        "cannot check that a PodDisruptionBudget covers StatefulSet {name}: no cluster state"
+                    ),
+                )
+            }];
+        }
+        if !matching_pdbs(sts, ctx).is_empty() {
+            return vec![];
+        }
+        let mut message = format!(
+            "StatefulSet {name} has {replicas} replicas but no PodDisruptionBudget selects its pods ({}): a node drain can evict several at once and break quorum.",
+            labels::display(&spec.selector)
+        );
+        // The manifest is most of the finding's cost (a YAML rendering): only for a message read.
+        if ctx.detail == Detail::Full {
+            let manifest = serde_yaml_ng::to_string(&suggested_pdb(sts, ctx.namespace))
+                .unwrap_or_else(|e| format!("# could not render a PodDisruptionBudget: {e}\n"));
+            message.push_str(" Create this PodDisruptionBudget first:\n---\n");
+            message.push_str(&manifest);
+        }
+        vec![Finding::new(
+            RuleId::RequirePdb,
+            Part::Whole(Aspect::Pdb),
+            message,
+        )]
     }
 }
 
@@ -167,7 +158,7 @@ mod tests {
     #[test]
     fn missing_pdb_is_a_finding_with_an_applicable_manifest() {
         let cluster = Snapshot::known(vec![], vec![], vec![]);
-        let findings = validate(
+        let findings = RequirePdb::validate(
             &basic_sts(),
             &Config::default(),
             &ctx(Operation::Create, &cluster),
@@ -194,8 +185,8 @@ mod tests {
             detail: Detail::Compared,
             ..full
         };
-        let reported = validate(&basic_sts(), &Config::default(), &full);
-        let only_compared = validate(&basic_sts(), &Config::default(), &compared);
+        let reported = RequirePdb::validate(&basic_sts(), &Config::default(), &full);
+        let only_compared = RequirePdb::validate(&basic_sts(), &Config::default(), &compared);
         assert_eq!(reported.len(), 1);
         assert_eq!(only_compared.len(), 1);
         let (r, c) = (&reported[0], &only_compared[0]);
@@ -221,7 +212,7 @@ mod tests {
                 vec![],
             );
             assert!(
-                validate(
+                RequirePdb::validate(
                     &basic_sts(),
                     &Config::default(),
                     &ctx(Operation::Create, &cluster)
@@ -254,7 +245,7 @@ mod tests {
                 vec![],
             );
             assert_eq!(
-                validate(
+                RequirePdb::validate(
                     &basic_sts(),
                     &Config::default(),
                     &ctx(Operation::Create, &cluster)
@@ -273,7 +264,7 @@ mod tests {
             vec![],
         );
         assert_eq!(
-            validate(
+            RequirePdb::validate(
                 &basic_sts(),
                 &Config::default(),
                 &ctx(Operation::Create, &cluster)
@@ -288,9 +279,9 @@ mod tests {
         let cluster = Snapshot::known(vec![], vec![], vec![]);
         let mut obj = basic_sts();
         obj.spec.replicas = Some(1);
-        assert!(validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(RequirePdb::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
         assert_eq!(
-            validate(
+            RequirePdb::validate(
                 &obj,
                 &Config {
                     min_replicas: 1,
@@ -306,7 +297,7 @@ mod tests {
     #[test]
     fn without_cluster_state_the_finding_is_unverified() {
         let cluster = Snapshot::unknown();
-        let findings = validate(
+        let findings = RequirePdb::validate(
             &basic_sts(),
             &Config::default(),
             &ctx(Operation::Create, &cluster),

@@ -14,8 +14,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Container;
 
-use super::{Context, Finding, Part, RuleId, display_name, probes};
-use crate::policy::action::ValidateAction;
+use super::{ValidationRule, Context, Finding, Part, RuleId, display_name, probes};
 
 /// Only an action (default `warn`).
 pub type Config = super::ActionOnly<super::WarnByDefault>;
@@ -137,78 +136,68 @@ fn covers(mount: &str, dir: &str) -> bool {
     dir == mount || dir.starts_with(&format!("{mount}/")) || mount.starts_with(&format!("{dir}/"))
 }
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let spec = &sts.spec;
-    let pod = spec.template.spec.as_ref();
-    let has_templates = spec
-        .volume_claim_templates
-        .as_ref()
-        .is_some_and(|v| !v.is_empty());
-    let has_pvc_volume = pod
-        .and_then(|p| p.volumes.as_ref())
-        .is_some_and(|vols| vols.iter().any(|v| v.persistent_volume_claim.is_some()));
-    if has_templates || has_pvc_volume {
-        return vec![];
-    }
-    let name = display_name(&sts.metadata, ctx.namespace);
-    let volumes = pod.and_then(|p| p.volumes.as_deref()).unwrap_or_default();
-    let mut findings: Vec<Finding> = Vec::new();
-    for c in probes::long_running_containers(sts) {
-        let Some(dirs) = data_directories(c) else {
-            continue;
-        };
-        let mounts: Vec<_> = c
-            .volume_mounts
-            .iter()
-            .flatten()
-            .filter(|m| dirs.iter().any(|d| covers(&m.mount_path, d)))
-            .collect();
-        if mounts.is_empty() {
-            findings.push(Finding::new(
-                RuleId::RequirePersistentStorage,
-                Part::Container(c.name.clone()),
-                format!(
-                    "container {:?} of StatefulSet {name} runs {} with its data directory ({}) on the container's own filesystem: the data is lost whenever the pod is rescheduled; add spec.volumeClaimTemplates and mount the claim there",
-                    c.name,
-                    image_name(c.image.as_deref().unwrap_or("")),
-                    dirs.join(" or ")
-                ),
-            ));
-            continue;
-        }
-        for m in mounts {
-            let on_empty_dir = volumes
-                .iter()
-                .any(|v| v.name == m.name && v.empty_dir.is_some());
-            let part = Part::Volume(m.name.clone());
-            if on_empty_dir && !findings.iter().any(|f| f.subject == part) {
-                findings.push(Finding::new(
-                    RuleId::RequirePersistentStorage,
-                    part,
-                    format!(
-                        "volume {:?} of StatefulSet {name} is an emptyDir holding the data directory of container {:?} ({}): the data is lost whenever the pod is rescheduled; replace it with a volumeClaimTemplate of the same name",
-                        m.name, c.name, m.mount_path
-                    ),
-                ));
-            }
-        }
-    }
-    findings
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct RequirePersistentStorage;
 
-impl super::Rule for RequirePersistentStorage {
+impl ValidationRule for RequirePersistentStorage {
     type Config = Config;
-}
-
-impl super::ValidationRule for RequirePersistentStorage {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let spec = &sts.spec;
+        let pod = spec.template.spec.as_ref();
+        let has_templates = spec
+            .volume_claim_templates
+            .as_ref()
+            .is_some_and(|v| !v.is_empty());
+        let has_pvc_volume = pod
+            .and_then(|p| p.volumes.as_ref())
+            .is_some_and(|vols| vols.iter().any(|v| v.persistent_volume_claim.is_some()));
+        if has_templates || has_pvc_volume {
+            return vec![];
+        }
+        let name = display_name(&sts.metadata, ctx.namespace);
+        let volumes = pod.and_then(|p| p.volumes.as_deref()).unwrap_or_default();
+        let mut findings: Vec<Finding> = Vec::new();
+        for c in probes::long_running_containers(sts) {
+            let Some(dirs) = data_directories(c) else {
+                continue;
+            };
+            let mounts: Vec<_> = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| dirs.iter().any(|d| covers(&m.mount_path, d)))
+                .collect();
+            if mounts.is_empty() {
+                findings.push(Finding::new(
+                    RuleId::RequirePersistentStorage,
+                    Part::Container(c.name.clone()),
+                    format!(
+                        "container {:?} of StatefulSet {name} runs {} with its data directory ({}) on the container's own filesystem: the data is lost whenever the pod is rescheduled; add spec.volumeClaimTemplates and mount the claim there",
+                        c.name,
+                        image_name(c.image.as_deref().unwrap_or("")),
+                        dirs.join(" or ")
+                    ),
+                ));
+                continue;
+            }
+            for m in mounts {
+                let on_empty_dir = volumes
+                    .iter()
+                    .any(|v| v.name == m.name && v.empty_dir.is_some());
+                let part = Part::Volume(m.name.clone());
+                if on_empty_dir && !findings.iter().any(|f| f.subject == part) {
+                    findings.push(Finding::new(
+                        RuleId::RequirePersistentStorage,
+                        part,
+                        format!(
+                            "volume {:?} of StatefulSet {name} is an emptyDir holding the data directory of container {:?} ({}): the data is lost whenever the pod is rescheduled; replace it with a volumeClaimTemplate of the same name",
+                            m.name, c.name, m.mount_path
+                        ),
+                    ));
+                }
+            }
+        }
+        findings
     }
 }
 
@@ -221,7 +210,7 @@ mod tests {
 
     fn findings(yaml: &str) -> Vec<Finding> {
         let cluster = Snapshot::unknown();
-        validate(&sts(yaml), &Config::default(), &ctx(Operation::Create, &cluster))
+        RequirePersistentStorage::validate(&sts(yaml), &Config::default(), &ctx(Operation::Create, &cluster))
     }
 
     #[test]
@@ -293,7 +282,7 @@ spec:
     fn claim_templates_or_pvc_volumes_pass() {
         let cluster = Snapshot::unknown();
         assert!(
-            validate(
+            RequirePersistentStorage::validate(
                 &basic_sts(),
                 &Config::default(),
                 &ctx(Operation::Create, &cluster)

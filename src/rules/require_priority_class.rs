@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use serde::{Deserialize, Serialize};
 
 use super::require_pdb::matching_pdbs;
-use super::{Aspect, Context, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Aspect, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,55 +42,52 @@ impl Default for Config {
     }
 }
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let Some(pod) = sts.spec.template.spec.as_ref() else {
-        return vec![];
-    };
-    let name = display_name(&sts.metadata, ctx.namespace);
-    match pod.priority_class_name.as_deref().filter(|c| !c.is_empty()) {
-        Some(class) => {
-            if ctx.cluster.priority_classes_known() && ctx.cluster.priority_class(class).is_none()
-            {
-                return vec![Finding::new(
-                    RuleId::RequirePriorityClass,
-                    Part::Whole(Aspect::PriorityClassMissing),
-                    format!(
-                        "StatefulSet {name} names PriorityClass {class:?}, which does not exist: the Priority admission plugin refuses every pod that names a missing class, so no replica would start; create the class or fix spec.template.spec.priorityClassName"
-                    ),
-                )];
-            }
-            vec![]
-        }
-        None if pod.priority.is_some() => vec![],
-        None => {
-            let pdbs = matching_pdbs(sts, ctx);
-            let Some(pdb) = pdbs.first().map(|p| p.name.as_str()) else {
-                return vec![];
-            };
-            vec![Finding::new(
-                RuleId::RequirePriorityClass,
-                Part::Whole(Aspect::NoPriorityClass),
-                format!(
-                    "StatefulSet {name} is covered by PodDisruptionBudget {pdb} but its pods have no priorityClassName: a PDB does not stop preemption, and at priority 0 its replicas are preempted before any prioritised pod; set spec.template.spec.priorityClassName to a class for stateful workloads"
-                ),
-            )]
-        }
+impl super::RuleConfig for Config {
+    type Action = ValidateAction;
+    fn action(&self) -> ValidateAction {
+        self.action
     }
 }
 
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct RequirePriorityClass;
 
-impl super::Rule for RequirePriorityClass {
+impl ValidationRule for RequirePriorityClass {
     type Config = Config;
-}
-
-impl super::ValidationRule for RequirePriorityClass {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let Some(pod) = sts.spec.template.spec.as_ref() else {
+            return vec![];
+        };
+        let name = display_name(&sts.metadata, ctx.namespace);
+        match pod.priority_class_name.as_deref().filter(|c| !c.is_empty()) {
+            Some(class) => {
+                if ctx.cluster.priority_classes_known() && ctx.cluster.priority_class(class).is_none()
+                {
+                    return vec![Finding::new(
+                        RuleId::RequirePriorityClass,
+                        Part::Whole(Aspect::PriorityClassMissing),
+                        format!(
+                            "StatefulSet {name} names PriorityClass {class:?}, which does not exist: the Priority admission plugin refuses every pod that names a missing class, so no replica would start; create the class or fix spec.template.spec.priorityClassName"
+                        ),
+                    )];
+                }
+                vec![]
+            }
+            None if pod.priority.is_some() => vec![],
+            None => {
+                let pdbs = matching_pdbs(sts, ctx);
+                let Some(pdb) = pdbs.first().map(|p| p.name.as_str()) else {
+                    return vec![];
+                };
+                vec![Finding::new(
+                    RuleId::RequirePriorityClass,
+                    Part::Whole(Aspect::NoPriorityClass),
+                    format!(
+                        "StatefulSet {name} is covered by PodDisruptionBudget {pdb} but its pods have no priorityClassName: a PDB does not stop preemption, and at priority 0 its replicas are preempted before any prioritised pod; set spec.template.spec.priorityClassName to a class for stateful workloads"
+                    ),
+                )]
+            }
+        }
     }
     fn action_of(config: &Config, finding: &Finding) -> ValidateAction {
         match finding.subject {
@@ -125,7 +122,7 @@ mod tests {
     #[test]
     fn a_statefulset_with_a_pdb_and_no_class_is_reported() {
         let cluster = Snapshot::known(vec![pdb("db")], vec![], vec![]);
-        let found = validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster));
+        let found = RequirePriorityClass::validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].subject, Part::Whole(Aspect::NoPriorityClass));
         assert!(found[0].message.contains("db-pdb"), "{}", found[0].message);
@@ -143,18 +140,18 @@ mod tests {
         // No PDB selects the pods (another app's PDB): require-pdb's business, not this rule's.
         let cluster = Snapshot::known(vec![pdb("other")], vec![], vec![]);
         assert!(
-            validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster))
+            RequirePriorityClass::validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster))
                 .is_empty()
         );
         let cluster = Snapshot::known(vec![pdb("db")], vec![], vec![]);
         let mut sts = basic_sts();
         sts.spec.template.spec.as_mut().unwrap().priority_class_name =
             Some("system-cluster-critical".into());
-        assert!(validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(RequirePriorityClass::validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
         // A template that states its priority as a number chose it.
         let mut sts = basic_sts();
         sts.spec.template.spec.as_mut().unwrap().priority = Some(1000);
-        assert!(validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(RequirePriorityClass::validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
     }
 
     #[test]
@@ -163,15 +160,15 @@ mod tests {
         sts.spec.template.spec.as_mut().unwrap().priority_class_name = Some("stateful".into());
         let cluster =
             Snapshot::known(vec![], vec![], vec![]).with_priority_classes(vec![class("other")]);
-        let found = validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster));
+        let found = RequirePriorityClass::validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].subject, Part::Whole(Aspect::PriorityClassMissing));
         assert!(found[0].message.contains("\"stateful\", which does not exist"));
         // Known to exist, or nothing known about classes: no finding.
         let cluster =
             Snapshot::known(vec![], vec![], vec![]).with_priority_classes(vec![class("stateful")]);
-        assert!(validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(RequirePriorityClass::validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
         let cluster = Snapshot::known(vec![], vec![], vec![]);
-        assert!(validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
+        assert!(RequirePriorityClass::validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
     }
 }

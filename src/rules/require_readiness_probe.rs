@@ -13,49 +13,35 @@
 //! traffic).
 use k8s_openapi::api::apps::v1::StatefulSet;
 
-use super::{Context, Finding, RuleId, probes};
-use crate::policy::action::ValidateAction;
+use super::{ValidationRule, Context, Finding, RuleId, probes};
 
 /// Only an action (default `enforce`).
 pub type Config = super::ActionOnly<super::EnforceByDefault>;
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let mut findings = probes::missing(
-        sts,
-        ctx,
-        RuleId::RequireReadinessProbe,
-        "readinessProbe",
-        "otherwise traffic reaches pods that cannot serve yet",
-        |c| c.readiness_probe.as_ref(),
-    );
-    for finding in &mut findings {
-        let started = probes::serving_containers(sts).any(|c| {
-            matches!(&finding.subject, super::Part::Container(n) if *n == c.name)
-                && c.startup_probe.is_some()
-        });
-        if started {
-            finding.message.push_str(
-                "; its startupProbe only keeps it out of the Service until it first starts, after which it stays Ready whatever its state",
-            );
-            finding.advisory = true;
-        }
-    }
-    findings
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct RequireReadinessProbe;
 
-impl super::Rule for RequireReadinessProbe {
+impl ValidationRule for RequireReadinessProbe {
     type Config = Config;
-}
-
-impl super::ValidationRule for RequireReadinessProbe {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        probes::missing(
+            sts,
+            ctx,
+            RuleId::RequireReadinessProbe,
+            "readinessProbe",
+            "otherwise traffic reaches pods that cannot serve yet",
+            |c| c.readiness_probe.as_ref(),
+        )
+        .map(|(container, mut finding)| {
+            if container.startup_probe.is_some() {
+                finding.message.push_str(
+                    "; its startupProbe only keeps it out of the Service until it first starts, after which it stays Ready whatever its state",
+                );
+                finding.advisory = true;
+            }
+            finding
+        })
+        .collect()
     }
 }
 
@@ -86,7 +72,7 @@ spec:
       - {name: metrics, image: exporter, ports: [{containerPort: 9141}]}
       - {name: config-reload, image: reloader}
 "#);
-        let findings = validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
+        let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         let subjects: Vec<_> = findings.iter().map(|f| f.subject.to_string()).collect();
         assert_eq!(subjects, ["container/metrics", "container/log-shipper"]);
         assert!(
@@ -110,7 +96,7 @@ spec:
     spec:
       containers: [{name: worker, image: w}]
 "#);
-        let findings = validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
+        let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(findings.len(), 1);
     }
 
@@ -128,7 +114,7 @@ spec:
       containers:
       - {name: redpanda, image: rp, ports: [{containerPort: 9092}], startupProbe: {exec: {command: [rpk]}}}
 "#);
-        let findings = validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
+        let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(findings.len(), 1);
         assert!(findings[0].advisory);
         assert!(findings[0].message.contains("startupProbe"));

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Container;
 use serde::{Deserialize, Serialize};
 
 use super::probes::long_running_containers;
-use super::{Context, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Context, Finding, Part, RuleId, display_name};
 use crate::policy::action::ValidateAction;
 
 /// The QoS class the policy asks for.
@@ -39,6 +39,13 @@ impl Default for Config {
             qos: Qos::Burstable,
             init_containers: false,
         }
+    }
+}
+
+impl super::RuleConfig for Config {
+    type Action = ValidateAction;
+    fn action(&self) -> ValidateAction {
+        self.action
     }
 }
 
@@ -72,47 +79,37 @@ fn missing(c: &Container, qos: Qos) -> Vec<String> {
     out
 }
 
-pub fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let name = display_name(&sts.metadata, ctx.namespace);
-    let one_shot = sts
-        .spec
-        .template
-        .spec
-        .iter()
-        .flat_map(|p| p.init_containers.iter().flatten())
-        .filter(|c| cfg.init_containers && c.restart_policy.as_deref() != Some("Always"));
-    long_running_containers(sts)
-        .chain(one_shot)
-        .filter_map(|c| {
-            let lacks = missing(c, cfg.qos);
-            (!lacks.is_empty()).then(|| {
-                Finding::new(
-                    RuleId::RequireResources,
-                    Part::Container(c.name.clone()),
-                    format!(
-                        "container {:?} of StatefulSet {name} has no {}: set them so the scheduler reserves room for it and the kubelet does not evict it first under node pressure",
-                        c.name,
-                        lacks.join(", ")
-                    ),
-                )
-            })
-        })
-        .collect()
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct RequireResources;
 
-impl super::Rule for RequireResources {
+impl ValidationRule for RequireResources {
     type Config = Config;
-}
-
-impl super::ValidationRule for RequireResources {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let name = display_name(&sts.metadata, ctx.namespace);
+        let one_shot = sts
+            .spec
+            .template
+            .spec
+            .iter()
+            .flat_map(|p| p.init_containers.iter().flatten())
+            .filter(|c| cfg.init_containers && c.restart_policy.as_deref() != Some("Always"));
+        long_running_containers(sts)
+            .chain(one_shot)
+            .filter_map(|c| {
+                let lacks = missing(c, cfg.qos);
+                (!lacks.is_empty()).then(|| {
+                    Finding::new(
+                        RuleId::RequireResources,
+                        Part::Container(c.name.clone()),
+                        format!(
+                            "container {:?} of StatefulSet {name} has no {}: set them so the scheduler reserves room for it and the kubelet does not evict it first under node pressure",
+                            c.name,
+                            lacks.join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -144,7 +141,7 @@ spec:
 
     fn messages(s: &StatefulSet, cfg: &Config) -> Vec<String> {
         let cluster = Snapshot::unknown();
-        validate(s, cfg, &ctx(Operation::Create, &cluster))
+        RequireResources::validate(s, cfg, &ctx(Operation::Create, &cluster))
             .into_iter()
             .map(|f| f.message)
             .collect()

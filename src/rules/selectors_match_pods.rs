@@ -15,9 +15,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{Context, Finding, Part, RuleId, display_name};
+use super::{ValidationRule, Context, Finding, Part, RuleId, display_name};
 use crate::labels;
-use crate::policy::action::ValidateAction;
 
 /// Only an action (default `warn`).
 pub type Config = super::ActionOnly<super::WarnByDefault>;
@@ -60,89 +59,79 @@ fn only_missing_keys(selector: &LabelSelector, pods: &BTreeMap<String, String>) 
     (!missing.is_empty()).then_some(missing)
 }
 
-pub fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
-    let Some(pod) = sts.spec.template.spec.as_ref() else {
-        return vec![];
-    };
-    let empty = BTreeMap::new();
-    let pods = sts
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .unwrap_or(&empty);
-    let name = display_name(&sts.metadata, ctx.namespace);
-    // (what, topology key, selector, selects within the namespace)
-    let mut terms: Vec<(String, &str, &LabelSelector)> = Vec::new();
-    if let Some(anti) = pod.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()) {
-        let required = anti
-            .required_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, t)| (format!("podAntiAffinity required term {i}"), t));
-        let preferred = anti
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, w)| (format!("podAntiAffinity preferred term {i}"), &w.pod_affinity_term));
-        for (what, term) in required.chain(preferred) {
-            let own_namespace = term.namespace_selector.is_none()
-                && term
-                    .namespaces
-                    .as_ref()
-                    .is_none_or(|n| n.is_empty() || n.iter().any(|n| n == ctx.namespace));
-            if let (Some(selector), true) = (&term.label_selector, own_namespace) {
-                terms.push((what, term.topology_key.as_str(), selector));
-            }
-        }
-    }
-    for (i, c) in pod.topology_spread_constraints.iter().flatten().enumerate() {
-        if let Some(selector) = &c.label_selector {
-            terms.push((
-                format!("topologySpreadConstraints[{i}]"),
-                c.topology_key.as_str(),
-                selector,
-            ));
-        }
-    }
-    terms
-        .into_iter()
-        .filter(|(_, key, selector)| {
-            SPREADING_KEYS.contains(key) && !labels::matches(selector, pods)
-        })
-        .filter_map(|(what, key, selector)| {
-            let missing = only_missing_keys(selector, pods)?;
-            let shown: Vec<String> = pods.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            Some(Finding::new(
-                RuleId::SelectorsMatchPods,
-                Part::Field(what.clone()),
-                format!(
-                    "the {what} of StatefulSet {name} spreads over {key} pods selected by {}, but its pods carry no label {} (they are labelled {}): it keeps nothing apart, so replicas can still fail together; select on the pods' own labels",
-                    labels::display(selector),
-                    missing.join(", "),
-                    if shown.is_empty() { "with nothing".to_owned() } else { shown.join(",") }
-                ),
-            ))
-        })
-        .collect()
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it.
 pub struct SelectorsMatchPods;
 
-impl super::Rule for SelectorsMatchPods {
+impl ValidationRule for SelectorsMatchPods {
     type Config = Config;
-}
-
-impl super::ValidationRule for SelectorsMatchPods {
-    fn action(config: &Config) -> ValidateAction {
-        config.action
-    }
-    fn validate(sts: &StatefulSet, config: &Config, ctx: &Context) -> Vec<Finding> {
-        validate(sts, config, ctx)
+    fn validate(sts: &StatefulSet, _cfg: &Config, ctx: &Context) -> Vec<Finding> {
+        let Some(pod) = sts.spec.template.spec.as_ref() else {
+            return vec![];
+        };
+        let empty = BTreeMap::new();
+        let pods = sts
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .unwrap_or(&empty);
+        let name = display_name(&sts.metadata, ctx.namespace);
+        // (what, topology key, selector, selects within the namespace)
+        let mut terms: Vec<(String, &str, &LabelSelector)> = Vec::new();
+        if let Some(anti) = pod.affinity.as_ref().and_then(|a| a.pod_anti_affinity.as_ref()) {
+            let required = anti
+                .required_during_scheduling_ignored_during_execution
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, t)| (format!("podAntiAffinity required term {i}"), t));
+            let preferred = anti
+                .preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, w)| (format!("podAntiAffinity preferred term {i}"), &w.pod_affinity_term));
+            for (what, term) in required.chain(preferred) {
+                let own_namespace = term.namespace_selector.is_none()
+                    && term
+                        .namespaces
+                        .as_ref()
+                        .is_none_or(|n| n.is_empty() || n.iter().any(|n| n == ctx.namespace));
+                if let (Some(selector), true) = (&term.label_selector, own_namespace) {
+                    terms.push((what, term.topology_key.as_str(), selector));
+                }
+            }
+        }
+        for (i, c) in pod.topology_spread_constraints.iter().flatten().enumerate() {
+            if let Some(selector) = &c.label_selector {
+                terms.push((
+                    format!("topologySpreadConstraints[{i}]"),
+                    c.topology_key.as_str(),
+                    selector,
+                ));
+            }
+        }
+        terms
+            .into_iter()
+            .filter(|(_, key, selector)| {
+                SPREADING_KEYS.contains(key) && !labels::matches(selector, pods)
+            })
+            .filter_map(|(what, key, selector)| {
+                let missing = only_missing_keys(selector, pods)?;
+                let shown: Vec<String> = pods.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                Some(Finding::new(
+                    RuleId::SelectorsMatchPods,
+                    Part::Field(what.clone()),
+                    format!(
+                        "the {what} of StatefulSet {name} spreads over {key} pods selected by {}, but its pods carry no label {} (they are labelled {}): it keeps nothing apart, so replicas can still fail together; select on the pods' own labels",
+                        labels::display(selector),
+                        missing.join(", "),
+                        if shown.is_empty() { "with nothing".to_owned() } else { shown.join(",") }
+                    ),
+                ))
+            })
+            .collect()
     }
 }
 
@@ -171,7 +160,7 @@ spec:
 
     fn found(s: &StatefulSet) -> Vec<Finding> {
         let cluster = Snapshot::unknown();
-        validate(s, &Config::default(), &ctx(Operation::Create, &cluster))
+        SelectorsMatchPods::validate(s, &Config::default(), &ctx(Operation::Create, &cluster))
     }
 
     #[test]

@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use serde::{Deserialize, Serialize};
 
-use super::{Context, Mutation, fast_storage_class, patch};
+use super::{MutationRule, Context, Mutation, fast_storage_class, patch};
 use crate::policy::action::MutateAction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -45,8 +45,12 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+impl super::RuleConfig for Config {
+    type Action = MutateAction;
+    fn action(&self) -> MutateAction {
+        self.action
+    }
+    fn check(&self) -> Result<(), String> {
         if self.max_skew < 1 {
             return Err(format!(
                 "maxSkew: must be at least 1, got {}",
@@ -97,128 +101,109 @@ fn hard_constraint_risk(
     None
 }
 
-pub fn mutate(
-    sts: &StatefulSet,
-    cfg: &Config,
-    storage: Option<&fast_storage_class::Config>,
-    ctx: &Context,
-) -> Result<Mutation, serde_json::Error> {
-    let spec = &sts.spec;
-    let Some(pod) = spec.template.spec.as_ref() else {
-        return Ok(Mutation::none());
-    };
-    if pod
-        .topology_spread_constraints
-        .as_ref()
-        .is_some_and(|c| !c.is_empty())
-        || !ctx.may_change_template()
-    {
-        return Ok(Mutation::none());
-    }
-    let mut notes = Vec::new();
-    let mut when = cfg.when_unsatisfiable;
-    if when == WhenUnsatisfiable::DoNotSchedule
-        && let Some(why) = hard_constraint_risk(sts, storage, ctx)
-    {
-        when = WhenUnsatisfiable::ScheduleAnyway;
-        notes.push(format!(
-            "added the zone spread as ScheduleAnyway instead of DoNotSchedule: {why}"
-        ));
-    }
-    let constraint = TopologySpreadConstraint {
-        label_selector: Some(spec.selector.clone()),
-        max_skew: cfg.max_skew,
-        topology_key: cfg.topology_key.clone(),
-        when_unsatisfiable: when.as_str().into(),
-        ..Default::default()
-    };
-    let op = patch::set(
-        &["spec", "template", "spec", "topologySpreadConstraints"],
-        pod.topology_spread_constraints.is_some(),
-        &[constraint],
-    )?;
-    Ok(Mutation {
-        ops: vec![op],
-        summary: format!(
-            "added a topology spread constraint over {} (maxSkew {}, {}) so one zone outage cannot take every replica",
-            cfg.topology_key,
-            cfg.max_skew,
-            when.as_str()
-        ),
-        notes,
-    })
-}
-
-/// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops every
-/// topology spread constraint (a `kubectl replace` or PUT of the original manifest), keeps the
-/// stored ones, so the pods keep their spreading. Constraints the update sends are the user's.
-pub fn keep(new: &StatefulSet, old: &StatefulSet) -> Result<Mutation, serde_json::Error> {
-    let Some(stored) = old
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.topology_spread_constraints.as_ref())
-        .filter(|c| !c.is_empty())
-    else {
-        return Ok(Mutation::none());
-    };
-    let Some(pod) = new.spec.template.spec.as_ref() else {
-        return Ok(Mutation::none());
-    };
-    if pod
-        .topology_spread_constraints
-        .as_ref()
-        .is_some_and(|c| !c.is_empty())
-    {
-        return Ok(Mutation::none());
-    }
-    Ok(Mutation {
-        ops: vec![patch::set(
-            &["spec", "template", "spec", "topologySpreadConstraints"],
-            pod.topology_spread_constraints.is_some(),
-            stored,
-        )?],
-        summary: "kept the topology spread constraints set at creation (the update dropped them; without them one zone outage can take every replica)".into(),
-        notes: vec![],
-    })
-}
-
 /// The rule, as the registry in `rules/mod.rs` lists it. Its declared input: the classes
 /// `fast-storage-class` will set ([`super::Earlier::storage`]).
 pub struct TopologySpread;
 
-impl super::Rule for TopologySpread {
+impl MutationRule for TopologySpread {
     type Config = Config;
-    fn check(config: &Config) -> Result<(), String> {
-        config.validate()
-    }
-}
-
-impl super::MutationRule for TopologySpread {
-    fn action(config: &Config) -> MutateAction {
-        config.action
-    }
     fn mutate(
         sts: &StatefulSet,
-        config: &Config,
+        cfg: &Config,
         earlier: &super::Earlier,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
-        mutate(sts, config, earlier.storage, ctx)
+        let storage = earlier.storage;
+        let spec = &sts.spec;
+        let Some(pod) = spec.template.spec.as_ref() else {
+            return Ok(Mutation::none());
+        };
+        if pod
+            .topology_spread_constraints
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+            || !ctx.may_change_template()
+        {
+            return Ok(Mutation::none());
+        }
+        let mut notes = Vec::new();
+        let mut when = cfg.when_unsatisfiable;
+        if when == WhenUnsatisfiable::DoNotSchedule
+            && let Some(why) = hard_constraint_risk(sts, storage, ctx)
+        {
+            when = WhenUnsatisfiable::ScheduleAnyway;
+            notes.push(format!(
+                "added the zone spread as ScheduleAnyway instead of DoNotSchedule: {why}"
+            ));
+        }
+        let constraint = TopologySpreadConstraint {
+            label_selector: Some(spec.selector.clone()),
+            max_skew: cfg.max_skew,
+            topology_key: cfg.topology_key.clone(),
+            when_unsatisfiable: when.as_str().into(),
+            ..Default::default()
+        };
+        let op = patch::set(
+            &["spec", "template", "spec", "topologySpreadConstraints"],
+            pod.topology_spread_constraints.is_some(),
+            &[constraint],
+        )?;
+        Ok(Mutation {
+            ops: vec![op],
+            summary: format!(
+                "added a topology spread constraint over {} (maxSkew {}, {}) so one zone outage cannot take every replica",
+                cfg.topology_key,
+                cfg.max_skew,
+                when.as_str()
+            ),
+            notes,
+        })
     }
+    /// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops every
+    /// topology spread constraint (a `kubectl replace` or PUT of the original manifest), keeps the
+    /// stored ones, so the pods keep their spreading. Constraints the update sends are the user's.
     fn keep(
         new: &StatefulSet,
         old: &StatefulSet,
         _config: Option<&Config>,
     ) -> Result<Mutation, serde_json::Error> {
-        keep(new, old)
+        let Some(stored) = old
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.topology_spread_constraints.as_ref())
+            .filter(|c| !c.is_empty())
+        else {
+            return Ok(Mutation::none());
+        };
+        let Some(pod) = new.spec.template.spec.as_ref() else {
+            return Ok(Mutation::none());
+        };
+        if pod
+            .topology_spread_constraints
+            .as_ref()
+            .is_some_and(|c| !c.is_empty())
+        {
+            return Ok(Mutation::none());
+        }
+        Ok(Mutation {
+            ops: vec![patch::set(
+                &["spec", "template", "spec", "topologySpreadConstraints"],
+                pod.topology_spread_constraints.is_some(),
+                stored,
+            )?],
+            summary: "kept the topology spread constraints set at creation (the update dropped them; without them one zone outage can take every replica)".into(),
+            notes: vec![],
+        })
     }
 }
+
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::Earlier;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
     use crate::rules::testing::{apply, basic_sts, ctx};
@@ -253,10 +238,10 @@ mod tests {
     fn adds_a_soft_zone_spread_by_default() {
         let cluster = Snapshot::unknown();
         let obj = basic_sts();
-        let m = mutate(
+        let m = TopologySpread::mutate(
             &obj,
             &Config::default(),
-            None,
+            &Earlier::default(),
             &ctx(Operation::Create, &cluster),
         )
         .unwrap();
@@ -272,7 +257,7 @@ mod tests {
     fn hard_spread_when_every_class_waits_for_first_consumer() {
         let cluster = Snapshot::known(vec![], vec![class("wffc", "WaitForFirstConsumer")], vec![]);
         let obj = basic_sts();
-        let m = mutate(&obj, &hard(), None, &ctx(Operation::Create, &cluster)).unwrap();
+        let m = TopologySpread::mutate(&obj, &hard(), &Earlier::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(
             constraint_of(&apply(&obj, &m)).when_unsatisfiable,
             "DoNotSchedule"
@@ -284,7 +269,7 @@ mod tests {
     fn immediate_binding_downgrades_to_soft_with_a_warning() {
         let cluster = Snapshot::known(vec![], vec![class("standard", "Immediate")], vec![]);
         let obj = basic_sts();
-        let m = mutate(&obj, &hard(), None, &ctx(Operation::Create, &cluster)).unwrap();
+        let m = TopologySpread::mutate(&obj, &hard(), &Earlier::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(
             constraint_of(&apply(&obj, &m)).when_unsatisfiable,
             "ScheduleAnyway"
@@ -306,10 +291,10 @@ mod tests {
             ..Default::default()
         };
         let obj = basic_sts();
-        let m = mutate(
+        let m = TopologySpread::mutate(
             &obj,
             &hard(),
-            Some(&storage),
+            &Earlier { storage: Some(&storage) },
             &ctx(Operation::Create, &cluster),
         )
         .unwrap();
@@ -322,10 +307,10 @@ mod tests {
     #[test]
     fn unknown_cluster_is_conservative() {
         let cluster = Snapshot::unknown();
-        let m = mutate(
+        let m = TopologySpread::mutate(
             &basic_sts(),
             &hard(),
-            None,
+            &Earlier::default(),
             &ctx(Operation::Create, &cluster),
         )
         .unwrap();
@@ -338,24 +323,24 @@ mod tests {
         let obj = basic_sts();
         let once = apply(
             &obj,
-            &mutate(
+            &TopologySpread::mutate(
                 &obj,
                 &Config::default(),
-                None,
+                &Earlier::default(),
                 &ctx(Operation::Create, &cluster),
             )
             .unwrap(),
         );
         assert!(
-            mutate(&once, &hard(), None, &ctx(Operation::Create, &cluster))
+            TopologySpread::mutate(&once, &hard(), &Earlier::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
         assert!(
-            mutate(
+            TopologySpread::mutate(
                 &obj,
                 &Config::default(),
-                None,
+                &Earlier::default(),
                 &ctx(Operation::Update, &cluster)
             )
             .unwrap()
