@@ -218,13 +218,20 @@ async fn a_podmanagementpolicy_written_in_the_file_is_kept_by_both() {
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mutations = report["objects"][0]["mutations"].as_array().unwrap();
+    let object = &report["objects"][0];
     assert!(
-        !mutations
-            .iter()
-            .any(|m| m["rule"] == "parallel-pod-management"),
-        "{mutations:?}"
+        !object["patch"].to_string().contains("podManagementPolicy"),
+        "{object}"
     );
+    // Kept, and warned about: three replicas ordered that way can deadlock a full restart.
+    let note = object["mutations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["rule"] == "parallel-pod-management")
+        .map(|m| m["notes"].to_string())
+        .unwrap_or_default();
+    assert!(note.contains("deadlock"), "{object}");
     // And the webhook, on the review the real apiserver sent for `kubectl apply` of that file.
     let resp = review(
         Phase::Mutate,
@@ -234,6 +241,13 @@ async fn a_podmanagementpolicy_written_in_the_file_is_kept_by_both() {
     .await;
     let ops = patch(&resp).cloned().unwrap_or(json!([]));
     assert!(!ops.to_string().contains("podManagementPolicy"), "{ops}");
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.contains("parallel-pod-management") && w.contains("deadlock")),
+        "{:?}",
+        warnings(&resp)
+    );
 }
 
 #[tokio::test]

@@ -22,30 +22,30 @@ metadata:
 spec:
   selector:
     matchLabels:
-      app: nginx
-  serviceName: nginx
+      app.kubernetes.io/name: web
+  serviceName: web
   replicas: 2
   template:
     metadata:
       labels:
-        app: nginx
+        app.kubernetes.io/name: web
     spec:
       containers:
-      - name: nginx
-        image: registry.k8s.io/nginx-slim:IMAGE
+      - name: site
+        image: ghcr.io/example/static-site:IMAGE
         ports:
-        - containerPort: 80
-          name: web
+        - containerPort: 8080
+          name: http
         readinessProbe:
-          httpGet: {path: /, port: 80}
+          httpGet: {path: /, port: 8080}
         livenessProbe:
-          tcpSocket: {port: 80}
+          tcpSocket: {port: 8080}
         volumeMounts:
-        - name: www
-          mountPath: /usr/share/nginx/html
+        - name: content
+          mountPath: /srv/site
   volumeClaimTemplates:
   - metadata:
-      name: www
+      name: content
     spec:
       accessModes: ["ReadWriteOnce"]
       resources:
@@ -61,7 +61,7 @@ spec:
   maxUnavailable: 1
   selector:
     matchLabels:
-      app: nginx
+      app.kubernetes.io/name: web
 "#;
 
 const CLAIM: &str = r#"apiVersion: v1
@@ -290,7 +290,7 @@ fn day_two_updates(i: &Installed) {
                 "-n",
                 ns,
                 "statefulset/web",
-                "nginx=registry.k8s.io/nginx-slim:0.11",
+                "site=ghcr.io/example/static-site:0.11",
             ],
             None,
         ),
@@ -311,7 +311,7 @@ fn day_two_updates(i: &Installed) {
         if step == "kubectl replace" {
             assert_eq!(
                 sts["spec"]["template"]["spec"]["containers"][0]["image"],
-                "registry.k8s.io/nginx-slim:0.10"
+                "ghcr.io/example/static-site:0.10"
             );
             assert!(stderr(&out).contains("kept"), "{}", stderr(&out));
         }
@@ -368,7 +368,7 @@ fn helm_upgrades(i: &Installed) {
     let sts = assert_keeps_decisions(api, ns, "helm upgrade (server-side apply)");
     assert_eq!(
         sts["spec"]["template"]["spec"]["containers"][0]["image"],
-        "registry.k8s.io/nginx-slim:0.8"
+        "ghcr.io/example/static-site:0.8"
     );
     helm(&[
         "upgrade",
@@ -827,7 +827,7 @@ fn controller_created_claims(i: &Installed) {
         .replacen("spec:\n", "spec:\n  podManagementPolicy: Parallel\n", 1);
     api.ok(&["apply", "-n", "before", "-f", "-"], Some(&old));
     let claims_in = |ns: &str, sts: &str| -> Vec<String> {
-        let prefix = format!("www-{sts}-");
+        let prefix = format!("content-{sts}-");
         let mut claims: Vec<(String, String)> = i.api.get(&["pvc", "-n", ns])["items"]
             .as_array()
             .unwrap()
@@ -878,7 +878,7 @@ fn controller_created_claims(i: &Installed) {
     api.ok(&["apply", "-n", ns, "-f", "-"], Some(&keep));
     api.ok(&["apply", "-n", ns, "-f", "-"], Some(&web("0.7", 2)));
     let claims_of = |sts: &str| -> Vec<Value> {
-        let prefix = format!("www-{sts}-");
+        let prefix = format!("content-{sts}-");
         let mut claims: Vec<Value> = i.api.get(&["pvc", "-n", ns])["items"]
             .as_array()
             .unwrap()

@@ -117,7 +117,7 @@ kind: PodDisruptionBudget
 metadata: {name: web}
 spec:
   maxUnavailable: 1
-  selector: {matchLabels: {app: nginx}}
+  selector: {matchLabels: {app.kubernetes.io/name: web}}
 "#;
 
 const PRIORITY_CLASS: &str = r#"
@@ -136,7 +136,7 @@ fn pdbs_and_probes_in_the_input_satisfy_the_rules() {
     .unwrap();
     let probed = web.replace(
         "        volumeMounts:",
-        "        readinessProbe: {httpGet: {path: /, port: 80}}\n        livenessProbe: {tcpSocket: {port: 80}}\n        resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {memory: 64Mi}}\n        volumeMounts:",
+        "        readinessProbe: {httpGet: {path: /, port: 8080}}\n        livenessProbe: {tcpSocket: {port: 8080}}\n        resources: {requests: {cpu: 100m, memory: 64Mi}, limits: {memory: 64Mi}}\n        volumeMounts:",
     )
     // A PDB does not stop preemption: a class for stateful workloads, which the input holds.
     .replace(
@@ -282,8 +282,10 @@ fn exit_codes_and_broken_input() {
         Some("apiVersion: v1\nkind: ConfigMap\n---\nkey: [unclosed\n"),
     );
     assert_eq!(out.status.code(), Some(2));
+    // The document, its line and the parser's reason; the ConfigMap before it still reads.
     assert!(
-        stderr(&out).contains("<stdin>: document 2: invalid YAML"),
+        stderr(&out).contains("<stdin>: document 2 (line ")
+            && stderr(&out).contains("invalid YAML"),
         "{}",
         stderr(&out)
     );
@@ -295,8 +297,10 @@ fn exit_codes_and_broken_input() {
         ),
     );
     assert_eq!(out.status.code(), Some(2));
+    // The object, its line and the field's path.
     assert!(
-        stderr(&out).contains("<stdin>: document 1: StatefulSet x does not decode"),
+        stderr(&out)
+            .contains("<stdin>: document 1 (line 1): StatefulSet x: spec.replicas: invalid type"),
         "{}",
         stderr(&out)
     );
@@ -310,7 +314,7 @@ fn exit_codes_and_broken_input() {
             "StatefulSet x is invalid, kube-apiserver would reject it: spec.selector: Required value",
         ),
         (
-            format!("{{serviceName: x, selector: {{matchLabels: {{app: y}}}}, {container}}}"),
+            format!("{{serviceName: x, selector: {{matchLabels: {{app: other}}}}, {container}}}"),
             "spec.template.metadata.labels: Invalid value: {\"app\": \"x\"}: `selector` does not match template `labels`",
         ),
     ] {
@@ -322,7 +326,8 @@ fn exit_codes_and_broken_input() {
         );
         assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
         assert!(
-            stderr(&out).contains("<stdin>: document 1: ") && stderr(&out).contains(expected),
+            stderr(&out).contains("<stdin>: document 1 (line 1): ")
+                && stderr(&out).contains(expected),
             "{}",
             stderr(&out)
         );

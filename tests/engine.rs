@@ -316,12 +316,13 @@ async fn update_reports_only_what_the_update_introduces() {
     )
     .await;
     assert!(!allowed(&resp));
-    // A container added without a readiness probe is new: reported even with new-findings.
+    // A serving container added without a readiness probe is new: reported even with
+    // new-findings.
     let mut v: Value = serde_json::from_slice(&body).unwrap();
     v["request"]["object"]["spec"]["template"]["spec"]["containers"]
         .as_array_mut()
         .unwrap()
-        .push(json!({"name": "backup", "image": "backup:1"}));
+        .push(json!({"name": "backup", "image": "backup:1", "ports": [{"containerPort": 8081}]}));
     let resp = review_with(
         Phase::Validate,
         &serde_json::to_vec(&v).unwrap(),

@@ -64,14 +64,14 @@ fn web() -> Value {
 fn fixed_web() -> Value {
     let mut sts = web();
     let container = &mut sts["spec"]["template"]["spec"]["containers"][0];
-    container["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 80}});
-    container["livenessProbe"] = json!({"tcpSocket": {"port": 80}});
+    container["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 8080}});
+    container["livenessProbe"] = json!({"tcpSocket": {"port": 8080}});
     sts
 }
 
 const PDB: &str = r#"{"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
   "metadata": {"name": "web"},
-  "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "nginx"}}}}"#;
+  "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "web"}}}}"#;
 
 /// `kubectl create --dry-run=server` of `object` in `ns`: what the apiserver answers, nothing
 /// stored.
@@ -209,11 +209,19 @@ fn the_chart_installs_upgrades_and_uninstalls_on_a_real_apiserver() {
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
-    assert!(
-        pod["containers"][0]["lifecycle"].is_null(),
-        "no preStop sleep before Kubernetes 1.29: {}",
-        pod["containers"][0]["lifecycle"]
-    );
+    // The chart sets a preStop sleep from Kubernetes 1.29, where the sleep action exists.
+    let lifecycle = &pod["containers"][0]["lifecycle"];
+    if api.minor_version() >= 29 {
+        assert!(
+            lifecycle["preStop"]["sleep"]["seconds"].as_u64().is_some(),
+            "a preStop sleep from Kubernetes 1.29: {lifecycle}"
+        );
+    } else {
+        assert!(
+            lifecycle.is_null(),
+            "no preStop sleep before Kubernetes 1.29: {lifecycle}"
+        );
+    }
     let kubeconfig = api.dir.path().join("webhook.kubeconfig");
     api.service_account_kubeconfig(
         NAMESPACE,

@@ -12,11 +12,12 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 
 /// A StatefulSet review with `n` containers, none with a probe.
+/// The fixture's object with `n` serving containers (each declares a port), none probed.
 fn with_containers(fixture: &str, n: usize) -> (Value, Vec<u8>) {
     let body = review_fixture(fixture);
     let mut object = request_object(&body);
     let containers: Vec<Value> = (0..n)
-        .map(|i| json!({"name": format!("c{i}"), "image": "busybox"}))
+        .map(|i| json!({"name": format!("c{i}"), "image": "busybox", "ports": [{"containerPort": 8000 + i}]}))
         .collect();
     object["spec"]["template"]["spec"]["containers"] = Value::Array(containers);
     let body = with_object(&body, &object);

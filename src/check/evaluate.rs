@@ -131,7 +131,7 @@ fn evaluate_value(
         .collect();
     let mut mutated = value.clone();
     json_patch::patch(&mut mutated, &patch).map_err(|source| InputError::Patch {
-        at: ObjectAt::of(doc),
+        at: Box::new(ObjectAt::of(doc)),
         source,
     })?;
     let (validation, _) = run(Phase::Validate, mutated.clone())?;

@@ -29,7 +29,7 @@ pub enum InputError {
     /// A field of the right name and the wrong type; `field` is its path (`spec.replicas`).
     #[error("{at}: {field}: {source}")]
     Object {
-        at: ObjectAt,
+        at: Box<ObjectAt>,
         field: String,
         #[source]
         source: serde_json::Error,
@@ -37,13 +37,13 @@ pub enum InputError {
     /// Not the input's fault: the mutating pass built a patch that does not apply.
     #[error("{at}: internal error: the patch does not apply: {source}")]
     Patch {
-        at: ObjectAt,
+        at: Box<ObjectAt>,
         #[source]
         source: json_patch::PatchError,
     },
     /// kube-apiserver's own validation refuses the object; `message` is in its words.
     #[error("{at} is invalid, kube-apiserver would reject it: {message}")]
-    Invalid { at: ObjectAt, message: String },
+    Invalid { at: Box<ObjectAt>, message: String },
     #[error("invalid policy: {0}")]
     Policy(#[source] crate::policy::PolicyError),
     #[error("invalid policy: no policy document in {0}")]
@@ -237,10 +237,10 @@ fn refusal(doc: &Document) -> Option<InputError> {
                 .into(),
         ));
     };
-    if !map
+    if map
         .get("kind")
         .and_then(Value::as_str)
-        .is_some_and(|k| !k.is_empty())
+        .is_none_or(str::is_empty)
     {
         return Some(unreadable("Object 'Kind' is missing".into()));
     }
@@ -319,7 +319,7 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(value).map_err(|error| {
         let field = error.path().to_string();
         InputError::Object {
-            at: ObjectAt::of(doc),
+            at: Box::new(ObjectAt::of(doc)),
             field: if field == "." { String::new() } else { field },
             source: error.into_inner(),
         }
@@ -329,7 +329,7 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
 /// An object kube-apiserver's own validation refuses, in its words.
 pub(super) fn invalid(doc: &Document, message: String) -> InputError {
     InputError::Invalid {
-        at: ObjectAt::of(doc),
+        at: Box::new(ObjectAt::of(doc)),
         message,
     }
 }

@@ -138,8 +138,11 @@ impl RawDocument<'_> {
     }
 }
 
+/// One document of a stream and its value, or why it does not read.
+pub type Read<'a> = (RawDocument<'a>, Result<Value, YamlError>);
+
 /// Reads a whole stream: each document's value, or why it does not read.
-pub fn read(text: &str) -> Result<Vec<(RawDocument<'_>, Result<Value, YamlError>)>, YamlError> {
+pub fn read(text: &str) -> Result<Vec<Read<'_>>, YamlError> {
     Ok(split(text)?
         .into_iter()
         .map(|doc| {
@@ -668,6 +671,21 @@ fn double_quoted(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Numbers as kubectl holds them after reading JSON: an integral value is an integer, and an
+/// integer beyond `i64` a float.
+pub fn as_kubectl_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() || n.as_u64().is_some_and(|u| u > i64::MAX as u64) => {
+            if let Some(Ok(v)) = n.as_f64().map(float) {
+                *value = v;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(as_kubectl_numbers),
+        Value::Object(map) => map.values_mut().for_each(as_kubectl_numbers),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,22 +801,5 @@ mod tests {
             let text = write(&doc);
             assert_eq!(one(&text), doc, "{s:?} written as:\n{text}");
         }
-    }
-}
-
-/// Numbers as kubectl holds them after reading JSON: an integral value is an integer, and an
-/// integer beyond `i64` a float.
-pub fn as_kubectl_numbers(value: &mut Value) {
-    match value {
-        Value::Number(n) => {
-            if n.is_f64() || n.as_u64().is_some_and(|u| u > i64::MAX as u64) {
-                if let Some(Ok(v)) = n.as_f64().map(float) {
-                    *value = v;
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(as_kubectl_numbers),
-        Value::Object(map) => map.values_mut().for_each(as_kubectl_numbers),
-        _ => {}
     }
 }
