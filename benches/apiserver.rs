@@ -306,6 +306,7 @@ async fn guard_patch(client: &kube::Client, sts: &StatefulSet) -> Vec<u8> {
         live: None,
         uninterpretable: stateful_guard::admission::Uninterpretable::Allow,
         statefulset_controllers: &[],
+        live_claim_owners: false,
     };
     let body = serde_json::to_vec(&review).unwrap();
     let (answer, _) = reviewer

@@ -43,6 +43,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A live read a review caused (`cluster::live`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LiveReadLabels {
+    pub kind: &'static str,
+    /// `read`, `coalesced`, `remembered`, `rate_limited`, `failed`
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -87,6 +95,7 @@ pub struct Metrics {
     pub api_unavailable: Gauge,
     pub log_lines_dropped: Gauge,
     pub refused: Family<ReasonLabels, Counter>,
+    pub live_reads: Family<LiveReadLabels, Counter>,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -192,6 +201,12 @@ impl Metrics {
             "Requests and connections refused before evaluation, by reason (overloaded: 503, too_large: 413, body_timeout: 408, connections: closed at accept, no_request: HTTP/2 connection without a request in time)",
             refused.clone(),
         );
+        let live_reads = Family::<LiveReadLabels, Counter>::default();
+        registry.register(
+            "live_reads",
+            "Live API reads reviews caused on a cache miss, by kind and result (read, coalesced: shared with a read in flight, remembered: a recent answer reused, rate_limited: refused, the cache decided, failed)",
+            live_reads.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -248,6 +263,7 @@ impl Metrics {
             api_unavailable,
             log_lines_dropped,
             refused,
+            live_reads,
             cert_reloads,
             cert_not_after,
         }

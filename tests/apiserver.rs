@@ -971,6 +971,7 @@ spec:
                 live,
                 uninterpretable: Uninterpretable::Allow,
                 statefulset_controllers: &STATEFULSET_CONTROLLERS,
+                live_claim_owners: false,
             };
             let (review, _) = reviewer.review(Phase::Validate, body).await.unwrap();
             decode_wire(&response::to_wire(review).unwrap())

@@ -28,6 +28,7 @@ async fn a_denial_does_not_wait_for_an_overloaded_apiserver() {
         live: Some(&live),
         uninterpretable: Uninterpretable::Allow,
         statefulset_controllers: &STATEFULSET_CONTROLLERS,
+        live_claim_owners: false,
     };
     // A captured review, its StatefulSet scaled to a quorum (3), so require-pdb applies.
     let captured = review_fixture("statefulset-create.validating.json");

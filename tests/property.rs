@@ -85,6 +85,7 @@ proptest! {
             live: None,
             uninterpretable: Uninterpretable::Allow,
             statefulset_controllers: &STATEFULSET_CONTROLLERS,
+            live_claim_owners: false,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for phase in [Phase::Mutate, Phase::Validate] {

@@ -121,6 +121,7 @@ impl HotPath {
             live: None,
             uninterpretable: Uninterpretable::Allow,
             statefulset_controllers: &self.statefulset_controllers,
+            live_claim_owners: false,
         };
         self.runtime.block_on(async {
             let (review, _) = reviewer.review(phase, body).await.unwrap();

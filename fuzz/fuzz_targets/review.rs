@@ -35,6 +35,7 @@ fuzz_target!(|body: &[u8]| {
         live: None,
         uninterpretable: Uninterpretable::Allow,
         statefulset_controllers: &CONTROLLERS,
+        live_claim_owners: false,
     };
     for phase in [Phase::Mutate, Phase::Validate] {
         let Ok((review, _)) = RUNTIME.block_on(reviewer.review(phase, body)) else {

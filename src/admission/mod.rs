@@ -59,6 +59,12 @@ pub struct Reviewer<'a> {
     /// Identities of the StatefulSet controller: a PVC one of them creates for a known
     /// StatefulSet gets what the StatefulSet's claim template says.
     pub statefulset_controllers: &'a [String],
+    /// Whether a claim whose StatefulSet the cache does not know yet may be looked up live. The
+    /// requester's name is only as trustworthy as the caller: any client that reaches the port
+    /// can write the controller's name into a review, so this is true only when callers are
+    /// authenticated (`--client-ca`: only the apiserver gets through); otherwise the cache
+    /// alone answers.
+    pub live_claim_owners: bool,
 }
 
 /// The StatefulSet controller's identity, with and without
@@ -261,7 +267,7 @@ impl Reviewer<'_> {
             // A namespace created or relabelled a moment ago: read its labels before choosing
             // the policy, rather than fall through to a weaker one.
             match Box::pin(live.live_namespace_labels(&namespace)).await {
-                Ok(labels) => view.namespace_labels = labels,
+                Ok(labels) => view.namespace_labels = labels.map(|l| (*l).clone()),
                 Err(error) => {
                     tracing::warn!(uid = %req.uid, %error, "live Namespace read failed; using the cache")
                 }
@@ -277,7 +283,7 @@ impl Reviewer<'_> {
             // The cache may lag a PDB created a moment ago: one live list before denying.
             match Box::pin(live.live_pdbs(&namespace)).await {
                 Ok(pdbs) => {
-                    view.pdbs = Some(pdbs);
+                    view.pdbs = Some((*pdbs).clone());
                     eval = engine::evaluate(phase, &subject, self.policies, &view);
                 }
                 Err(error) => {
@@ -315,6 +321,14 @@ impl Reviewer<'_> {
         let claim = pvc.metadata.name.as_deref()?;
         if let Some(owner) = self.cluster.claim_owner(namespace, claim) {
             return Some(owner);
+        }
+        if !self.live_claim_owners {
+            tracing::debug!(
+                namespace,
+                claim,
+                "claim of a StatefulSet the cache does not know; no live look-up for unauthenticated callers"
+            );
+            return None;
         }
         match Box::pin(self.live?.live_claim_owner(namespace, claim)).await {
             Ok(owner) => owner,

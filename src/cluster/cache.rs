@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -19,10 +19,12 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::index::Indexed;
+use super::live::{self, Guard, LiveError, LiveKind, Questions};
 use super::{
     ClaimOwner, ClaimTemplates, ClusterView, Pdb, built_in_priority_class, claim_owner_among,
     namespace_projection, priority_class_projection, storage_class_projection,
 };
+use crate::metrics::Metrics;
 
 /// How long the live list before a denial may take; past it, the cache decides. The list takes
 /// milliseconds; but an overloaded apiserver answers 429/503, which kube's client retries for
@@ -34,6 +36,10 @@ pub const LIVE_LIST_BUDGET: Duration = Duration::from_secs(1);
 pub enum LiveListError {
     #[error(transparent)]
     Api(#[from] kube::Error),
+    #[error(transparent)]
+    Page(super::pages::PageError),
+    #[error("more than {0} objects: not read live")]
+    TooMany(usize),
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
 }
@@ -54,6 +60,28 @@ pub struct ClusterCache {
     /// (StatefulSets, PVCs) or that changes their verdict (PDBs, classes, namespaces).
     changed: Option<Arc<tokio::sync::Notify>>,
     synced: Arc<AtomicBool>,
+    /// The live reads reviews may cause on a cache miss, bounded ([`super::live`]).
+    live: Arc<LiveQuestions>,
+}
+
+/// The live questions, one per kind, sharing one rate limit.
+struct LiveQuestions {
+    pdbs: Questions<Arc<Vec<Arc<Pdb>>>>,
+    namespaces: Questions<Option<Arc<BTreeMap<String, String>>>>,
+    statefulsets: Questions<Arc<Vec<ClaimTemplates>>>,
+}
+
+impl LiveQuestions {
+    fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        let guard = Arc::new(Guard::new(metrics));
+        Self {
+            pdbs: Questions::new(LiveKind::PodDisruptionBudgets, guard.clone(), |p| {
+                p.is_empty()
+            }),
+            namespaces: Questions::new(LiveKind::Namespace, guard.clone(), Option::is_none),
+            statefulsets: Questions::new(LiveKind::StatefulSets, guard, |s| s.is_empty()),
+        }
+    }
 }
 
 /// Who reads the caches besides admission.
@@ -73,11 +101,11 @@ impl ClusterCache {
     /// Starts the watches on the current tokio runtime. The cache reports `is_known() == false`
     /// (and `/readyz` stays false) until every store has received its initial list.
     pub fn start(client: Client) -> Self {
-        Self::start_keeping(client, Keep::Admission)
+        Self::start_keeping(client, Keep::Admission, None)
     }
 
-    /// [`Self::start`], keeping what `keep` says.
-    pub fn start_keeping(client: Client, keep: Keep) -> Self {
+    /// [`Self::start`], keeping what `keep` says; live reads are counted in `metrics`.
+    pub fn start_keeping(client: Client, keep: Keep, metrics: Option<Arc<Metrics>>) -> Self {
         // Each store keeps what the rules read, not the whole object: a projection (the object
         // with the rest emptied) for the cluster-wide kinds, a type of `cluster::kept` for the
         // namespaced ones. With 10,000 PDBs, managedFields alone would be most of the memory.
@@ -154,6 +182,7 @@ impl ClusterCache {
             priority_classes,
             changed,
             synced,
+            live: Arc::new(LiveQuestions::new(metrics)),
         }
     }
 
@@ -173,48 +202,91 @@ impl ClusterCache {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// One live list of a namespace's PDBs: the cache-miss check before a denial, bounded by
-    /// [`LIVE_LIST_BUDGET`].
-    pub async fn live_pdbs(&self, namespace: &str) -> Result<Vec<Arc<Pdb>>, LiveListError> {
+    /// A namespace's PDBs read live: the cache-miss check before a denial. Bounded by
+    /// [`LIVE_LIST_BUDGET`] and by [`super::live`] (one read per namespace at a time, answers
+    /// reused for a moment, a global rate limit).
+    pub async fn live_pdbs(&self, namespace: &str) -> Result<Arc<Vec<Arc<Pdb>>>, LiveError> {
         let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), namespace);
-        let list = tokio::time::timeout(LIVE_LIST_BUDGET, api.list(&ListParams::default()))
+        self.live
+            .pdbs
+            .ask(namespace, move || async move {
+                let items = list_pages(api).await?;
+                Ok::<_, LiveListError>(Arc::new(
+                    items
+                        .into_iter()
+                        .map(|pdb| Arc::new(Pdb::from(pdb)))
+                        .collect(),
+                ))
+            })
             .await
-            .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|pdb| Arc::new(Pdb::from(pdb)))
-            .collect())
     }
 
-    /// One live read of a namespace's labels, for a namespace the cache does not know yet
-    /// (created or relabelled a moment ago); bounded by [`LIVE_LIST_BUDGET`]. `None` when the
-    /// namespace does not exist.
+    /// A namespace's labels read live, for a namespace the cache does not know yet (created or
+    /// relabelled a moment ago); `None` when it does not exist. Bounded as [`Self::live_pdbs`].
     pub async fn live_namespace_labels(
         &self,
         namespace: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, LiveListError> {
+    ) -> Result<Option<Arc<BTreeMap<String, String>>>, LiveError> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns = tokio::time::timeout(LIVE_LIST_BUDGET, api.get_opt(namespace))
+        let name = namespace.to_owned();
+        self.live
+            .namespaces
+            .ask(namespace, move || async move {
+                let ns = tokio::time::timeout(LIVE_LIST_BUDGET, api.get_opt(&name))
+                    .await
+                    .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
+                Ok::<_, LiveListError>(
+                    ns.map(|ns| Arc::new(ns.metadata.labels.unwrap_or_default())),
+                )
+            })
             .await
-            .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
-        Ok(ns.map(|ns| ns.metadata.labels.unwrap_or_default()))
     }
 
-    /// One live list of a namespace's StatefulSets, to find the owner of a claim the cache does
-    /// not know yet (its StatefulSet was created a moment ago); bounded by [`LIVE_LIST_BUDGET`].
+    /// The owner of a claim the cache does not know yet (its StatefulSet was created a moment
+    /// ago), from a live list of the namespace's StatefulSets. Bounded as [`Self::live_pdbs`].
     pub async fn live_claim_owner(
         &self,
         namespace: &str,
         claim: &str,
-    ) -> Result<Option<ClaimOwner>, LiveListError> {
+    ) -> Result<Option<ClaimOwner>, LiveError> {
         let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
-        let list = tokio::time::timeout(LIVE_LIST_BUDGET, api.list(&ListParams::default()))
-            .await
-            .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))??;
-        let kept: Vec<_> = list.items.into_iter().map(ClaimTemplates::from).collect();
-        Ok(claim_owner_among(&kept, claim))
+        let kept = self
+            .live
+            .statefulsets
+            .ask(namespace, move || async move {
+                let items = list_pages(api).await?;
+                Ok::<_, LiveListError>(Arc::new(
+                    items.into_iter().map(ClaimTemplates::from).collect(),
+                ))
+            })
+            .await?;
+        Ok(claim_owner_among(kept.iter(), claim))
     }
+}
+
+/// Every object of a live list, [`live::PAGE`] at a time and at most [`live::MAX_PAGES`]
+/// pages, within [`LIVE_LIST_BUDGET`] in all.
+async fn list_pages<K>(api: Api<K>) -> Result<Vec<K>, LiveListError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let read = async {
+        let mut pages = super::pages::Pages::new(api, "a live list", live::PAGE);
+        let mut items = Vec::new();
+        for _ in 0..live::MAX_PAGES {
+            match pages.next().await {
+                Ok(Some(page)) => items.extend(page),
+                Ok(None) => return Ok(items),
+                Err(error) => return Err(LiveListError::Page(error)),
+            }
+        }
+        Err(LiveListError::TooMany(
+            live::MAX_PAGES * live::PAGE as usize,
+        ))
+    };
+    tokio::time::timeout(LIVE_LIST_BUDGET, read)
+        .await
+        .map_err(|_| LiveListError::TimedOut(LIVE_LIST_BUDGET))?
 }
 
 /// How every watch lists: in pages of [`LIST_PAGE`]. Not `any_semantic()`: a list from the

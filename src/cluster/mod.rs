@@ -17,6 +17,7 @@ pub mod cache;
 pub mod health;
 pub mod index;
 pub mod kept;
+pub mod live;
 pub mod pages;
 
 use index::ByNamespace;

@@ -194,7 +194,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let live = client
         .clone()
-        .map(|client| ClusterCache::start_keeping(client, keep));
+        .map(|client| ClusterCache::start_keeping(client, keep, Some(metrics.clone())));
     let mut elector_task = None;
     let audit = match (&live, args.background_audit_interval()) {
         (Some(cache), Some(interval)) => {
@@ -250,6 +250,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutting_down: Default::default(),
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
         audit,
+        callers_authenticated: false,
     });
     let app = routes::router(
         state.clone(),

@@ -39,6 +39,9 @@ pub struct AppState {
     pub certificate_ready: Arc<AtomicBool>,
     /// With `--background-audit`: its last scan.
     pub audit: Option<Arc<crate::audit::Results>>,
+    /// With `--client-ca`: every caller of the webhooks presented a client certificate the
+    /// apiserver holds, so what a review says of its requester can be trusted further.
+    pub callers_authenticated: bool,
 }
 
 /// What bounds one admission request before it is evaluated.
@@ -266,6 +269,7 @@ async fn handle(
             live: state.live.as_ref(),
             uninterpretable: state.uninterpretable,
             statefulset_controllers: &state.statefulset_controllers,
+            live_claim_owners: state.callers_authenticated,
         };
         let answer = if body.len() > LARGE_BODY
             && tokio::runtime::Handle::current().runtime_flavor()

@@ -120,6 +120,7 @@ pub async fn review_with(
         live: None,
         uninterpretable,
         statefulset_controllers: &STATEFULSET_CONTROLLERS,
+        live_claim_owners: false,
     };
     let (review, _) = reviewer.review(phase, body).await.expect("a review");
     decode_wire(&response::to_wire(review).unwrap())
