@@ -161,13 +161,38 @@ pub struct ServeArgs {
     pub body_read_timeout: Duration,
 
     /// Reviews evaluated at once; one more is answered 503 at once (and counted), never queued
-    /// without limit. With --max-body-bytes, this bounds the memory bodies can take.
+    /// without limit. A slot is taken once the body has arrived.
     #[arg(long, env = "SG_MAX_IN_FLIGHT", default_value_t = 32)]
     pub max_in_flight: usize,
+
+    /// Bytes of memory reviews may reserve while they are read and evaluated (a sixth of it is
+    /// the lane of bodies up to 64 KiB). A review reserves 24 times its body before it is
+    /// decoded, and waits for room up to half its timeout (503 past it).
+    #[arg(long, env = "SG_MEMORY_BUDGET", default_value_t = 96 * 1024 * 1024)]
+    pub memory_budget: usize,
 
     /// Open connections; one more is closed at once (and counted).
     #[arg(long, env = "SG_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+
+    /// Open connections from one client address; one more is closed at once (and counted), so
+    /// that no client can hold every connection.
+    #[arg(long, env = "SG_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 32)]
+    pub max_connections_per_client: usize,
+
+    /// Networks (CIDRs, comma-separated) whose clients --max-connections-per-client does not
+    /// count: the apiserver's addresses, when known.
+    #[arg(long, env = "SG_UNLIMITED_CLIENTS", value_delimiter = ',')]
+    pub unlimited_clients: Vec<ipnet::IpNet>,
+
+    /// A connection with no request for this long is closed (HTTP/2: GOAWAY). PINGs do not
+    /// count as requests.
+    #[arg(long, env = "SG_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// A client that reads nothing of its answer for this long loses its connection.
+    #[arg(long, env = "SG_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub write_timeout: Duration,
 
     /// HTTP/2 streams per connection.
     #[arg(long, env = "SG_MAX_CONCURRENT_STREAMS", default_value_t = 32)]

@@ -43,6 +43,21 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A lane of the memory budget (`server::budget`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// `small`, `large`
+    pub lane: &'static str,
+}
+
+/// How a review's reservation went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetResultLabels {
+    pub lane: &'static str,
+    /// `at_once`, `after_waiting`, `refused`, `refused_body`
+    pub result: &'static str,
+}
+
 /// A live read a review caused (`cluster::live`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LiveReadLabels {
@@ -96,6 +111,9 @@ pub struct Metrics {
     pub log_lines_dropped: Gauge,
     pub refused: Family<ReasonLabels, Counter>,
     pub live_reads: Family<LiveReadLabels, Counter>,
+    pub budget_capacity: Family<BudgetLabels, Gauge>,
+    pub budget_used: Family<BudgetLabels, Gauge>,
+    pub budget_reservations: Family<BudgetResultLabels, Counter>,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
 }
@@ -207,6 +225,24 @@ impl Metrics {
             "Live API reads reviews caused on a cache miss, by kind and result (read, coalesced: shared with a read in flight, remembered: a recent answer reused, rate_limited: refused, the cache decided, failed)",
             live_reads.clone(),
         );
+        let budget_capacity = Family::<BudgetLabels, Gauge>::default();
+        registry.register(
+            "memory_budget_capacity_bytes",
+            "The memory budget reviews reserve from before they are read and decoded, by lane (small: bodies up to 64 KiB)",
+            budget_capacity.clone(),
+        );
+        let budget_used = Family::<BudgetLabels, Gauge>::default();
+        registry.register(
+            "memory_budget_used_bytes",
+            "Memory reserved by the reviews being read or evaluated, by lane",
+            budget_used.clone(),
+        );
+        let budget_reservations = Family::<BudgetResultLabels, Counter>::default();
+        registry.register(
+            "memory_budget_reservations",
+            "Reviews' reservations, by lane and result (at_once, after_waiting, refused: 503 after waiting, refused_body: 503, no room for the body)",
+            budget_reservations.clone(),
+        );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -264,6 +300,9 @@ impl Metrics {
             log_lines_dropped,
             refused,
             live_reads,
+            budget_capacity,
+            budget_used,
+            budget_reservations,
             cert_reloads,
             cert_not_after,
         }

@@ -307,8 +307,125 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Lean<A> {
     }
 }
 
+/// Containers (regular, init and ephemeral) of the larger pod template of a review's object and
+/// old object, counted in one pass that builds nothing; `None` when the body is not JSON of that
+/// shape (the full decode then says why).
+///
+/// A k8s-openapi `Container` is 2,336 bytes inline whatever the JSON holds (its probes,
+/// lifecycle and security context are inline `Option`s), so `{"name":"c1","image":"b"}`, 26
+/// bytes, decodes into 90 times its size, and a review of a StatefulSet of 50,000 such
+/// containers (1.5 MiB, which etcd accepts) into hundreds of MiB. The webhook counts first and
+/// evaluates no pod with more than [`MAX_CONTAINERS`].
+pub fn containers(body: &[u8]) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct Review {
+        request: Option<Request>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        object: Option<Object>,
+        #[serde(rename = "oldObject")]
+        old_object: Option<Object>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Object {
+        spec: Option<Spec>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        template: Option<Template>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Template {
+        spec: Option<Pod>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Pod {
+        containers: Option<Count>,
+        #[serde(rename = "initContainers")]
+        init_containers: Option<Count>,
+        #[serde(rename = "ephemeralContainers")]
+        ephemeral_containers: Option<Count>,
+    }
+    /// A list's length, its items skipped.
+    struct Count(usize);
+    impl<'de> serde::Deserialize<'de> for Count {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Counter;
+            impl<'de> Visitor<'de> for Counter {
+                type Value = Count;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a list")
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                    let mut n = 0;
+                    while seq.next_element::<de::IgnoredAny>()?.is_some() {
+                        n += 1;
+                    }
+                    Ok(Count(n))
+                }
+            }
+            deserializer.deserialize_seq(Counter)
+        }
+    }
+    let count = |o: Option<Object>| {
+        o.and_then(|o| o.spec)
+            .and_then(|s| s.template)
+            .and_then(|t| t.spec)
+            .map_or(0, |p| {
+                [p.containers, p.init_containers, p.ephemeral_containers]
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.0)
+                    .sum()
+            })
+    };
+    let review: Review = serde_json::from_slice(body).ok()?;
+    let request = review.request?;
+    Some(count(request.object).max(count(request.old_object)))
+}
+
+/// Containers a pod template may have for the webhook to evaluate it: far beyond any real pod
+/// (the kubelet runs each as a process), and small enough that decoding two such templates
+/// takes about 2 MiB. A review with more is answered as uninterpretable (`--uninterpretable`).
+pub const MAX_CONTAINERS: usize = 256;
+
+/// Bodies smaller than this cannot hold more than [`MAX_CONTAINERS`] containers (each takes at
+/// least 24 bytes of JSON: `{"name":"a","image":"b"},`), and are not counted first.
+pub const COUNT_CONTAINERS_FROM: usize = 6 * 1024;
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn containers_are_counted_in_the_larger_template_without_decoding() {
+        let review = |object: &str, old: &str| {
+            format!(
+                r#"{{"request":{{"uid":"u","object":{object},"oldObject":{old},"other":[1,2,{{"a":"b"}}]}}}}"#
+            )
+        };
+        let pod = |c: usize, i: usize| {
+            let list = |n: usize| format!("[{}]", vec![r#"{"name":"c","image":"i"}"#; n].join(","));
+            format!(
+                r#"{{"spec":{{"replicas":1,"template":{{"spec":{{"containers":{},"initContainers":{}}}}}}}}}"#,
+                list(c),
+                list(i)
+            )
+        };
+        assert_eq!(
+            super::containers(review(&pod(3, 1), "null").as_bytes()),
+            Some(4)
+        );
+        assert_eq!(
+            super::containers(review(&pod(1, 0), &pod(7, 2)).as_bytes()),
+            Some(9)
+        );
+        assert_eq!(
+            super::containers(review("null", "null").as_bytes()),
+            Some(0)
+        );
+        assert_eq!(super::containers(b"not json"), None);
+    }
     use super::*;
     use k8s_openapi::api::apps::v1::StatefulSet;
     use kube::core::admission::AdmissionReview;

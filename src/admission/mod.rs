@@ -151,6 +151,18 @@ impl Reviewer<'_> {
     }
 
     async fn answer(&self, phase: Phase, body: &[u8]) -> Result<(Reply, Outcome), BadReview> {
+        if body.len() >= decode::COUNT_CONTAINERS_FROM
+            && let Some(n) = decode::containers(body)
+            && n > decode::MAX_CONTAINERS
+        {
+            return self.uninterpretable(
+                body,
+                format!(
+                    "the pod template has {n} containers, more than the {} stateful-guard evaluates",
+                    decode::MAX_CONTAINERS
+                ),
+            );
+        }
         if names_a_pvc(body) {
             if let Some(review) = decode_as::<PersistentVolumeClaim>(body, PVC) {
                 return self.typed(phase, review, |o| Object::Pvc(o)).await;
@@ -432,9 +444,68 @@ fn names_a_pvc(body: &[u8]) -> bool {
     PVC_KIND.find(&body[..body.len().min(512)]).is_some()
 }
 
+/// The request of a review whose objects are not evaluated, without its objects: answering it
+/// needs its uid and what it is about, and its objects (a StatefulSet of 50,000 containers, say)
+/// would only be decoded to be dropped. A body this lean read refuses (a duplicated key) is read
+/// whole, as kube reads it.
 fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-    review.try_into().map_err(|_| BadReview::NoRequest)
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "apiVersion", default)]
+        api_version: String,
+        #[serde(default)]
+        kind: String,
+        request: Option<HeadRequest>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct HeadRequest {
+        uid: String,
+        kind: GroupVersionKind,
+        resource: kube::core::GroupVersionResource,
+        #[serde(default)]
+        sub_resource: Option<String>,
+        #[serde(default)]
+        request_kind: Option<GroupVersionKind>,
+        #[serde(default)]
+        request_resource: Option<kube::core::GroupVersionResource>,
+        #[serde(default)]
+        request_sub_resource: Option<String>,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        namespace: Option<String>,
+        operation: kadm::Operation,
+        user_info: k8s_openapi::api::authentication::v1::UserInfo,
+        #[serde(default)]
+        dry_run: bool,
+    }
+    let Ok(head) = serde_json::from_slice::<Head>(body) else {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+        return review.try_into().map_err(|_| BadReview::NoRequest);
+    };
+    let r = head.request.ok_or(BadReview::NoRequest)?;
+    Ok(AdmissionRequest {
+        types: kube::core::TypeMeta {
+            api_version: head.api_version,
+            kind: head.kind,
+        },
+        uid: r.uid,
+        kind: r.kind,
+        resource: r.resource,
+        sub_resource: r.sub_resource,
+        request_kind: r.request_kind,
+        request_resource: r.request_resource,
+        request_sub_resource: r.request_sub_resource,
+        name: r.name,
+        namespace: r.namespace,
+        operation: r.operation,
+        user_info: r.user_info,
+        object: None,
+        old_object: None,
+        dry_run: r.dry_run,
+        options: None,
+    })
 }
 
 fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: Decision) -> Outcome {

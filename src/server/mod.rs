@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +22,8 @@ use crate::policy;
 use crate::policy::source::{ConfigMapSource, FileSource, PolicyStore};
 
 mod bootstrap;
+pub mod budget;
+pub mod conn;
 pub mod routes;
 pub mod tls;
 
@@ -258,6 +259,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             body_read_timeout: args.body_read_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1))),
+            budget: Arc::new(budget::MemoryBudget::new(
+                args.memory_budget,
+                args.memory_budget / 6,
+                metrics.clone(),
+            )),
         },
     );
 
@@ -316,8 +322,27 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// How each connection is served.
+struct ConnSettings {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    /// The TLS handshake and the first request's headers, together.
+    first_request: Duration,
+    idle: Duration,
+    write: Duration,
+}
+
+/// How often a connection checks its deadlines.
+const TICK: Duration = Duration::from_millis(500);
+
 /// The accept loop. On `shutdown`: readiness goes false, after `shutdown_delay` the listener
-/// closes, and in-flight requests get `shutdown_grace` to finish.
+/// closes, every connection is asked to finish (HTTP/2 GOAWAY, HTTP/1.1 close after the
+/// current answer), and in-flight requests get `shutdown_grace`.
+///
+/// Connections are bounded in number (`--max-connections`, and `--max-connections-per-client`
+/// from one address unless it is in `--unlimited-clients`), in time before their first request
+/// (`--header-read-timeout`, TLS handshake included), when idle (`--idle-timeout`; HTTP/2 PINGs
+/// are not activity) and when the client stops reading (`--write-timeout`).
 pub async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -340,10 +365,20 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(args.max_concurrent_streams);
-    let (h1, h2) = (Arc::new(h1), Arc::new(h2));
-    let connections = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let handshake_timeout = args.header_read_timeout;
+    let settings = Arc::new(ConnSettings {
+        h1,
+        h2,
+        first_request: args.header_read_timeout,
+        idle: args.idle_timeout,
+        write: args.write_timeout,
+    });
+    let max = args.max_connections.max(1);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max));
+    let per_client = conn::PerClient::new(
+        args.max_connections_per_client,
+        args.unlimited_clients.clone(),
+    );
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut draining: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
@@ -366,17 +401,22 @@ pub async fn serve(
             }
             () = async { draining.as_mut().expect("guarded").as_mut().await }, if draining.is_some() => break,
         };
-        // A connection cap: one more is closed at once, never held.
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
+        let refuse = |reason: &'static str| {
             state
                 .metrics
                 .refused
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    reason: "connections",
-                })
+                .get_or_create(&crate::metrics::ReasonLabels { reason })
                 .inc();
+        };
+        // A connection cap: one more is closed at once, never held.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            refuse("connections");
             tracing::warn!(%peer, max = args.max_connections, "connection refused: --max-connections reached");
-            drop(tcp);
+            continue;
+        };
+        let Some(slot) = per_client.admit(peer.ip()) else {
+            refuse("client_connections");
+            tracing::warn!(%peer, max = args.max_connections_per_client, "connection refused: --max-connections-per-client reached");
             continue;
         };
         // A response goes out as soon as it is written: with Nagle's algorithm, a write behind
@@ -385,78 +425,98 @@ pub async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
-        // Whether the connection has sent a request yet (an HTTP/2 client that never sends
-        // its preface or a request is closed after the header timeout, like a silent HTTP/1.1
-        // one).
-        let requested = Arc::new(AtomicBool::new(false));
-        let service = {
-            let requested = requested.clone();
-            TowerToHyperService::new(
-                tower::ServiceBuilder::new()
-                    .map_request(move |r: axum::extract::Request<hyper::body::Incoming>| {
-                        requested.store(true, Ordering::Relaxed);
-                        r
-                    })
-                    .service(app.clone()),
-            )
-        };
-        let metrics = state.metrics.clone();
-        let (h1, h2) = (h1.clone(), h2.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            // Protocol from ALPN: h2 when negotiated, HTTP/1.1 otherwise.
-            let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let builder = if is_h2 { h2 } else { h1 };
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            let conn = watcher.watch(conn);
-            let mut conn = std::pin::pin!(conn);
-            let result = if is_h2 {
-                tokio::select! {
-                    result = &mut conn => Some(result),
-                    () = tokio::time::sleep(handshake_timeout) => {
-                        if requested.load(Ordering::Relaxed) {
-                            None
-                        } else {
-                            metrics
-                                .refused
-                                .get_or_create(&crate::metrics::ReasonLabels { reason: "no_request" })
-                                .inc();
-                            tracing::debug!(%peer, "HTTP/2 connection sent no request in time; closed");
-                            return;
-                        }
-                    }
-                }
-            } else {
-                None
-            };
-            let result = match result {
-                Some(result) => result,
-                None => conn.await,
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            app.clone(),
+            settings.clone(),
+            state.metrics.clone(),
+            stopping.clone(),
+            (permit, slot),
+        ));
     }
     drop(listener);
+    let _ = stop.send(true);
     tracing::info!("listener closed; waiting for in-flight requests");
+    let closed = connections.acquire_many(max as u32);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = closed => tracing::info!("all connections closed"),
         () = tokio::time::sleep(args.shutdown_grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    }
+}
+
+/// Serves one connection until it ends, the server stops, or a deadline passes; `_held` (its
+/// share of the connection limits) is given back when it does.
+#[allow(clippy::too_many_arguments)]
+async fn connection<H: Send>(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    settings: Arc<ConnSettings>,
+    metrics: Arc<Metrics>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    _held: H,
+) {
+    // One deadline for the handshake and the first request's headers.
+    let deadline = tokio::time::Instant::now() + settings.first_request;
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // Protocol from ALPN: h2 when negotiated, HTTP/1.1 otherwise.
+    let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let activity = Arc::new(conn::Activity::new());
+    let service = TowerToHyperService::new(conn::Tracked {
+        inner: app,
+        activity: activity.clone(),
+    });
+    let io = TokioIo::new(conn::WriteDeadline::new(tls, settings.write));
+    let builder = if is_h2 { &settings.h2 } else { &settings.h1 };
+    let mut conn = std::pin::pin!(builder.serve_connection(io, service));
+    let count = |reason: &'static str| {
+        metrics
+            .refused
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
+            .inc();
+    };
+    let mut closing: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break Some(result),
+            _ = stopping.changed(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now());
+            }
+            () = tokio::time::sleep(TICK) => {
+                let now = tokio::time::Instant::now();
+                if !activity.has_requested() && now >= deadline {
+                    count("no_request");
+                    tracing::debug!(%peer, "no request within --header-read-timeout of the connection; closed");
+                    break None;
+                }
+                if closing.is_none() && activity.has_requested() && activity.idle_for() >= settings.idle {
+                    count("idle");
+                    tracing::debug!(%peer, "idle for --idle-timeout; closing");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(now);
+                }
+                // A client that does not go when asked (no GOAWAY acknowledged, no close read).
+                if closing.is_some_and(|at| now.duration_since(at) > settings.write + settings.idle) {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(Err(error)) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tracing::{Instrument, field};
 
+use super::budget::MemoryBudget;
 use crate::admission::response::{headline, limits, truncate};
 use crate::admission::{Outcome, Reviewer, Uninterpretable};
 use crate::cluster::ClusterView;
@@ -49,15 +50,74 @@ pub struct AppState {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
-    /// Permits for reviews in flight.
+    /// Permits for reviews being evaluated (taken once the body has arrived).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The memory reviews reserve while they are read and evaluated.
+    pub budget: Arc<MemoryBudget>,
 }
 
-/// Before a review is evaluated: a body announced larger than the limit is refused at once
-/// (413, from `Content-Length`, nothing read), a full set of reviews in flight answers 503 at
-/// once (never an unbounded queue), and the whole body must arrive within the read timeout
-/// (408). Each refusal is logged and counted: with failurePolicy Ignore, the apiserver then
-/// admits the object unchecked.
+/// How long a review may wait for memory when the apiserver says nothing of its timeout.
+const DEFAULT_BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a review may wait for room in the memory budget: half the time the apiserver gives
+/// the webhook (`?timeout=5s`, its `timeoutSeconds`), at most 5 s, so that the answer still
+/// arrives in time.
+fn budget_wait(query: Option<&str>) -> Duration {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|t| humantime::parse_duration(t).ok())
+        .map_or(DEFAULT_BUDGET_WAIT, |t| (t / 2).min(Duration::from_secs(5)))
+}
+
+/// Why a body did not arrive whole.
+fn body_error(error: axum::Error) -> (&'static str, StatusCode, String) {
+    let inner = error.into_inner();
+    if inner
+        .downcast_ref::<http_body_util::LengthLimitError>()
+        .is_some()
+    {
+        return (
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than --max-body-bytes".into(),
+        );
+    }
+    if let Some(hyper) = inner.downcast_ref::<hyper::Error>() {
+        let text = hyper.to_string();
+        if hyper.is_canceled()
+            || hyper.is_incomplete_message()
+            || hyper.is_body_write_aborted()
+            || text.contains("stream error")
+            || text.contains("reset")
+        {
+            return (
+                "aborted",
+                StatusCode::BAD_REQUEST,
+                format!("the client stopped sending the request body: {text}"),
+            );
+        }
+    }
+    (
+        "bad_body",
+        StatusCode::BAD_REQUEST,
+        format!("the request body is malformed: {inner}"),
+    )
+}
+
+/// Before a review is evaluated, in this order:
+/// - a body announced larger than the limit is refused at once (413, from `Content-Length`,
+///   nothing read);
+/// - the body reserves its bytes from the memory budget, waiting for room up to half the
+///   review's timeout (503), and must then arrive whole within the read timeout (408); a malformed body (a broken chunk size) is a 400 of
+///   its own, and a client that gives up on its request is counted apart;
+/// - the review reserves its estimated cost, waiting for room up to half its timeout (503);
+/// - it takes an evaluation slot (503 when all are taken: never an unbounded queue).
+///
+/// No slot is held while a body arrives: slow senders hold only their connection and the bytes
+/// they announced. Each refusal is logged and counted: with failurePolicy Ignore, the apiserver
+/// then admits the object unchecked.
 async fn admission_limits(
     State((limits, metrics)): State<(Limits, Arc<Metrics>)>,
     request: axum::extract::Request,
@@ -87,11 +147,18 @@ async fn admission_limits(
             ),
         );
     }
-    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+    let wait = budget_wait(request.uri().query());
+    let Ok(reading) = limits
+        .budget
+        .for_body(announced.map(|n| n as usize), limits.max_body_bytes, wait)
+        .await
+    else {
         return refuse(
-            "overloaded",
+            "memory",
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many reviews in flight (--max-in-flight); retry".into(),
+            format!(
+                "no room in the memory budget for the request body within {wait:?} (--memory-budget); retry"
+            ),
         );
     };
     let (parts, body) = request.into_parts();
@@ -103,11 +170,8 @@ async fn admission_limits(
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(error)) => {
-            return refuse(
-                "too_large",
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("cannot read the request body: {error}"),
-            );
+            let (reason, status, message) = body_error(error);
+            return refuse(reason, status, message);
         }
         Err(_) => {
             let mut response = refuse(
@@ -124,6 +188,27 @@ async fn admission_limits(
             );
             return response;
         }
+    };
+    let Ok(_reserved) = limits
+        .budget
+        .for_evaluation(reading, body.len(), wait)
+        .await
+    else {
+        return refuse(
+            "memory",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no room in the memory budget to evaluate a review of {} bytes within {wait:?} (--memory-budget); retry",
+                body.len()
+            ),
+        );
+    };
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        return refuse(
+            "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many reviews in flight (--max-in-flight); retry".into(),
+        );
     };
     next.run(axum::extract::Request::from_parts(
         parts,

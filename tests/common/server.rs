@@ -208,6 +208,8 @@ pub fn start(args: &[&str], ca: Vec<u8>, server_name: &str) -> Server {
             "off",
         ])
         .args(args)
+        // The allocator's settings the image runs with, as the memory bounds assume.
+        .envs(super::image_env())
         .env_remove("SG_POLICY")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -251,6 +253,26 @@ impl Server {
 
     pub async fn tls(&self, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
         tls_connect(self.addr, &self.ca, &self.server_name, alpn).await
+    }
+
+    /// A TLS connection from another loopback address: another client.
+    pub async fn tls_from(
+        &self,
+        source: &str,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let source = source.parse().expect("an address");
+        tls_connect_from(Some(source), self.addr, &self.ca, &self.server_name, alpn).await
+    }
+
+    /// The server process's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
     }
 
     /// One request on a fresh HTTP/1.1 connection.
@@ -331,6 +353,17 @@ pub async fn tls_connect(
     server_name: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_connect_from(None, addr, ca, server_name, alpn).await
+}
+
+/// [`tls_connect`] from a given local address (`127.0.0.2` is loopback too: another client).
+pub async fn tls_connect_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    ca: &[u8],
+    server_name: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca) {
         roots.add(cert.unwrap()).unwrap();
@@ -342,7 +375,14 @@ pub async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(server_name.to_owned()).unwrap(), tcp)
         .await
