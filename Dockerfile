@@ -17,7 +17,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 # after they are freed instead of a second later: a webhook that has just decoded its initial
 # lists and then waits would otherwise keep them (49 MiB instead of 29 at 10,000 PDBs). Not at
 # once (0): under load that unmaps and refaults pages in some runs, a third of the throughput
-# lost (README, Performance).
+# lost (docs/performance.md).
 ENV MIMALLOC_PURGE_DELAY=10
 COPY --from=build /src/out/stateful-guard /usr/local/bin/stateful-guard
 USER 65532:65532

@@ -1,7 +1,7 @@
 //! stateful-guard through a real kube-apiserver: `cargo bench --bench apiserver` (or
-//! `scripts/bench-apiserver`). Uses the integration tests' etcd and kube-apiserver (1.26; see
-//! the README's Testing section for where they come from) and prints a line saying it was
-//! skipped when they are absent. A benchmark, not a test: it prints, and asserts nothing.
+//! `scripts/bench-apiserver`). Uses the integration tests' etcd and kube-apiserver (see
+//! tests/README.md for where they come from) and prints a line saying it was skipped when they
+//! are absent. A benchmark, not a test: it prints, and asserts nothing.
 //!
 //! 1. **Create latency.** Four namespaces: one no webhook is called for, one with a no-op
 //!    webhook (`examples/noop_webhook.rs`, the same TLS setup), one with the no-op answering

@@ -190,6 +190,33 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub idle_timeout: Duration,
 
+    /// Also serve /healthz and /readyz over plain HTTP on this address (e.g. `0.0.0.0:8081` in a
+    /// pod), for kubelet's probes: no client of the webhook port can starve them.
+    #[arg(long, env = "SG_PROBE_LISTEN")]
+    pub probe_listen: Option<std::net::SocketAddr>,
+
+    /// Serve /metrics and /report on this address (HTTPS, the serving certificate) instead of
+    /// the webhook port, each request authorized by the apiserver (TokenReview, then
+    /// SubjectAccessReview of `get` on the path); without a cluster connection, loopback only.
+    #[arg(long, env = "SG_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Require a client certificate signed by this CA (PEM) on the webhook port: only the
+    /// apiserver, configured with one in its AdmissionConfiguration kubeconfig, gets through.
+    /// The probes then need --probe-listen, and /metrics --metrics-listen.
+    #[arg(long, env = "SG_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// With --client-ca: the client certificate's common name or a DNS name in it must be one
+    /// of these (comma-separated).
+    #[arg(
+        long,
+        env = "SG_CLIENT_NAMES",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub client_names: Vec<String>,
+
     /// A client that reads nothing of its answer for this long loses its connection.
     #[arg(long, env = "SG_WRITE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub write_timeout: Duration,

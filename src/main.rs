@@ -2,10 +2,11 @@
 use clap::Parser;
 use stateful_guard::cli::{Cli, Command};
 
-/// mimalloc instead of glibc's allocator: a review's decode makes some 700 small allocations,
-/// and glibc's malloc and free were a fifth of its instructions. Built without transparent huge
-/// pages (`no_thp`: with them, 34 MiB RSS idle instead of 20), and the image sets
-/// `MIMALLOC_PURGE_DELAY=10` (Dockerfile). README, Performance, has the measurements.
+/// mimalloc instead of glibc's allocator: a review's decode makes hundreds of small allocations,
+/// which mimalloc serves from per-thread free lists. Built without transparent huge pages
+/// (`no_thp`: they keep idle memory resident), and the image sets `MIMALLOC_PURGE_DELAY=10`
+/// (Dockerfile) so freed pages go back soon, but not on every free. docs/performance.md has the
+/// measurements behind both.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -93,3 +93,58 @@ fn the_readme_examples_use_the_repository_fixtures() {
         "the README's examples should post the repository's own fixtures"
     );
 }
+
+/// docs/operations.md's flag table and `serve --help` name the same flags, with the same
+/// environment variables.
+#[test]
+fn the_flag_table_is_what_serve_help_says() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_stateful-guard"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let tokens = |text: &str, prefix: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .filter(|w| {
+                w.starts_with(prefix)
+                    && w[prefix.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let table: String = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| Flag | Env |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').take(3).collect::<Vec<_>>().join("|") + "\n")
+        .collect();
+    assert!(!table.is_empty(), "docs/operations.md has no flag table");
+    let in_help: std::collections::BTreeSet<String> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '=']).next())
+        .map(|f| format!("--{f}"))
+        .filter(|f| f != "--help")
+        .collect();
+    assert_eq!(
+        tokens(&table, "--"),
+        in_help,
+        "flags: docs/operations.md vs serve --help"
+    );
+    let env_in_help: std::collections::BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect();
+    let env_in_table: std::collections::BTreeSet<String> = tokens(&table, "SG_")
+        .into_iter()
+        .chain(tokens(&table, "POD_"))
+        .collect();
+    assert_eq!(
+        env_in_table, env_in_help,
+        "environment: docs/operations.md vs serve --help"
+    );
+}

@@ -1,7 +1,7 @@
 //! What the namespaced caches keep of an object: a small type of our own per kind, made once
 //! when the watch delivers the object, holding only what the rules read.
 //!
-//! At the performance issue's scale (10,000 PDBs) the inline size of k8s-openapi's structs
+//! At the scale the memory goals are set for (10,000 PDBs) the inline size of k8s-openapi's structs
 //! (a `PodDisruptionBudget` with every other field empty is over 600 bytes, its `matchLabels`
 //! map a 540-byte B-tree node) was most of the cache. A selector is kept as kube's own
 //! [`Selector`], converted once, so matching a review's pods reads it without a copy.

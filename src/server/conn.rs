@@ -148,11 +148,13 @@ impl Activity {
     }
 }
 
-/// Counts `begin`/`end` around each request of a connection's service.
+/// Counts `begin`/`end` around each request of a connection's service, and hands each request
+/// its peer's address (axum's `ConnectInfo`).
 #[derive(Clone)]
 pub struct Tracked<S> {
     pub inner: S,
     pub activity: Arc<Activity>,
+    pub peer: std::net::SocketAddr,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Tracked<S>
@@ -168,7 +170,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         struct End(Arc<Activity>);
         impl Drop for End {
             fn drop(&mut self) {

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::source::{ConfigMapSource, FileSource, PolicyStore};
 
+pub mod auth;
 mod bootstrap;
 pub mod budget;
 pub mod conn;
@@ -178,7 +179,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(t) = certs.not_after() {
         metrics.cert_not_after.set(t);
     }
+    let client_roots = args
+        .client_ca
+        .as_deref()
+        .map(tls::client_roots)
+        .transpose()
+        .context("reading --client-ca")?;
     let tls_config = certs
+        .server_config_for(client_roots.clone())
+        .context("building the TLS configuration")?;
+    // The metrics listener takes no client certificate: its callers bring a token.
+    let metrics_tls = certs
         .server_config()
         .context("building the TLS configuration")?;
 
@@ -251,7 +262,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutting_down: Default::default(),
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
         audit,
-        callers_authenticated: false,
+        callers_authenticated: client_roots.is_some(),
     });
     let app = routes::router(
         state.clone(),
@@ -265,6 +276,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 metrics.clone(),
             )),
         },
+        args.metrics_listen.is_none(),
     );
 
     let listener = TcpListener::bind(args.listen)
@@ -281,6 +293,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(source) = file_source {
         tokio::spawn(source.watch(store.clone(), args.reload_interval));
+    }
+    if let Some(address) = args.probe_listen {
+        let probes = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--probe-listen)"))?;
+        tracing::info!(address = %probes.local_addr()?, "serving the health probes over HTTP");
+        tokio::spawn(serve_probes(probes, routes::probe_router(state.clone())));
+    }
+    if let Some(address) = args.metrics_listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving /metrics and /report over HTTPS, for authorized callers");
+        let auth = match &client {
+            Some(client) => auth::MetricsAuth::Delegated(auth::Delegated::new(client.clone())),
+            None => auth::MetricsAuth::LoopbackOnly,
+        };
+        let app = routes::metrics_router(state.clone(), auth);
+        let metrics_args = MetricsListener {
+            acceptor: TlsAcceptor::from(Arc::new(metrics_tls)),
+            app,
+            settings: connection_settings(&args, Vec::new()),
+            state: state.clone(),
+        };
+        tokio::spawn(metrics_args.serve(listener));
     }
 
     serve(
@@ -330,6 +367,107 @@ struct ConnSettings {
     first_request: Duration,
     idle: Duration,
     write: Duration,
+    /// With --client-names: a client certificate must name one of these.
+    client_names: Vec<String>,
+}
+
+/// The HTTP settings of the HTTPS listeners.
+fn connection_settings(args: &ServeArgs, client_names: Vec<String>) -> Arc<ConnSettings> {
+    // The protocol is the one negotiated by ALPN (h2, else HTTP/1.1): hyper-util's automatic
+    // detection would wait, without any timeout, for a first byte that a silent client never
+    // sends.
+    let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+    h1.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(args.header_read_timeout)
+        .keep_alive(true);
+    let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+    h2.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(args.max_concurrent_streams);
+    Arc::new(ConnSettings {
+        h1,
+        h2,
+        first_request: args.header_read_timeout,
+        idle: args.idle_timeout,
+        write: args.write_timeout,
+        client_names,
+    })
+}
+
+/// The metrics listener: a small HTTPS server of its own, with its own share of connections.
+struct MetricsListener {
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    settings: Arc<ConnSettings>,
+    state: Arc<AppState>,
+}
+
+/// Connections the metrics listener and the probe listener each keep open at most.
+const SIDE_CONNECTIONS: usize = 64;
+
+impl MetricsListener {
+    async fn serve(self, listener: TcpListener) {
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let open = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
+        let per_client = conn::PerClient::new(8, Vec::new());
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let (Ok(permit), Some(slot)) = (
+                open.clone().try_acquire_owned(),
+                per_client.admit(peer.ip()),
+            ) else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(connection(
+                tcp,
+                peer,
+                self.acceptor.clone(),
+                self.app.clone(),
+                self.settings.clone(),
+                self.state.metrics.clone(),
+                stopping.clone(),
+                (permit, slot),
+            ));
+        }
+    }
+}
+
+/// The probe listener: plain HTTP/1.1, /healthz and /readyz, a few connections per client.
+async fn serve_probes(listener: TcpListener, app: axum::Router) {
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false);
+    let http = Arc::new(http);
+    let open = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
+    let per_client = conn::PerClient::new(8, Vec::new());
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (Ok(permit), Some(slot)) = (
+            open.clone().try_acquire_owned(),
+            per_client.admit(peer.ip()),
+        ) else {
+            continue;
+        };
+        let (http, app) = (http.clone(), app.clone());
+        tokio::spawn(async move {
+            let service = TowerToHyperService::new(app);
+            let serve = http.serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(Duration::from_secs(10), serve).await;
+            drop((permit, slot));
+        });
+    }
 }
 
 /// How often a connection checks its deadlines.
@@ -351,27 +489,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     state: &AppState,
 ) {
-    // The protocol is the one negotiated by ALPN (h2, else HTTP/1.1): hyper-util's automatic
-    // detection would wait, without any timeout, for a first byte that a silent client never
-    // sends.
-    let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
-    h1.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(args.header_read_timeout)
-        .keep_alive(true);
-    let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-    h2.http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .max_concurrent_streams(args.max_concurrent_streams);
-    let settings = Arc::new(ConnSettings {
-        h1,
-        h2,
-        first_request: args.header_read_timeout,
-        idle: args.idle_timeout,
-        write: args.write_timeout,
-    });
+    let settings = connection_settings(args, args.client_names.clone());
     let max = args.max_connections.max(1);
     let connections = Arc::new(tokio::sync::Semaphore::new(max));
     let per_client = conn::PerClient::new(
@@ -472,12 +590,34 @@ async fn connection<H: Send>(
             return;
         }
     };
+    // With --client-names: the client certificate (verified against --client-ca during the
+    // handshake) must also name one of them.
+    if !settings.client_names.is_empty() {
+        let names = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| tls::certificate_names(leaf))
+            .unwrap_or_default();
+        if !names.iter().any(|n| settings.client_names.contains(n)) {
+            metrics
+                .refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "client_name",
+                })
+                .inc();
+            tracing::warn!(%peer, ?names, "client certificate names none of --client-names; closed");
+            return;
+        }
+    }
     // Protocol from ALPN: h2 when negotiated, HTTP/1.1 otherwise.
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = Arc::new(conn::Activity::new());
     let service = TowerToHyperService::new(conn::Tracked {
         inner: app,
         activity: activity.clone(),
+        peer,
     });
     let io = TokioIo::new(conn::WriteDeadline::new(tls, settings.write));
     let builder = if is_h2 { &settings.h2 } else { &settings.h1 };

@@ -53,6 +53,48 @@ pub enum TlsError {
     },
 }
 
+/// The CA certificates of `--client-ca`.
+pub fn client_roots(path: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let pem = read(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|source| TlsError::BadCertificatePem {
+            path: path.to_owned(),
+            source,
+        })?;
+        roots.add(cert).map_err(|e| TlsError::Unusable {
+            path: path.to_owned(),
+            detail: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The names a client certificate holds: its subject's common names and its DNS names.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
 /// One certificate chain and its key, as read from disk.
 #[derive(Clone, PartialEq, Eq)]
 struct PemPair {
@@ -243,10 +285,30 @@ impl CertFiles {
     /// A rustls server config resolving through the store: TLS 1.2 and 1.3, ALPN h2 and
     /// http/1.1.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(self.store.clone());
+        self.server_config_for(None)
+    }
+
+    /// The server's config; with `clients`, a client certificate signed by one of them is
+    /// required (`--client-ca`).
+    pub fn server_config_for(
+        &self,
+        clients: Option<Arc<rustls::RootCertStore>>,
+    ) -> Result<ServerConfig, rustls::Error> {
+        let builder = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots,
+                    self.provider.clone(),
+                )
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(self.store.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
