@@ -114,6 +114,18 @@ fn rbac_is_least_privilege() {
             .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
         {
             for rule in role["rules"].as_array().unwrap() {
+                if rule["nonResourceURLs"].is_array() {
+                    // Read access to named URLs (/metrics, /report), nothing else.
+                    assert_eq!(rule["verbs"], json!(["get"]), "{target}: {rule}");
+                    assert!(
+                        !rule["nonResourceURLs"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&json!("*")),
+                        "{target}: {rule}"
+                    );
+                    continue;
+                }
                 for field in ["verbs", "resources", "apiGroups"] {
                     assert!(
                         !rule[field].as_array().unwrap().contains(&json!("*")),

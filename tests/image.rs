@@ -176,6 +176,8 @@ struct Pod {
     /// The server's PID outside the sandbox.
     pid: u32,
     addr: SocketAddr,
+    /// Each named container port, as it listens here.
+    ports: std::collections::HashMap<String, u16>,
     log: Log,
     _dir: tempfile::TempDir,
 }
@@ -261,23 +263,42 @@ impl Pod {
         }
 
         let port = free_port();
-        let declared = container["ports"][0]["containerPort"].as_i64().unwrap();
+        // Each listener's declared port (by its flag), and the free port it gets here.
+        let declared: std::collections::HashMap<i64, String> = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["containerPort"].as_i64().unwrap(),
+                    p["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let mut ports = std::collections::HashMap::new();
         bwrap.arg("--").arg(image_binary());
         for arg in container["args"].as_array().unwrap() {
             let arg = arg.as_str().unwrap();
-            match arg.strip_prefix("--listen=") {
-                Some(listen) => {
+            let listener = ["--listen=", "--probe-listen=", "--metrics-listen="]
+                .into_iter()
+                .find_map(|flag| arg.strip_prefix(flag).map(|listen| (flag, listen)));
+            match listener {
+                Some((flag, listen)) => {
                     let address: SocketAddr = listen.parse().unwrap();
-                    assert_eq!(
-                        i64::from(address.port()),
-                        declared,
-                        "--listen vs containerPort"
-                    );
+                    let name = declared
+                        .get(&i64::from(address.port()))
+                        .unwrap_or_else(|| panic!("{arg}: no containerPort declares its port"));
                     assert!(
                         address.ip().is_unspecified(),
                         "kubelet probes the pod IP: {listen}"
                     );
-                    bwrap.arg(format!("--listen=0.0.0.0:{port}"));
+                    let here = if flag == "--listen=" {
+                        port
+                    } else {
+                        free_port()
+                    };
+                    ports.insert(name.clone(), here);
+                    bwrap.arg(format!("{flag}0.0.0.0:{here}"));
                 }
                 None => {
                     bwrap.arg(arg);
@@ -306,6 +327,7 @@ impl Pod {
             child,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            ports,
             log,
             _dir: dir,
         };
@@ -323,16 +345,37 @@ impl Pod {
         self.log.text()
     }
 
-    /// kubelet's probe of the container's `probe` (liveness or readiness).
-    async fn probe(&self, container: &Value, probe: &str) -> (StatusCode, String, Vec<u8>) {
+    /// kubelet's probe of the container's `probe` (liveness or readiness), on the port and with
+    /// the scheme it names.
+    async fn probe(&self, container: &Value, probe: &str) -> (StatusCode, String) {
         let get = &container[probe]["httpGet"];
-        assert_eq!(get["scheme"], "HTTPS", "{probe}");
         let named = get["port"].as_str().unwrap();
-        assert_eq!(container["ports"][0]["name"], named, "{probe} port");
-        let (status, body, cert) = server::probe(self.addr, get["path"].as_str().unwrap())
+        let port = *self
+            .ports
+            .get(named)
+            .unwrap_or_else(|| panic!("{probe}: no listener for port {named}"));
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let path = get["path"].as_str().unwrap();
+        let (status, body) = match get["scheme"].as_str() {
+            Some("HTTPS") => {
+                let (status, body, _) = server::probe(address, path)
+                    .await
+                    .unwrap_or_else(|e| panic!("{probe}: {e}\n{}", self.logs()));
+                (status, body.to_vec())
+            }
+            _ => http_get(address, path)
+                .await
+                .unwrap_or_else(|e| panic!("{probe}: {e}\n{}", self.logs())),
+        };
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The certificate the webhook port serves.
+    async fn served_certificate(&self) -> Vec<u8> {
+        server::probe(self.addr, "/healthz")
             .await
-            .unwrap_or_else(|e| panic!("{probe}: {e}\n{}", self.logs()));
-        (status, String::from_utf8_lossy(&body).into_owned(), cert)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+            .2
     }
 
     /// SIGTERM, as kubelet sends it after the preStop hook; the exit status, or None if the
@@ -526,16 +569,16 @@ async fn the_base_pod_is_alive_and_unready_while_the_apiserver_is_unavailable() 
     let apiserver = Unavailable::start().await;
     let mut pod = Pod::start(deploy, &[], &apiserver);
 
-    let (status, body, cert) = pod.probe(container, "livenessProbe").await;
+    let (status, body) = pod.probe(container, "livenessProbe").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let names = subject_alt_names(&cert);
+    let names = subject_alt_names(&pod.served_certificate().await);
     assert!(
         names
             .iter()
             .any(|n| n.contains("stateful-guard.stateful-guard.svc")),
         "{names:?}"
     );
-    let (status, body, _) = pod.probe(container, "readinessProbe").await;
+    let (status, body) = pod.probe(container, "readinessProbe").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     for reason in [
         "serving certificate not bootstrapped yet",
@@ -578,10 +621,10 @@ async fn the_cert_manager_pod_serves_the_mounted_certificate() {
     let apiserver = Unavailable::start().await;
     let mut pod = Pod::start(deploy, &[("stateful-guard-tls", &secret)], &apiserver);
 
-    let (status, body, cert) = pod.probe(container, "livenessProbe").await;
+    let (status, body) = pod.probe(container, "livenessProbe").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(cert, pem_to_der(&crt));
-    let (status, body, _) = pod.probe(container, "readinessProbe").await;
+    assert_eq!(pod.served_certificate().await, pem_to_der(&crt));
+    let (status, body) = pod.probe(container, "readinessProbe").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(!body.contains("certificate"), "{body}");
     assert!(body.contains("no policy loaded"), "{body}");
@@ -596,4 +639,27 @@ async fn the_cert_manager_pod_serves_the_mounted_certificate() {
     );
     assert_rbac_allows(&requests, &objects);
     assert_clean_shutdown(&mut pod, deploy);
+}
+
+/// A plain-HTTP GET, as kubelet sends an `httpGet` probe with `scheme: HTTP`.
+async fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(StatusCode, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(address).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text}")))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((
+        StatusCode::from_u16(status).unwrap(),
+        body.as_bytes().to_vec(),
+    ))
 }

@@ -12,7 +12,13 @@
 //! whatever serde_json hands on (visitors, map and sequence access), and answers the one
 //! newtype that k8s-openapi spells `FieldsV1` with the raw text. Everything else decodes exactly
 //! as `serde_json::from_slice` would: the same values, the same errors.
+use kube::core::admission::{self as kadm, AdmissionRequest, AdmissionReview};
+use kube::core::{DynamicObject, GroupVersionKind, Resource};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
+
+use super::BadReview;
 use serde_json::value::RawValue;
 
 /// The newtype name k8s-openapi's `FieldsV1` deserializes as.
@@ -393,6 +399,124 @@ pub const MAX_CONTAINERS: usize = 256;
 /// Bodies smaller than this cannot hold more than [`MAX_CONTAINERS`] containers (each takes at
 /// least 24 bytes of JSON: `{"name":"a","image":"b"},`), and are not counted first.
 pub const COUNT_CONTAINERS_FROM: usize = 6 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// What kind of review a body is, before and besides the typed decode.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+pub(super) struct Peek {
+    #[serde(rename = "apiVersion", default)]
+    pub(super) api_version: String,
+    pub(super) request: Option<PeekRequest>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct PeekRequest {
+    pub(super) kind: GroupVersionKind,
+    #[serde(rename = "subResource", default)]
+    pub(super) sub_resource: Option<String>,
+}
+
+pub(super) const STATEFULSET: (&str, &str, &str) = ("apps", "v1", "StatefulSet");
+pub(super) const PVC: (&str, &str, &str) = ("", "v1", "PersistentVolumeClaim");
+
+pub(super) fn is(gvk: &GroupVersionKind, (g, v, k): (&str, &str, &str)) -> bool {
+    gvk.group == g && gvk.version == v && gvk.kind == k
+}
+
+/// The review decoded as `K`, when it is a review of one: `admission.k8s.io/v1`, with a request
+/// that names `kind` on no subresource (a StatefulSet's `status` carries a StatefulSet, but is
+/// not evaluated). `None` for anything else, which the careful path then sorts out.
+/// Boxed: the review is kilobytes, and stays in place while the review's future is moved.
+pub(super) fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<Review<K>>
+where
+    Boxed<K>: Resource + DeserializeOwned,
+{
+    let review: Review<K> = from_slice(body).ok()?;
+    let req = review.request.as_ref()?;
+    let whole = req.sub_resource.as_deref().is_none_or(str::is_empty);
+    (review.types.api_version == kadm::META_API_VERSION_V1 && is(&req.kind, kind) && whole)
+        .then_some(review)
+}
+
+/// Whether the body names a PVC where kube-apiserver writes `request.kind`: its second key,
+/// after the uid, within the first few hundred bytes. Only the order of the decodes depends on
+/// it: [`decode_as`] checks the kind the request names, and a body it misleads takes the careful
+/// path.
+pub(super) fn names_a_pvc(body: &[u8]) -> bool {
+    static PVC_KIND: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| {
+            memchr::memmem::Finder::new(
+                r#""kind":{"group":"","version":"v1","kind":"PersistentVolumeClaim"}"#,
+            )
+        });
+    PVC_KIND.find(&body[..body.len().min(512)]).is_some()
+}
+
+/// The request of a review whose objects are not evaluated, without its objects: answering it
+/// needs its uid and what it is about, and its objects (a StatefulSet of 50,000 containers, say)
+/// would only be decoded to be dropped. A body this lean read refuses (a duplicated key) is read
+/// whole, as kube reads it.
+pub(super) fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "apiVersion", default)]
+        api_version: String,
+        #[serde(default)]
+        kind: String,
+        request: Option<HeadRequest>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct HeadRequest {
+        uid: String,
+        kind: GroupVersionKind,
+        resource: kube::core::GroupVersionResource,
+        #[serde(default)]
+        sub_resource: Option<String>,
+        #[serde(default)]
+        request_kind: Option<GroupVersionKind>,
+        #[serde(default)]
+        request_resource: Option<kube::core::GroupVersionResource>,
+        #[serde(default)]
+        request_sub_resource: Option<String>,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        namespace: Option<String>,
+        operation: kadm::Operation,
+        user_info: k8s_openapi::api::authentication::v1::UserInfo,
+        #[serde(default)]
+        dry_run: bool,
+    }
+    let Ok(head) = serde_json::from_slice::<Head>(body) else {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+        return review.try_into().map_err(|_| BadReview::NoRequest);
+    };
+    let r = head.request.ok_or(BadReview::NoRequest)?;
+    Ok(AdmissionRequest {
+        types: kube::core::TypeMeta {
+            api_version: head.api_version,
+            kind: head.kind,
+        },
+        uid: r.uid,
+        kind: r.kind,
+        resource: r.resource,
+        sub_resource: r.sub_resource,
+        request_kind: r.request_kind,
+        request_resource: r.request_resource,
+        request_sub_resource: r.request_sub_resource,
+        name: r.name,
+        namespace: r.namespace,
+        operation: r.operation,
+        user_info: r.user_info,
+        object: None,
+        old_object: None,
+        dry_run: r.dry_run,
+        options: None,
+    })
+}
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::core::admission::{self as kadm, AdmissionRequest, AdmissionResponse, AdmissionReview};
-use kube::core::{DynamicObject, GroupVersionKind, Resource};
-use serde::Deserialize;
+use kube::core::{DynamicObject, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::cluster::cache::ClusterCache;
@@ -22,7 +21,7 @@ use crate::cluster::{ClaimOwner, ClusterView, WithLive};
 use crate::engine::{self, Evaluation, Object, Phase, Subject};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
-use decode::Boxed;
+use decode::{Boxed, PVC, Peek, STATEFULSET, decode_as, generic_request, is, names_a_pvc};
 
 pub mod decode;
 pub mod response;
@@ -112,27 +111,6 @@ pub struct Outcome {
     pub evaluation: Option<Evaluation>,
     /// The JSON Patch that was not applied (audit), as recorded in the audit annotations.
     pub would_patch: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Peek {
-    #[serde(rename = "apiVersion", default)]
-    api_version: String,
-    request: Option<PeekRequest>,
-}
-
-#[derive(Deserialize)]
-struct PeekRequest {
-    kind: GroupVersionKind,
-    #[serde(rename = "subResource", default)]
-    sub_resource: Option<String>,
-}
-
-const STATEFULSET: (&str, &str, &str) = ("apps", "v1", "StatefulSet");
-const PVC: (&str, &str, &str) = ("", "v1", "PersistentVolumeClaim");
-
-fn is(gvk: &GroupVersionKind, (g, v, k): (&str, &str, &str)) -> bool {
-    gvk.group == g && gvk.version == v && gvk.kind == k
 }
 
 impl Reviewer<'_> {
@@ -413,99 +391,6 @@ fn operation_name(op: &kadm::Operation) -> &'static str {
         kadm::Operation::Delete => "DELETE",
         kadm::Operation::Connect => "CONNECT",
     }
-}
-
-/// The review decoded as `K`, when it is a review of one: `admission.k8s.io/v1`, with a request
-/// that names `kind` on no subresource (a StatefulSet's `status` carries a StatefulSet, but is
-/// not evaluated). `None` for anything else, which the careful path then sorts out.
-/// Boxed: the review is kilobytes, and stays in place while the review's future is moved.
-fn decode_as<K>(body: &[u8], kind: (&str, &str, &str)) -> Option<decode::Review<K>>
-where
-    Boxed<K>: Resource + DeserializeOwned,
-{
-    let review: decode::Review<K> = decode::from_slice(body).ok()?;
-    let req = review.request.as_ref()?;
-    let whole = req.sub_resource.as_deref().is_none_or(str::is_empty);
-    (review.types.api_version == kadm::META_API_VERSION_V1 && is(&req.kind, kind) && whole)
-        .then_some(review)
-}
-
-/// Whether the body names a PVC where kube-apiserver writes `request.kind`: its second key,
-/// after the uid, within the first few hundred bytes. Only the order of the decodes depends on
-/// it: [`decode_as`] checks the kind the request names, and a body it misleads takes the careful
-/// path.
-fn names_a_pvc(body: &[u8]) -> bool {
-    static PVC_KIND: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| {
-            memchr::memmem::Finder::new(
-                r#""kind":{"group":"","version":"v1","kind":"PersistentVolumeClaim"}"#,
-            )
-        });
-    PVC_KIND.find(&body[..body.len().min(512)]).is_some()
-}
-
-/// The request of a review whose objects are not evaluated, without its objects: answering it
-/// needs its uid and what it is about, and its objects (a StatefulSet of 50,000 containers, say)
-/// would only be decoded to be dropped. A body this lean read refuses (a duplicated key) is read
-/// whole, as kube reads it.
-fn generic_request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, BadReview> {
-    #[derive(Deserialize)]
-    struct Head {
-        #[serde(rename = "apiVersion", default)]
-        api_version: String,
-        #[serde(default)]
-        kind: String,
-        request: Option<HeadRequest>,
-    }
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct HeadRequest {
-        uid: String,
-        kind: GroupVersionKind,
-        resource: kube::core::GroupVersionResource,
-        #[serde(default)]
-        sub_resource: Option<String>,
-        #[serde(default)]
-        request_kind: Option<GroupVersionKind>,
-        #[serde(default)]
-        request_resource: Option<kube::core::GroupVersionResource>,
-        #[serde(default)]
-        request_sub_resource: Option<String>,
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        namespace: Option<String>,
-        operation: kadm::Operation,
-        user_info: k8s_openapi::api::authentication::v1::UserInfo,
-        #[serde(default)]
-        dry_run: bool,
-    }
-    let Ok(head) = serde_json::from_slice::<Head>(body) else {
-        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-        return review.try_into().map_err(|_| BadReview::NoRequest);
-    };
-    let r = head.request.ok_or(BadReview::NoRequest)?;
-    Ok(AdmissionRequest {
-        types: kube::core::TypeMeta {
-            api_version: head.api_version,
-            kind: head.kind,
-        },
-        uid: r.uid,
-        kind: r.kind,
-        resource: r.resource,
-        sub_resource: r.sub_resource,
-        request_kind: r.request_kind,
-        request_resource: r.request_resource,
-        request_sub_resource: r.request_sub_resource,
-        name: r.name,
-        namespace: r.namespace,
-        operation: r.operation,
-        user_info: r.user_info,
-        object: None,
-        old_object: None,
-        dry_run: r.dry_run,
-        options: None,
-    })
 }
 
 fn outcome_of(req: &AdmissionRequest<DynamicObject>, decision: Decision) -> Outcome {

@@ -331,6 +331,10 @@ async fn report(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state
+        .metrics
+        .log_lines_dropped
+        .set(crate::telemetry::dropped_lines() as i64);
     (
         [(
             header::CONTENT_TYPE,
