@@ -97,7 +97,7 @@ fn main() {
     let template: StatefulSet =
         serde_json::from_value(review["request"]["object"].clone()).unwrap();
     let before = LIVE.load(Ordering::Relaxed);
-    // The cluster view as the caches keep it (`cluster::kept`): PDBs, and StatefulSets' claim
+    // The cluster view as the caches keep it (`cluster::cached`): PDBs, and StatefulSets' claim
     // templates.
     let mut pdbs = Vec::new();
     let mut statefulsets = Vec::new();
@@ -170,7 +170,7 @@ fn main() {
 
 /// The cache's memory at the performance issue's scale: 10,000 PDBs, 2,000 namespaces and 50
 /// StorageClasses as the API returns them (labels, managedFields, status): the decoded objects
-/// alone, then as the caches keep them (`cluster::kept`, projections of the cluster-wide kinds).
+/// alone, then as the caches keep them (`cluster::cached`, projections of the cluster-wide kinds).
 fn cluster_view_at_scale() {
     let pdb = |i: usize| -> PodDisruptionBudget {
         serde_json::from_value(serde_json::json!({
@@ -222,7 +222,7 @@ fn cluster_view_at_scale() {
         .for_each(stateful_guard::cluster::storage_class_projection);
     let view = Snapshot::known(pdbs, classes, namespaces);
     println!(
-        "cluster view, 10,000 PDBs, 2,000 namespaces, 50 StorageClasses, as the caches keep them (what cluster::kept keeps of a PDB, projections of the others): {:.1} MiB of heap",
+        "cluster view, 10,000 PDBs, 2,000 namespaces, 50 StorageClasses, as the caches keep them (what cluster::cached keeps of a PDB, projections of the others): {:.1} MiB of heap",
         mib(LIVE.load(Ordering::Relaxed) - base)
     );
     drop(view);

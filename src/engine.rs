@@ -14,7 +14,7 @@ use crate::policy::{
     Mode, MutateAction, Policy, PolicySet, Selection, UpdateValidation, ValidateAction,
 };
 use crate::rules::{
-    Context, Detail, Earlier, Finding, Mutation, MutationRule, MutationVisitor, Operation, Part,
+    Context, Detail, Finding, Mutation, MutationRule, MutationVisitor, Operation, Part, Provided,
     RuleConfig, RuleId, Rules, ValidationRule, ValidationVisitor, patch,
 };
 
@@ -52,7 +52,7 @@ pub enum Phase {
 
 /// One request to evaluate.
 #[derive(Debug, Clone, Copy)]
-pub struct Subject<'a> {
+pub struct Input<'a> {
     pub operation: Operation,
     pub namespace: &'a str,
     pub object: Object<'a>,
@@ -81,7 +81,7 @@ pub struct RuleMutation {
 
 /// A validation finding and the action it takes.
 #[derive(Debug, Clone)]
-pub struct Reported {
+pub struct RuleFinding {
     pub finding: Finding,
     /// The rule's action; `enforce` becomes `warn` when the rule could not verify.
     pub action: ValidateAction,
@@ -100,7 +100,7 @@ pub struct Evaluation {
     /// decided at CREATE, which the updated object keeps.
     pub recorded: Option<String>,
     pub mutations: Vec<RuleMutation>,
-    pub findings: Vec<Reported>,
+    pub findings: Vec<RuleFinding>,
 }
 
 impl Evaluation {
@@ -109,7 +109,7 @@ impl Evaluation {
     }
 
     /// Findings that deny the request.
-    pub fn denials(&self) -> impl Iterator<Item = &Reported> {
+    pub fn denials(&self) -> impl Iterator<Item = &RuleFinding> {
         let enforcing = self.mode == Mode::Enforce;
         self.findings
             .iter()
@@ -235,11 +235,11 @@ pub fn apiserver_rejects(sts: &StatefulSet) -> Option<String> {
 /// Evaluates one object under the policy that governs its namespace.
 pub fn evaluate(
     phase: Phase,
-    subject: &Subject,
+    input: &Input,
     policies: &PolicySet,
     cluster: &dyn ClusterView,
 ) -> Evaluation {
-    if let (Object::Pvc(pvc), Some(owner)) = (subject.object, subject.claim_owner) {
+    if let (Object::Pvc(pvc), Some(owner)) = (input.object, input.claim_owner) {
         // The StatefulSet's own admission decided its claims' class, with its opt-outs.
         return Evaluation {
             skipped: Some(format!(
@@ -251,7 +251,7 @@ pub fn evaluate(
             ..Default::default()
         };
     }
-    if let Object::StatefulSet(sts) = subject.object
+    if let Object::StatefulSet(sts) = input.object
         && let Some(why) = apiserver_rejects(sts)
     {
         return Evaluation {
@@ -261,12 +261,12 @@ pub fn evaluate(
             ..Default::default()
         };
     }
-    let selection = policies.select(subject.namespace, cluster);
+    let selection = policies.select(input.namespace, cluster);
     // Decisions made at CREATE are kept whatever the policy says now: keeping one is not a new
     // mutation, and an immutable field reverted would make the update fail.
-    let (kept, recorded) = match (phase, subject.object, subject.old) {
+    let (kept, recorded) = match (phase, input.object, input.old) {
         (Phase::Mutate, Object::StatefulSet(new), Some(Object::StatefulSet(old)))
-            if subject.operation == Operation::Update =>
+            if input.operation == Operation::Update =>
         {
             let rules = match &selection {
                 Selection::Policy(p) => Some(&p.spec.rules),
@@ -293,7 +293,7 @@ pub fn evaluate(
             return Evaluation {
                 skipped: Some(format!(
                     "no policy applies to namespace {}",
-                    subject.namespace
+                    input.namespace
                 )),
                 mutations: kept,
                 recorded,
@@ -310,13 +310,13 @@ pub fn evaluate(
             ..Default::default()
         };
     }
-    let exempted = policy.object_exemptions(subject.object.meta().annotations.as_ref());
+    let exempted = policy.object_exemptions(input.object.meta().annotations.as_ref());
     let ctx = Context {
-        operation: subject.operation,
-        namespace: subject.namespace,
+        operation: input.operation,
+        namespace: input.namespace,
         cluster,
         mutate_template_on_update: policy.spec.updates.mutate_template,
-        written: subject.written,
+        written: input.written,
         detail: Detail::Full,
     };
     let mut eval = Evaluation {
@@ -328,11 +328,11 @@ pub fn evaluate(
     };
     match phase {
         Phase::Mutate => {
-            let new = mutate(subject.object, policy, &eval, &kept, &ctx);
+            let new = mutate(input.object, policy, &eval, &kept, &ctx);
             eval.mutations = kept;
             eval.mutations.extend(new);
         }
-        Phase::Validate => eval.findings = validate(subject, policy, &eval, &ctx),
+        Phase::Validate => eval.findings = validate(input, policy, &eval, &ctx),
     }
     eval
 }
@@ -395,7 +395,7 @@ fn keep_decisions(
 }
 
 /// Runs every active mutation rule, in the registry's order, each seeing what earlier ones
-/// provide ([`Earlier`]).
+/// provide ([`Provided`]).
 fn mutate(
     object: Object,
     policy: &Policy,
@@ -408,7 +408,7 @@ fn mutate(
         eval: &'a Evaluation,
         kept: &'a [RuleMutation],
         ctx: &'a Context<'a>,
-        earlier: Earlier<'r>,
+        earlier: Provided<'r>,
         out: Vec<RuleMutation>,
     }
     impl<'r> MutationVisitor<'r> for Mutate<'_, 'r> {
@@ -449,7 +449,7 @@ fn mutate(
         eval,
         kept,
         ctx,
-        earlier: Earlier::default(),
+        earlier: Provided::default(),
         out: Vec::new(),
     };
     policy.spec.rules.each_mutation(&mut visitor);
@@ -462,12 +462,12 @@ fn findings_of(
     policy: &Policy,
     eval: &Evaluation,
     ctx: &Context,
-) -> Vec<Reported> {
+) -> Vec<RuleFinding> {
     struct Validate<'a> {
         sts: &'a StatefulSet,
         exempted: &'a [RuleId],
         ctx: &'a Context<'a>,
-        out: Vec<Reported>,
+        out: Vec<RuleFinding>,
     }
     impl<'r> ValidationVisitor<'r> for Validate<'_> {
         fn visit<R: ValidationRule>(&mut self, rule: RuleId, config: &'r R::Config) {
@@ -478,7 +478,7 @@ fn findings_of(
             let found = R::validate(self.sts, config, self.ctx);
             self.out.extend(found.into_iter().filter_map(|finding| {
                 let action = R::action_of(config, &finding);
-                (action != ValidateAction::Off).then_some(Reported { finding, action })
+                (action != ValidateAction::Off).then_some(RuleFinding { finding, action })
             }));
         }
     }
@@ -510,14 +510,14 @@ fn changed_containers<'a>(old: &StatefulSet, new: &'a StatefulSet) -> HashSet<&'
         .collect()
 }
 
-fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<Reported> {
-    let Object::StatefulSet(sts) = subject.object else {
+fn validate(input: &Input, policy: &Policy, eval: &Evaluation, ctx: &Context) -> Vec<RuleFinding> {
+    let Object::StatefulSet(sts) = input.object else {
         return vec![];
     };
     let mut found = findings_of(sts, policy, eval, ctx);
-    if subject.operation == Operation::Update
+    if input.operation == Operation::Update
         && policy.spec.updates.validate == UpdateValidation::NewFindings
-        && let Some(Object::StatefulSet(old)) = subject.old
+        && let Some(Object::StatefulSet(old)) = input.old
     {
         // An existing workload must stay operable (scalable during an incident): report only
         // what this update introduces, or what it touches (a container it changes).
@@ -528,16 +528,15 @@ fn validate(subject: &Subject, policy: &Policy, eval: &Evaluation, ctx: &Context
         };
         let before: HashSet<(RuleId, Part)> = findings_of(old, policy, eval, &compared)
             .into_iter()
-            .map(|r| (r.finding.rule, r.finding.subject))
+            .map(|r| (r.finding.rule, r.finding.part))
             .collect();
         let changed = changed_containers(old, sts);
         found.retain(|r| {
             let f = &r.finding;
             // A borrowed key would need a second enum; the clone is one small string per
             // finding of the new object.
-            let existed = before.contains(&(f.rule, f.subject.clone()));
-            !existed
-                || matches!(&f.subject, Part::Container(name) if changed.contains(name.as_str()))
+            let existed = before.contains(&(f.rule, f.part.clone()));
+            !existed || matches!(&f.part, Part::Container(name) if changed.contains(name.as_str()))
         });
     }
     // A rule that could not verify (no cluster state), or that only advises, never denies.

@@ -6,7 +6,7 @@
 //! (every key and value copied), and the rules match borrowed selectors (of the policy, of the
 //! object under review) on every review; and because kube has no counterpart of [`validate`],
 //! the apiserver's own checks that policies' selectors go through. The cached PDBs, converted
-//! once when they arrive, keep kube's `Selector` (`cluster::kept`).
+//! once when they arrive, keep kube's `Selector` (`cluster::cached`).
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -38,7 +38,7 @@ pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 /// Validates a LabelSelector as kube-apiserver does (`ValidateLabelSelector` of
 /// apimachinery): operators, values per operator, label keys and values. `field` is the path of
 /// the selector, for the message, which uses the apiserver's words.
-pub fn validate(selector: &LabelSelector, field: &str) -> Result<(), String> {
+pub fn check(selector: &LabelSelector, field: &str) -> Result<(), String> {
     for (key, value) in selector.match_labels.iter().flatten() {
         validate_key(key, &format!("{field}.matchLabels"))?;
         validate_value(value, &format!("{field}.matchLabels"))?;
@@ -164,7 +164,7 @@ mod tests {
             "matchExpressions: [{key: legacy, operator: DoesNotExist}]",
         ];
         for yaml in ok {
-            assert_eq!(validate(&selector(yaml), "s"), Ok(()), "{yaml}");
+            assert_eq!(check(&selector(yaml), "s"), Ok(()), "{yaml}");
         }
         let bad = [
             (
@@ -191,7 +191,7 @@ mod tests {
             ("matchLabels: {app: 'no spaces'}", "a valid label"),
         ];
         for (yaml, expected) in bad {
-            let err = validate(&selector(yaml), "s").expect_err(yaml);
+            let err = check(&selector(yaml), "s").expect_err(yaml);
             assert!(err.contains(expected), "{yaml}: {err}");
         }
     }

@@ -10,7 +10,7 @@ use common::*;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::watcher::Event;
 use stateful_guard::cluster::Snapshot;
-use stateful_guard::engine::{self, Object, Phase, Subject};
+use stateful_guard::engine::{self, Input, Object, Phase};
 use stateful_guard::metrics::Metrics;
 use stateful_guard::policy::source::{ConfigMapSource, FileSource, PolicyStore};
 use stateful_guard::policy::{Mode, PolicyError, parse_documents};
@@ -341,7 +341,7 @@ fn reload_under_concurrent_requests_never_fails_a_request() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let policies = store.current();
-                    let subject = Subject {
+                    let input = Input {
                         operation: Operation::Create,
                         namespace: "default",
                         object: Object::StatefulSet(&sts),
@@ -350,7 +350,7 @@ fn reload_under_concurrent_requests_never_fails_a_request() {
                         written: None,
                     };
                     let eval =
-                        engine::evaluate(Phase::Mutate, &subject, &policies, &Snapshot::unknown());
+                        engine::evaluate(Phase::Mutate, &input, &policies, &Snapshot::unknown());
                     // Each evaluation sees one whole policy: all applied, or none.
                     let applied = eval.mutations.iter().filter(|m| m.applied).count();
                     match eval.mode {

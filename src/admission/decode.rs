@@ -8,7 +8,7 @@
 //! text for the path it wants, and reads a tree the same way (objects from `check`'s manifests and
 //! from the cluster keep their trees).
 //!
-//! The change is made by [`Lean`], a deserializer that forwards everything to serde_json's, wraps
+//! The change is made by [`FieldsV1AsText`], a deserializer that forwards everything to serde_json's, wraps
 //! whatever serde_json hands on (visitors, map and sequence access), and answers the one
 //! newtype that k8s-openapi spells `FieldsV1` with the raw text. Everything else decodes exactly
 //! as `serde_json::from_slice` would: the same values, the same errors.
@@ -90,7 +90,7 @@ where
     R: serde_json::de::Read<'de>,
     T: de::DeserializeOwned,
 {
-    let value = T::deserialize(Lean(&mut de))?;
+    let value = T::deserialize(FieldsV1AsText(&mut de))?;
     de.end()?;
     Ok(value)
 }
@@ -98,17 +98,17 @@ where
 /// One wrapper for every role a deserializer's parts play: the deserializer itself, the
 /// visitors given to it, the map, sequence and enum access it gives back, and the seeds given to
 /// those. Each wraps the next part it passes on, so the whole object is decoded through it.
-struct Lean<T>(T);
+struct FieldsV1AsText<T>(T);
 
 macro_rules! forward_deserialize {
     ($($method:ident)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-            self.0.$method(Lean(visitor))
+            self.0.$method(FieldsV1AsText(visitor))
         }
     )*};
 }
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for FieldsV1AsText<D> {
     type Error = D::Error;
 
     forward_deserialize! {
@@ -130,7 +130,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
             let text: String = Box::<str>::from(raw).into();
             return visitor.visit_newtype_struct(text.into_deserializer());
         }
-        self.0.deserialize_newtype_struct(name, Lean(visitor))
+        self.0
+            .deserialize_newtype_struct(name, FieldsV1AsText(visitor))
     }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
@@ -138,7 +139,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_unit_struct(name, Lean(visitor))
+        self.0
+            .deserialize_unit_struct(name, FieldsV1AsText(visitor))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(
@@ -146,7 +148,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_tuple(len, Lean(visitor))
+        self.0.deserialize_tuple(len, FieldsV1AsText(visitor))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -155,7 +157,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_tuple_struct(name, len, Lean(visitor))
+        self.0
+            .deserialize_tuple_struct(name, len, FieldsV1AsText(visitor))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -164,7 +167,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_struct(name, fields, Lean(visitor))
+        self.0
+            .deserialize_struct(name, fields, FieldsV1AsText(visitor))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -173,7 +177,8 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Lean<D> {
         variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        self.0.deserialize_enum(name, variants, Lean(visitor))
+        self.0
+            .deserialize_enum(name, variants, FieldsV1AsText(visitor))
     }
 
     fn is_human_readable(&self) -> bool {
@@ -189,7 +194,7 @@ macro_rules! forward_visit {
     )*};
 }
 
-impl<'de, V: Visitor<'de>> Visitor<'de> for Lean<V> {
+impl<'de, V: Visitor<'de>> Visitor<'de> for FieldsV1AsText<V> {
     type Value = V::Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -214,46 +219,46 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Lean<V> {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.visit_some(Lean(d))
+        self.0.visit_some(FieldsV1AsText(d))
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.0.visit_newtype_struct(Lean(d))
+        self.0.visit_newtype_struct(FieldsV1AsText(d))
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(Lean(seq))
+        self.0.visit_seq(FieldsV1AsText(seq))
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(Lean(map))
+        self.0.visit_map(FieldsV1AsText(map))
     }
 
     fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_enum(Lean(data))
+        self.0.visit_enum(FieldsV1AsText(data))
     }
 }
 
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Lean<S> {
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for FieldsV1AsText<S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
-        self.0.deserialize(Lean(d))
+        self.0.deserialize(FieldsV1AsText(d))
     }
 }
 
-impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Lean<A> {
+impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for FieldsV1AsText<A> {
     type Error = A::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
-        self.0.next_key_seed(Lean(seed))
+        self.0.next_key_seed(FieldsV1AsText(seed))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.0.next_value_seed(Lean(seed))
+        self.0.next_value_seed(FieldsV1AsText(seed))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -261,14 +266,14 @@ impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Lean<A> {
     }
 }
 
-impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Lean<A> {
+impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for FieldsV1AsText<A> {
     type Error = A::Error;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
-        self.0.next_element_seed(Lean(seed))
+        self.0.next_element_seed(FieldsV1AsText(seed))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -276,20 +281,20 @@ impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Lean<A> {
     }
 }
 
-impl<'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Lean<A> {
+impl<'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for FieldsV1AsText<A> {
     type Error = A::Error;
-    type Variant = Lean<A::Variant>;
+    type Variant = FieldsV1AsText<A::Variant>;
 
     fn variant_seed<V: DeserializeSeed<'de>>(
         self,
         seed: V,
     ) -> Result<(V::Value, Self::Variant), A::Error> {
-        let (value, variant) = self.0.variant_seed(Lean(seed))?;
-        Ok((value, Lean(variant)))
+        let (value, variant) = self.0.variant_seed(FieldsV1AsText(seed))?;
+        Ok((value, FieldsV1AsText(variant)))
     }
 }
 
-impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Lean<A> {
+impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for FieldsV1AsText<A> {
     type Error = A::Error;
 
     fn unit_variant(self) -> Result<(), A::Error> {
@@ -297,11 +302,11 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Lean<A> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
-        self.0.newtype_variant_seed(Lean(seed))
+        self.0.newtype_variant_seed(FieldsV1AsText(seed))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
-        self.0.tuple_variant(len, Lean(visitor))
+        self.0.tuple_variant(len, FieldsV1AsText(visitor))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -309,7 +314,7 @@ impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Lean<A> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, A::Error> {
-        self.0.struct_variant(fields, Lean(visitor))
+        self.0.struct_variant(fields, FieldsV1AsText(visitor))
     }
 }
 

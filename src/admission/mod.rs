@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cluster::cache::ClusterCache;
 use crate::cluster::{ClaimOwner, ClusterView, WithLive};
-use crate::engine::{self, Evaluation, Object, Phase, Subject};
+use crate::engine::{self, Evaluation, Input, Object, Phase};
 use crate::policy::PolicySet;
 use crate::rules::{Operation, RuleId, display_name};
 use decode::{Boxed, PVC, Peek, STATEFULSET, decode_as, generic_request, is, names_a_pvc};
@@ -143,10 +143,14 @@ impl Reviewer<'_> {
         }
         if names_a_pvc(body) {
             if let Some(review) = decode_as::<PersistentVolumeClaim>(body, PVC) {
-                return self.typed(phase, review, |o| Object::Pvc(o)).await;
+                return self
+                    .evaluate_decoded(phase, review, |o| Object::Pvc(o))
+                    .await;
             }
         } else if let Some(review) = decode_as::<StatefulSet>(body, STATEFULSET) {
-            return self.typed(phase, review, |o| Object::StatefulSet(o)).await;
+            return self
+                .evaluate_decoded(phase, review, |o| Object::StatefulSet(o))
+                .await;
         }
         let peek: Peek = serde_json::from_slice(body)?;
         if peek.api_version != kadm::META_API_VERSION_V1 {
@@ -187,7 +191,7 @@ impl Reviewer<'_> {
         Boxed<K>: Resource + DeserializeOwned,
     {
         match decode::from_slice(body) {
-            Ok(review) => self.typed(phase, review, wrap).await,
+            Ok(review) => self.evaluate_decoded(phase, review, wrap).await,
             Err(error) => self.uninterpretable(
                 body,
                 format!("the object does not decode as its kind: {error}"),
@@ -195,7 +199,7 @@ impl Reviewer<'_> {
         }
     }
 
-    async fn typed<K>(
+    async fn evaluate_decoded<K>(
         &self,
         phase: Phase,
         mut review: decode::Review<K>,
@@ -240,7 +244,7 @@ impl Reviewer<'_> {
             }
             _ => None,
         };
-        let subject = Subject {
+        let input = Input {
             operation,
             namespace: &namespace,
             object,
@@ -263,7 +267,7 @@ impl Reviewer<'_> {
                 }
             }
         }
-        let mut eval = engine::evaluate(phase, &subject, self.policies, &view);
+        let mut eval = engine::evaluate(phase, &input, self.policies, &view);
         if let Some(live) = self.live
             && eval
                 .findings
@@ -274,7 +278,7 @@ impl Reviewer<'_> {
             match Box::pin(live.live_pdbs(&namespace)).await {
                 Ok(pdbs) => {
                     view.pdbs = Some((*pdbs).clone());
-                    eval = engine::evaluate(phase, &subject, self.policies, &view);
+                    eval = engine::evaluate(phase, &input, self.policies, &view);
                 }
                 Err(error) => {
                     tracing::warn!(uid = %req.uid, %error, "live PodDisruptionBudget list failed; using the cache")

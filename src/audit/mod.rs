@@ -309,7 +309,7 @@ pub async fn run(
 ) {
     let Some(changes) = cache.changes() else {
         tracing::error!(
-            "background audit: the caches were started without change notifications (Keep::Audit); not running"
+            "background audit: the caches were started without change notifications (Watches::Audit); not running"
         );
         return;
     };

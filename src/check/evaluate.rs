@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::input::{Document, InputError, ObjectAt, decode, invalid, snapshot_of, type_of};
 use super::report::{ObjectReport, Report, ReportFinding, ReportMutation, Summary};
 use crate::cluster::ClusterView;
-use crate::engine::{self, Evaluation, Object, Phase, Subject};
+use crate::engine::{self, Evaluation, Input, Object, Phase};
 use crate::policy::PolicySet;
 use crate::rules::Operation;
 
@@ -96,7 +96,7 @@ fn evaluate_value(
     // Decodes `value` as its kind and runs one webhook's phase on it, as a CREATE.
     let run = |phase: Phase, value: Value| -> Result<(Evaluation, ObjectMeta), InputError> {
         let evaluate = |object: Object| {
-            let subject = Subject {
+            let input = Input {
                 operation: Operation::Create,
                 namespace: ns,
                 object,
@@ -104,7 +104,7 @@ fn evaluate_value(
                 claim_owner: claim_owner.as_ref(),
                 written,
             };
-            engine::evaluate(phase, &subject, policies, cluster)
+            engine::evaluate(phase, &input, policies, cluster)
         };
         if kind == "StatefulSet" {
             let written_selector = value

@@ -86,7 +86,7 @@ impl LiveQuestions {
 
 /// Who reads the caches besides admission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Keep {
+pub enum Watches {
     /// Admission only.
     #[default]
     Admission,
@@ -101,16 +101,16 @@ impl ClusterCache {
     /// Starts the watches on the current tokio runtime. The cache reports `is_known() == false`
     /// (and `/readyz` stays false) until every store has received its initial list.
     pub fn start(client: Client) -> Self {
-        Self::start_keeping(client, Keep::Admission, None)
+        Self::start_watching(client, Watches::Admission, None)
     }
 
-    /// [`Self::start`], keeping what `keep` says; live reads are counted in `metrics`.
-    pub fn start_keeping(client: Client, keep: Keep, metrics: Option<Arc<Metrics>>) -> Self {
+    /// [`Self::start`], with the watches `watches` says; live reads are counted in `metrics`.
+    pub fn start_watching(client: Client, watches: Watches, metrics: Option<Arc<Metrics>>) -> Self {
         // Each store keeps what the rules read, not the whole object: a projection (the object
-        // with the rest emptied) for the cluster-wide kinds, a type of `cluster::kept` for the
+        // with the rest emptied) for the cluster-wide kinds, a type of `cluster::cached` for the
         // namespaced ones. With 10,000 PDBs, managedFields alone would be most of the memory.
 
-        let changed = (keep == Keep::Audit).then(|| Arc::new(tokio::sync::Notify::new()));
+        let changed = (watches == Watches::Audit).then(|| Arc::new(tokio::sync::Notify::new()));
         // Besides the objects themselves, a PDB changes the verdict on the StatefulSets it
         // covers, a class on those that name it, a namespace's labels which policy applies.
         let storage_classes = spawn_reflector::<StorageClass>(
@@ -186,7 +186,7 @@ impl ClusterCache {
         }
     }
 
-    /// With [`Keep::Audit`]: notified on every change of a StatefulSet or PVC, and of the PDBs,
+    /// With [`Watches::Audit`]: notified on every change of a StatefulSet or PVC, and of the PDBs,
     /// classes and namespaces their verdicts read.
     pub fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.changed.clone()
@@ -323,7 +323,7 @@ where
 
 /// [`spawn_reflector`] for the kinds the rules read one namespace at a time: the events go to
 /// an [`Indexed`] store, which keeps what `keep` makes of each object (a type of
-/// [`super::kept`], a fraction of the object's size).
+/// [`super::cached`], a fraction of the object's size).
 fn spawn_indexed<K, V>(
     api: Api<K>,
     keep: fn(K) -> V,

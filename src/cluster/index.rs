@@ -2,7 +2,7 @@
 //! StatefulSets, and a review must not walk the whole cluster's. kube-runtime's `Store` keeps
 //! one flat map (reading a namespace is a filter over every object), so the namespaced caches
 //! keep an [`Indexed`] store instead, fed by the same watcher events. What they keep of each
-//! object is a type of `super::kept`, made when the event arrives.
+//! object is a type of `super::cached`, made when the event arrives.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -218,7 +218,7 @@ impl<V> Indexed<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::kept::Pdb;
+    use crate::cluster::cached::Pdb;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use watcher::Event;
 

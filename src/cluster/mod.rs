@@ -14,14 +14,14 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub mod cache;
+pub mod cached;
 pub mod health;
 pub mod index;
-pub mod kept;
 pub mod live;
 pub mod pages;
 
+pub use cached::{ClaimTemplates, Pdb};
 use index::ByNamespace;
-pub use kept::{ClaimTemplates, Pdb};
 
 /// The annotations that mark a StorageClass as the cluster default (GA and the older beta one).
 const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [

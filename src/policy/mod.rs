@@ -319,7 +319,7 @@ fn validate_document(doc: &PolicyDocument, source: &str) -> Result<(), PolicyErr
         return Err(invalid("metadata.name: must not be empty".into()));
     }
     if let Some(selector) = &doc.spec.scope.namespace_selector {
-        labels::validate(selector, "spec.match.namespaceSelector").map_err(invalid)?;
+        labels::check(selector, "spec.match.namespaceSelector").map_err(invalid)?;
     }
     doc.spec.rules.check().map_err(invalid)
 }

@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn subjects(f: &[Finding]) -> Vec<String> {
-        f.iter().map(|f| f.subject.to_string()).collect()
+        f.iter().map(|f| f.part.to_string()).collect()
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl MutationRule for FastStorageClass {
     fn mutate(
         sts: &StatefulSet,
         config: &Option<Config>,
-        _earlier: &super::Earlier,
+        _earlier: &super::Provided,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         match config {
@@ -352,7 +352,7 @@ impl MutationRule for FastStorageClass {
     ) -> Result<Mutation, serde_json::Error> {
         keep_classes(new, old, config.and_then(Option::as_ref))
     }
-    fn provide<'a>(config: &'a Option<Config>, earlier: &mut super::Earlier<'a>) {
+    fn provide<'a>(config: &'a Option<Config>, earlier: &mut super::Provided<'a>) {
         earlier.storage = config.as_ref();
     }
 }

@@ -115,7 +115,7 @@ pub trait MutationRule {
     fn mutate(
         sts: &StatefulSet,
         config: &Self::Config,
-        earlier: &Earlier,
+        earlier: &Provided,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error>;
     /// On a PVC CREATE.
@@ -136,9 +136,9 @@ pub trait MutationRule {
     ) -> Result<Mutation, serde_json::Error> {
         Ok(Mutation::none())
     }
-    /// What later rules may read of this one (their declared input, [`Earlier`]), when it
+    /// What later rules may read of this one (their declared input, [`Provided`]), when it
     /// applies its changes.
-    fn provide<'a>(_config: &'a Self::Config, _earlier: &mut Earlier<'a>) {}
+    fn provide<'a>(_config: &'a Self::Config, _earlier: &mut Provided<'a>) {}
 }
 
 /// A rule that reports problems: a pure function from the object to [`Finding`]s.
@@ -155,7 +155,7 @@ pub trait ValidationRule {
 
 /// What earlier mutation rules provide to later ones (filled by [`MutationRule::provide`]).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Earlier<'a> {
+pub struct Provided<'a> {
     /// `fast-storage-class` applies, with these parameters: the classes pods will really use
     /// (`topology-spread` reads their binding mode).
     pub storage: Option<&'a fast_storage_class::Config>,
@@ -317,7 +317,7 @@ pub struct Context<'a> {
 /// What a validation's findings are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detail {
-    /// Reported to people: every message whole.
+    /// RuleFinding to people: every message whole.
     Full,
     /// Only compared, by rule and part, with those of another version of the object (the old
     /// object of an UPDATE, for `updates.validate: newFindings`): a rule may leave out of its
@@ -435,7 +435,7 @@ impl fmt::Display for Part {
 pub struct Finding {
     pub rule: RuleId,
     /// The part of the object the finding is about.
-    pub subject: Part,
+    pub part: Part,
     /// What is wrong and exactly what to change.
     pub message: String,
     /// The rule could not verify (no cluster state): never deny on such a finding.
@@ -446,10 +446,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(rule: RuleId, subject: Part, message: impl Into<String>) -> Self {
+    pub fn new(rule: RuleId, part: Part, message: impl Into<String>) -> Self {
         Self {
             rule,
-            subject,
+            part,
             message: message.into(),
             unverified: false,
             advisory: false,
@@ -539,7 +539,7 @@ spec:
         config: &R::Config,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
-        R::mutate(sts, config, &Earlier::default(), ctx)
+        R::mutate(sts, config, &Provided::default(), ctx)
     }
 
     /// A mutation rule's `keep`, with no policy governing the namespace.

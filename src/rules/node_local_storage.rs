@@ -48,7 +48,7 @@ impl super::RuleConfig for Config {
     }
     fn check(&self) -> Result<(), String> {
         for (i, selector) in self.replicated_selectors.iter().enumerate() {
-            labels::validate(selector, &format!("replicatedSelectors[{i}]"))?;
+            labels::check(selector, &format!("replicatedSelectors[{i}]"))?;
         }
         Ok(())
     }
@@ -152,7 +152,7 @@ spec:
     fn subjects(s: &StatefulSet, cfg: &Config, cluster: &Snapshot) -> Vec<String> {
         NodeLocalStorage::validate(s, cfg, &ctx(Operation::Create, cluster))
             .into_iter()
-            .map(|f| f.subject.to_string())
+            .map(|f| f.part.to_string())
             .collect()
     }
 

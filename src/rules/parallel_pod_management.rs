@@ -27,7 +27,7 @@ impl MutationRule for ParallelPodManagement {
     fn mutate(
         sts: &StatefulSet,
         _cfg: &Config,
-        _earlier: &super::Earlier,
+        _earlier: &super::Provided,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         // podManagementPolicy is immutable: only CREATE.

@@ -44,7 +44,7 @@ impl super::RuleConfig for Config {
     }
     fn check(&self) -> Result<(), String> {
         for (i, selector) in self.quorum_selectors.iter().enumerate() {
-            labels::validate(selector, &format!("quorumSelectors[{i}]"))?;
+            labels::check(selector, &format!("quorumSelectors[{i}]"))?;
         }
         Ok(())
     }

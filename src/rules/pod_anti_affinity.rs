@@ -65,7 +65,7 @@ impl MutationRule for PodAntiAffinity {
     fn mutate(
         sts: &StatefulSet,
         cfg: &Config,
-        _earlier: &super::Earlier,
+        _earlier: &super::Provided,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         let spec = &sts.spec;

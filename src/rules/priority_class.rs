@@ -70,7 +70,7 @@ impl MutationRule for PriorityClass {
     fn mutate(
         sts: &StatefulSet,
         cfg: &Config,
-        _earlier: &super::Earlier,
+        _earlier: &super::Provided,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         // The class lives in the pod template: changing it on UPDATE would roll every pod.

@@ -65,7 +65,7 @@ spec:
             &ctx(Operation::Create, &cluster),
         );
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].subject, Part::Container("db".into()));
+        assert_eq!(f[0].part, Part::Container("db".into()));
     }
 
     #[test]

@@ -46,7 +46,7 @@ mod tests {
             &ctx(Operation::Create, &cluster),
         );
         assert_eq!(findings.len(), 1);
-        assert_eq!(findings[0].subject, crate::rules::Part::Container("db".into()));
+        assert_eq!(findings[0].part, crate::rules::Part::Container("db".into()));
         assert!(findings[0].message.contains("has no livenessProbe"));
     }
 

@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(reported.len(), 1);
         assert_eq!(only_compared.len(), 1);
         let (r, c) = (&reported[0], &only_compared[0]);
-        assert_eq!((r.rule, &r.subject), (c.rule, &c.subject));
+        assert_eq!((r.rule, &r.part), (c.rule, &c.part));
         assert!(r.message.contains("kind: PodDisruptionBudget"), "{}", r.message);
         assert!(!c.message.contains("---"), "{}", c.message);
         assert!(r.message.starts_with(&c.message), "{}", c.message);

@@ -185,7 +185,7 @@ impl ValidationRule for RequirePersistentStorage {
                     .iter()
                     .any(|v| v.name == m.name && v.empty_dir.is_some());
                 let part = Part::Volume(m.name.clone());
-                if on_empty_dir && !findings.iter().any(|f| f.subject == part) {
+                if on_empty_dir && !findings.iter().any(|f| f.part == part) {
                     findings.push(Finding::new(
                         RuleId::RequirePersistentStorage,
                         part,
@@ -231,7 +231,7 @@ spec:
 "#,
         );
         assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].subject, Part::Volume("data".into()));
+        assert_eq!(f[0].part, Part::Volume("data".into()));
         assert!(f[0].message.contains("emptyDir holding the data directory"));
         let f = findings(
             r#"

@@ -90,7 +90,7 @@ impl ValidationRule for RequirePriorityClass {
         }
     }
     fn action_of(config: &Config, finding: &Finding) -> ValidateAction {
-        match finding.subject {
+        match finding.part {
             Part::Whole(Aspect::NoPriorityClass) => config.without_class,
             _ => config.action,
         }
@@ -124,7 +124,7 @@ mod tests {
         let cluster = Snapshot::known(vec![pdb("db")], vec![], vec![]);
         let found = RequirePriorityClass::validate(&basic_sts(), &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].subject, Part::Whole(Aspect::NoPriorityClass));
+        assert_eq!(found[0].part, Part::Whole(Aspect::NoPriorityClass));
         assert!(found[0].message.contains("db-pdb"), "{}", found[0].message);
         assert!(found[0].message.contains("preempted"));
         // Recorded, not shown, under the default policy; a missing class is warned.
@@ -162,7 +162,7 @@ mod tests {
             Snapshot::known(vec![], vec![], vec![]).with_priority_classes(vec![class("other")]);
         let found = RequirePriorityClass::validate(&sts, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].subject, Part::Whole(Aspect::PriorityClassMissing));
+        assert_eq!(found[0].part, Part::Whole(Aspect::PriorityClassMissing));
         assert!(found[0].message.contains("\"stateful\", which does not exist"));
         // Known to exist, or nothing known about classes: no finding.
         let cluster =

@@ -73,7 +73,7 @@ spec:
       - {name: config-reload, image: reloader}
 "#);
         let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
-        let subjects: Vec<_> = findings.iter().map(|f| f.subject.to_string()).collect();
+        let subjects: Vec<_> = findings.iter().map(|f| f.part.to_string()).collect();
         assert_eq!(subjects, ["container/metrics", "container/log-shipper"]);
         assert!(
             findings[0]

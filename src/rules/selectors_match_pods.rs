@@ -177,7 +177,7 @@ spec:
         let f = found(&with_affinity(
             "topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: db}}}]",
         ));
-        assert_eq!(f[0].subject.to_string(), "topologySpreadConstraints[0]");
+        assert_eq!(f[0].part.to_string(), "topologySpreadConstraints[0]");
     }
 
     #[test]

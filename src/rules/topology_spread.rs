@@ -102,7 +102,7 @@ fn hard_constraint_risk(
 }
 
 /// The rule, as the registry in `rules/mod.rs` lists it. Its declared input: the classes
-/// `fast-storage-class` will set ([`super::Earlier::storage`]).
+/// `fast-storage-class` will set ([`super::Provided::storage`]).
 pub struct TopologySpread;
 
 impl MutationRule for TopologySpread {
@@ -110,7 +110,7 @@ impl MutationRule for TopologySpread {
     fn mutate(
         sts: &StatefulSet,
         cfg: &Config,
-        earlier: &super::Earlier,
+        earlier: &super::Provided,
         ctx: &Context,
     ) -> Result<Mutation, serde_json::Error> {
         let storage = earlier.storage;
@@ -203,7 +203,7 @@ impl MutationRule for TopologySpread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Earlier;
+    use crate::rules::Provided;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
     use crate::rules::testing::{apply, basic_sts, ctx};
@@ -241,7 +241,7 @@ mod tests {
         let m = TopologySpread::mutate(
             &obj,
             &Config::default(),
-            &Earlier::default(),
+            &Provided::default(),
             &ctx(Operation::Create, &cluster),
         )
         .unwrap();
@@ -257,7 +257,7 @@ mod tests {
     fn hard_spread_when_every_class_waits_for_first_consumer() {
         let cluster = Snapshot::known(vec![], vec![class("wffc", "WaitForFirstConsumer")], vec![]);
         let obj = basic_sts();
-        let m = TopologySpread::mutate(&obj, &hard(), &Earlier::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = TopologySpread::mutate(&obj, &hard(), &Provided::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(
             constraint_of(&apply(&obj, &m)).when_unsatisfiable,
             "DoNotSchedule"
@@ -269,7 +269,7 @@ mod tests {
     fn immediate_binding_downgrades_to_soft_with_a_warning() {
         let cluster = Snapshot::known(vec![], vec![class("standard", "Immediate")], vec![]);
         let obj = basic_sts();
-        let m = TopologySpread::mutate(&obj, &hard(), &Earlier::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = TopologySpread::mutate(&obj, &hard(), &Provided::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(
             constraint_of(&apply(&obj, &m)).when_unsatisfiable,
             "ScheduleAnyway"
@@ -294,7 +294,7 @@ mod tests {
         let m = TopologySpread::mutate(
             &obj,
             &hard(),
-            &Earlier { storage: Some(&storage) },
+            &Provided { storage: Some(&storage) },
             &ctx(Operation::Create, &cluster),
         )
         .unwrap();
@@ -310,7 +310,7 @@ mod tests {
         let m = TopologySpread::mutate(
             &basic_sts(),
             &hard(),
-            &Earlier::default(),
+            &Provided::default(),
             &ctx(Operation::Create, &cluster),
         )
         .unwrap();
@@ -326,13 +326,13 @@ mod tests {
             &TopologySpread::mutate(
                 &obj,
                 &Config::default(),
-                &Earlier::default(),
+                &Provided::default(),
                 &ctx(Operation::Create, &cluster),
             )
             .unwrap(),
         );
         assert!(
-            TopologySpread::mutate(&once, &hard(), &Earlier::default(), &ctx(Operation::Create, &cluster))
+            TopologySpread::mutate(&once, &hard(), &Provided::default(), &ctx(Operation::Create, &cluster))
                 .unwrap()
                 .is_empty()
         );
@@ -340,7 +340,7 @@ mod tests {
             TopologySpread::mutate(
                 &obj,
                 &Config::default(),
-                &Earlier::default(),
+                &Provided::default(),
                 &ctx(Operation::Update, &cluster)
             )
             .unwrap()

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cli::{ClusterMode, ServeArgs};
-use crate::cluster::cache::{ClusterCache, Keep};
+use crate::cluster::cache::{ClusterCache, Watches};
 use crate::cluster::health;
 use crate::cluster::{ClusterView, Snapshot};
 use crate::metrics::Metrics;
@@ -200,13 +200,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file_source = policies(&args, &store)?;
 
     let keep = if args.background_audit_interval().is_some() {
-        Keep::Audit
+        Watches::Audit
     } else {
-        Keep::Admission
+        Watches::Admission
     };
     let live = client
         .clone()
-        .map(|client| ClusterCache::start_keeping(client, keep, Some(metrics.clone())));
+        .map(|client| ClusterCache::start_watching(client, keep, Some(metrics.clone())));
     let mut elector_task = None;
     let audit = match (&live, args.background_audit_interval()) {
         (Some(cache), Some(interval)) => {
