@@ -116,7 +116,6 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
     if eval.skipped.is_some() && eval.mutations.is_empty() && eval.recorded.is_none() {
         return resp;
     }
-    let auditing = eval.mode == Mode::Audit;
     let mut warnings = Warnings::default();
     let mut annotations = Annotations::default();
     if eval.policy.is_some() {
@@ -126,6 +125,42 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
         );
     }
 
+    report_mutations(eval, meta, &mut warnings, &mut annotations);
+    let denials = report_findings(eval, &mut warnings, &mut annotations);
+
+    let mut resp = resp;
+    resp.audit_annotations = annotations.finish();
+    let warnings = warnings.finish();
+    if !warnings.is_empty() {
+        resp.warnings = Some(warnings);
+    }
+    if !denials.is_empty() {
+        return resp.deny(format!("stateful-guard: {}", denials.join("\n")));
+    }
+    let ops = eval.patch(meta);
+    if ops.is_empty() {
+        return resp;
+    }
+    // The operations are serialized where they are, borrowed from the evaluation; `to_wire`
+    // sends the bytes with their patchType.
+    match serde_json::to_vec(&ops) {
+        Ok(patch) => resp.patch = Some(patch),
+        Err(error) => {
+            tracing::error!(%error, "could not serialize the patch; admitting unchanged")
+        }
+    }
+    resp
+}
+
+/// What the mutations did, or would have done: a warning each (in audit mode too), the
+/// `mutated` and `kept` annotations, the `would-patch` of those not applied.
+fn report_mutations(
+    eval: &Evaluation,
+    meta: &ObjectMeta,
+    warnings: &mut Warnings,
+    annotations: &mut Annotations,
+) {
+    let auditing = eval.mode == Mode::Audit;
     for m in &eval.mutations {
         let rule = m.rule.as_str();
         let summary = &m.mutation.summary;
@@ -178,7 +213,15 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
         };
         annotations.insert("would-patch", json);
     }
+}
 
+/// What the findings say: a warning each for `warn` (and for `enforce` in audit mode), an audit
+/// annotation each; returns the denial's lines (at most [`limits::DENIALS`], then how many more).
+fn report_findings(
+    eval: &Evaluation,
+    warnings: &mut Warnings,
+    annotations: &mut Annotations,
+) -> Vec<String> {
     let mut denials = Vec::new();
     let mut denials_omitted = 0;
     for r in &eval.findings {
@@ -205,33 +248,12 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
         annotations.append(rule, &format!("{}: {head}", r.action.as_str()));
     }
 
-    let mut resp = resp;
-    resp.audit_annotations = annotations.finish();
-    let warnings = warnings.finish();
-    if !warnings.is_empty() {
-        resp.warnings = Some(warnings);
-    }
     if denials_omitted > 0 {
         denials.push(format!(
             "... and {denials_omitted} more findings of the same kinds"
         ));
     }
-    if !denials.is_empty() {
-        return resp.deny(format!("stateful-guard: {}", denials.join("\n")));
-    }
-    let ops = eval.patch(meta);
-    if ops.is_empty() {
-        return resp;
-    }
-    // The operations are serialized where they are, borrowed from the evaluation; `to_wire`
-    // sends the bytes with their patchType.
-    match serde_json::to_vec(&ops) {
-        Ok(patch) => resp.patch = Some(patch),
-        Err(error) => {
-            tracing::error!(%error, "could not serialize the patch; admitting unchanged")
-        }
-    }
-    resp
+    denials
 }
 
 /// The response body as kube-apiserver expects it.

@@ -166,6 +166,87 @@ fn identity() -> String {
     format!("{host}_{:08x}", hasher.finish() as u32)
 }
 
+/// With a cluster connection and `--background-audit`: the audit's task, and the Lease election
+/// that decides which replica writes its PolicyReports. Returns the audit's results (for
+/// `/report`) and the election's task.
+fn start_audit(
+    args: &ServeArgs,
+    live: Option<&ClusterCache>,
+    client: Option<&kube::Client>,
+    store: &Arc<PolicyStore>,
+    metrics: &Arc<Metrics>,
+) -> (
+    Option<Arc<crate::audit::Results>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let mut elector_task = None;
+    let audit = match (live, args.background_audit_interval()) {
+        (Some(cache), Some(interval)) => {
+            let results = Arc::new(crate::audit::Results::default());
+            let writer = client.cloned().map(|client| {
+                let elector =
+                    crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity());
+                let leadership = elector.leadership();
+                // It hears SIGTERM itself, and gives the Lease up while the server drains.
+                elector_task = Some(tokio::spawn(elector.run(shutdown_signal())));
+                crate::audit::Writer::new(client, leadership)
+            });
+            tokio::spawn(crate::audit::run(
+                cache.clone(),
+                store.clone(),
+                metrics.clone(),
+                interval,
+                results.clone(),
+                writer,
+            ));
+            Some(results)
+        }
+        (None, Some(_)) => {
+            tracing::info!("no cluster connection: the background audit does not run");
+            None
+        }
+        _ => None,
+    };
+    (audit, elector_task)
+}
+
+/// The probe listener (`--probe-listen`) and the metrics listener (`--metrics-listen`), when
+/// asked for.
+async fn spawn_side_listeners(
+    args: &ServeArgs,
+    state: &Arc<AppState>,
+    client: Option<&kube::Client>,
+    metrics_tls: rustls::ServerConfig,
+) -> anyhow::Result<()> {
+    if let Some(address) = args.probe_listen {
+        let probes = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--probe-listen)"))?;
+        tracing::info!(address = %probes.local_addr()?, "serving the health probes over HTTP");
+        tokio::spawn(serve_probes(probes, routes::probe_router(state.clone())));
+    }
+    if let Some(address) = args.metrics_listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving /metrics and /report over HTTPS, for authorized callers");
+        let auth = match client {
+            Some(client) => auth::MetricsAuth::Delegated(auth::Delegated::new(client.clone())),
+            None => auth::MetricsAuth::LoopbackOnly,
+        };
+        let app = routes::metrics_router(state.clone(), auth);
+        let metrics_args = MetricsListener {
+            acceptor: TlsAcceptor::from(Arc::new(metrics_tls)),
+            app,
+            settings: connection_settings(args, Vec::new()),
+            state: state.clone(),
+        };
+        tokio::spawn(metrics_args.serve(listener));
+    }
+
+    Ok(())
+}
+
 /// `stateful-guard serve`.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -207,34 +288,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let live = client
         .clone()
         .map(|client| ClusterCache::start_watching(client, keep, Some(metrics.clone())));
-    let mut elector_task = None;
-    let audit = match (&live, args.background_audit_interval()) {
-        (Some(cache), Some(interval)) => {
-            let results = Arc::new(crate::audit::Results::default());
-            let writer = client.clone().map(|client| {
-                let elector =
-                    crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity());
-                let leadership = elector.leadership();
-                // It hears SIGTERM itself, and gives the Lease up while the server drains.
-                elector_task = Some(tokio::spawn(elector.run(shutdown_signal())));
-                crate::audit::Writer::new(client, leadership)
-            });
-            tokio::spawn(crate::audit::run(
-                cache.clone(),
-                store.clone(),
-                metrics.clone(),
-                interval,
-                results.clone(),
-                writer,
-            ));
-            Some(results)
-        }
-        (None, Some(_)) => {
-            tracing::info!("no cluster connection: the background audit does not run");
-            None
-        }
-        _ => None,
-    };
+    let (audit, elector_task) =
+        start_audit(&args, live.as_ref(), client.as_ref(), &store, &metrics);
     let view: Arc<dyn ClusterView> = match &live {
         Some(cache) => Arc::new(cache.clone()),
         None => Arc::new(Snapshot::unknown()),
@@ -294,31 +349,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(source) = file_source {
         tokio::spawn(source.watch(store.clone(), args.reload_interval));
     }
-    if let Some(address) = args.probe_listen {
-        let probes = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address} (--probe-listen)"))?;
-        tracing::info!(address = %probes.local_addr()?, "serving the health probes over HTTP");
-        tokio::spawn(serve_probes(probes, routes::probe_router(state.clone())));
-    }
-    if let Some(address) = args.metrics_listen {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?;
-        tracing::info!(address = %listener.local_addr()?, "serving /metrics and /report over HTTPS, for authorized callers");
-        let auth = match &client {
-            Some(client) => auth::MetricsAuth::Delegated(auth::Delegated::new(client.clone())),
-            None => auth::MetricsAuth::LoopbackOnly,
-        };
-        let app = routes::metrics_router(state.clone(), auth);
-        let metrics_args = MetricsListener {
-            acceptor: TlsAcceptor::from(Arc::new(metrics_tls)),
-            app,
-            settings: connection_settings(&args, Vec::new()),
-            state: state.clone(),
-        };
-        tokio::spawn(metrics_args.serve(listener));
-    }
+    spawn_side_listeners(&args, &state, client.as_ref(), metrics_tls).await?;
 
     serve(
         listener,

@@ -12,31 +12,38 @@ use stateful_guard::cluster::{ClusterView, Snapshot};
 use stateful_guard::engine::Phase;
 use stateful_guard::policy::{PolicySet, parse_documents};
 
-/// The runtime stage of the Dockerfile (its last): instruction → arguments, in order.
-pub fn runtime_stage() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
-    let mut stage = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (keyword, rest) = line.split_once(' ').unwrap_or((line, ""));
-        if keyword == "FROM" {
-            stage.clear();
-        }
-        stage.push((keyword.to_owned(), rest.trim().to_owned()));
-    }
-    stage
+/// What `scripts/image-binary` (the one reader of the Dockerfile) prints with `flag`.
+fn dockerfile(flag: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/image-binary"))
+        .arg(flag)
+        .output()
+        .expect("python3 runs scripts/image-binary");
+    assert!(
+        out.status.success(),
+        "scripts/image-binary {flag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
-/// The environment the image gives the binary: the runtime stage's `ENV NAME=value` lines.
+/// The runtime stage of the Dockerfile (its last): instruction → arguments, in order, as
+/// `scripts/image-binary --runtime-stage` reads it.
+pub fn runtime_stage() -> Vec<(String, String)> {
+    dockerfile("--runtime-stage")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("[keyword, arguments]"))
+        .collect()
+}
+
+/// The environment the image gives the binary: the runtime stage's `ENV NAME=value` lines, as
+/// `scripts/image-binary --runtime-env` reads them.
 pub fn image_env() -> Vec<(String, String)> {
-    runtime_stage()
-        .into_iter()
-        .filter(|(keyword, _)| keyword == "ENV")
-        .map(|(_, pair)| {
-            let (name, value) = pair.split_once('=').expect("ENV NAME=value");
-            (name.trim().to_owned(), value.trim().to_owned())
+    dockerfile("--runtime-env")
+        .lines()
+        .map(|line| {
+            let (name, value) = line.split_once('=').expect("NAME=value");
+            (name.to_owned(), value.to_owned())
         })
         .collect()
 }
