@@ -438,23 +438,54 @@ struct MetricsListener {
 
 /// Connections the metrics listener and the probe listener each keep open at most.
 const SIDE_CONNECTIONS: usize = 64;
+/// Connections one client may keep open on either.
+const SIDE_PER_CLIENT: usize = 8;
 
-impl MetricsListener {
-    async fn serve(self, listener: TcpListener) {
-        let (_stop, stopping) = tokio::sync::watch::channel(false);
-        let open = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
-        let per_client = conn::PerClient::new(8, Vec::new());
+/// The connection limits of a side listener.
+struct SideLimits {
+    open: Arc<tokio::sync::Semaphore>,
+    per_client: Arc<conn::PerClient>,
+}
+
+impl SideLimits {
+    fn new() -> Self {
+        Self {
+            open: Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS)),
+            per_client: conn::PerClient::new(SIDE_PER_CLIENT, Vec::new()),
+        }
+    }
+
+    /// The next connection there is room for, with its share of the limits (a connection
+    /// beyond them is closed at once).
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+    ) -> (
+        tokio::net::TcpStream,
+        SocketAddr,
+        (tokio::sync::OwnedSemaphorePermit, conn::ClientSlot),
+    ) {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let (Ok(permit), Some(slot)) = (
-                open.clone().try_acquire_owned(),
-                per_client.admit(peer.ip()),
-            ) else {
-                continue;
-            };
+            if let (Ok(permit), Some(slot)) = (
+                self.open.clone().try_acquire_owned(),
+                self.per_client.admit(peer.ip()),
+            ) {
+                return (tcp, peer, (permit, slot));
+            }
+        }
+    }
+}
+
+impl MetricsListener {
+    async fn serve(self, listener: TcpListener) {
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let side = SideLimits::new();
+        loop {
+            let (tcp, peer, held) = side.accept(&listener).await;
             let _ = tcp.set_nodelay(true);
             tokio::spawn(connection(
                 tcp,
@@ -464,7 +495,7 @@ impl MetricsListener {
                 self.settings.clone(),
                 self.state.metrics.clone(),
                 stopping.clone(),
-                (permit, slot),
+                held,
             ));
         }
     }
@@ -478,25 +509,15 @@ async fn serve_probes(listener: TcpListener, app: axum::Router) {
         .header_read_timeout(Duration::from_secs(5))
         .keep_alive(false);
     let http = Arc::new(http);
-    let open = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
-    let per_client = conn::PerClient::new(8, Vec::new());
+    let side = SideLimits::new();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (Ok(permit), Some(slot)) = (
-            open.clone().try_acquire_owned(),
-            per_client.admit(peer.ip()),
-        ) else {
-            continue;
-        };
+        let (tcp, _, held) = side.accept(&listener).await;
         let (http, app) = (http.clone(), app.clone());
         tokio::spawn(async move {
             let service = TowerToHyperService::new(app);
             let serve = http.serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(Duration::from_secs(10), serve).await;
-            drop((permit, slot));
+            drop(held);
         });
     }
 }
