@@ -108,6 +108,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SG_BACKGROUND_AUDIT", default_value = "10m", value_parser = duration_or_off)]
     pub background_audit: Duration,
 
+    /// Resize the existing claims of a StatefulSet whose claim template grew (volume-growth
+    /// recorded a larger size): the replica holding the Lease patches each Bound claim below its
+    /// recorded size. Needs `get` and `patch` on PersistentVolumeClaims (the chart's
+    /// volumeGrowth.enabled grants them).
+    #[arg(long, env = "SG_GROW_VOLUMES")]
+    pub grow_volumes: bool,
+
     /// How often certificate and policy files are checked for changes (Secret and ConfigMap
     /// volumes change by an atomic `..data` symlink swap, which polling always sees).
     #[arg(long, env = "SG_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]

@@ -146,7 +146,12 @@ impl Evaluation {
             .iter()
             .flat_map(|m| m.mutation.ops.iter().map(Cow::Borrowed))
             .collect();
-        if let Some(op) = mutated_annotation(meta, chosen.iter().map(|m| m.rule), recorded) {
+        // A rule's own annotation may have created the annotations object in this patch.
+        let created = ops.iter().any(|op| {
+            matches!(op.as_ref(), PatchOperation::Add(add) if add.path.as_str() == "/metadata/annotations")
+        });
+        if let Some(op) = mutated_annotation(meta, chosen.iter().map(|m| m.rule), recorded, created)
+        {
             ops.push(Cow::Owned(op));
         }
         ops
@@ -172,6 +177,7 @@ fn mutated_annotation(
     meta: &ObjectMeta,
     rules: impl Iterator<Item = RuleId>,
     recorded: Option<&str>,
+    created: bool,
 ) -> Option<PatchOperation> {
     let existing = recorded_on(meta);
     let mut all: BTreeSet<&str> = existing
@@ -190,7 +196,7 @@ fn mutated_annotation(
     if existing == Some(&value) {
         return None;
     }
-    let op = if meta.annotations.is_some() {
+    let op = if meta.annotations.is_some() || created {
         patch::set(
             &["metadata", "annotations", MUTATED_ANNOTATION],
             existing.is_some(),
@@ -240,8 +246,22 @@ pub fn evaluate(
     cluster: &dyn ClusterView,
 ) -> Evaluation {
     if let (Object::Pvc(pvc), Some(owner)) = (input.object, input.claim_owner) {
-        // The StatefulSet's own admission decided its claims' class, with its opt-outs.
+        // The StatefulSet's own admission decided its claims' class, with its opt-outs; and a
+        // size recorded since (volume-growth) is the one a new replica's claim gets.
+        let grown = crate::rules::volume_growth::claim_size(pvc, owner);
+        let mutations = if grown.is_empty() {
+            Vec::new()
+        } else {
+            vec![RuleMutation {
+                rule: RuleId::VolumeGrowth,
+                action: MutateAction::Mutate,
+                applied: true,
+                kept: false,
+                mutation: grown,
+            }]
+        };
         return Evaluation {
+            mutations,
             skipped: Some(format!(
                 "PersistentVolumeClaim {} is created by the StatefulSet controller from claim template {:?} of StatefulSet {}: it gets what that template says, decided when the StatefulSet was admitted",
                 pvc.metadata.name.as_deref().unwrap_or("?"),
@@ -318,6 +338,10 @@ pub fn evaluate(
         mutate_template_on_update: policy.spec.updates.mutate_template,
         written: input.written,
         detail: Detail::Full,
+        old: match input.old {
+            Some(Object::StatefulSet(old)) => Some(old),
+            _ => None,
+        },
     };
     let mut eval = Evaluation {
         policy: Some(policy.clone()),

@@ -11,6 +11,7 @@
 //! - [`certs`]: serving-certificate generation with rcgen
 //! - [`check`]: the `check` command (the same engine over manifests, or what a cluster runs)
 //! - [`audit`]: the background audit in `serve` (the same engine over what the caches hold)
+//! - [`grow`]: with `serve --grow-volumes`, the resize of existing claims after a template grew
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod grow;
 pub mod labels;
 pub mod metrics;
 pub mod policy;

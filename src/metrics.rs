@@ -58,6 +58,13 @@ pub struct BudgetResultLabels {
     pub result: &'static str,
 }
 
+/// A claim's state against its recorded size (`grow`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// `pending`, `growing`, `done`, `failed`
+    pub state: &'static str,
+}
+
 /// A live read a review caused (`cluster::live`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LiveReadLabels {
@@ -186,6 +193,9 @@ instruments! {
     audit_objects: Gauge = Default::default(),
         "background_audit_objects",
         "StatefulSets and PVCs evaluated by the last background audit scan";
+    claims: Family<ClaimLabels, Gauge> = Default::default(),
+        "claims",
+        "With --grow-volumes: the claims of StatefulSets whose claim templates grew, by state against the recorded size (pending: not Bound yet, growing, done, failed)";
 }
 
 /// Latency buckets from 50µs: an evaluation takes tens of microseconds, and kube-apiserver's

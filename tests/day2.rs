@@ -360,3 +360,62 @@ async fn a_replace_keeps_the_priority_class_set_at_creation() {
     let ops = patch(&resp).cloned().unwrap_or(json!([]));
     assert!(!ops.to_string().contains("priorityClassName"), "{ops}");
 }
+
+/// The captured updates that raise a claim template from 1Gi to 2Gi (`kubectl apply`, and
+/// server-side apply as a GitOps tool sends it), which the apiserver refuses on its own.
+const GROWING: [&str; 2] = [
+    "statefulset-update-grow-claim-apply.mutating.json",
+    "statefulset-update-grow-claim-server-side-apply.mutating.json",
+];
+
+/// Raising `storage` in the manifest: the stored template is put back (so the apiserver accepts
+/// the update: the claim templates end up exactly as stored, the fields it refuses to change), the
+/// new size is recorded, and the user is told what happens; the same request as a dry run gets
+/// the same answer (the webhook writes nothing itself).
+#[tokio::test]
+async fn a_claim_template_that_grows_is_recorded_and_the_stored_one_kept() {
+    let policies = default_policies();
+    for name in GROWING {
+        let body = review_fixture(name);
+        let old = old_object(&body);
+        let (patched, resp) = mutate_update(name, &body, &policies).await;
+        for field in ["podManagementPolicy", "volumeClaimTemplates", "selector"] {
+            assert_eq!(patched["spec"][field], old["spec"][field], "{name}: spec.{field}");
+        }
+        assert_eq!(
+            patched["metadata"]["annotations"]["stateful-guard.io/claim-sizes"], "data=2Gi",
+            "{name}"
+        );
+        let warnings = warnings(&resp);
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("volume-growth") && w.contains("data to 2Gi")),
+            "{name}: {warnings:?}"
+        );
+        // The validating webhook then sees the patched update, and lets it through.
+        let verdict = review(Phase::Validate, &with_object(&body, &patched), &policies).await;
+        assert!(allowed(&verdict), "{name}: {}", verdict["response"]);
+        // A dry run: the same answer, nothing else.
+        let mut dry: Value = serde_json::from_slice(&body).unwrap();
+        dry["request"]["dryRun"] = json!(true);
+        let dry = review(Phase::Mutate, &serde_json::to_vec(&dry).unwrap(), &policies).await;
+        assert_eq!(patch(&dry), patch(&resp), "{name}");
+    }
+}
+
+/// Lowering it is refused, with why and what to do; the apiserver would have answered a bare
+/// "Forbidden: updates to statefulset spec ...".
+#[tokio::test]
+async fn a_claim_template_that_shrinks_is_refused_with_what_to_do() {
+    let body = review_fixture("statefulset-update-shrink-claim-apply.mutating.json");
+    let resp = review(Phase::Mutate, &body, &default_policies()).await;
+    assert!(!allowed(&resp), "{}", resp["response"]);
+    let message = resp["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("[volume-growth]")
+            && message.contains("storage 500Mi is smaller than 1Gi")
+            && message.contains("cannot shrink"),
+        "{message}"
+    );
+}

@@ -84,6 +84,7 @@ fn names_actions_and_the_policy_schema_come_from_the_same_list() {
         RuleId::MUTATIONS,
         &[
             RuleId::FastStorageClass,
+            RuleId::VolumeGrowth,
             RuleId::PodAntiAffinity,
             RuleId::TopologySpread,
             RuleId::ParallelPodManagement,

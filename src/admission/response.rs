@@ -126,7 +126,25 @@ pub fn build(resp: AdmissionResponse, eval: &Evaluation, meta: &ObjectMeta) -> A
     }
 
     report_mutations(eval, meta, &mut warnings, &mut annotations);
-    let denials = report_findings(eval, &mut warnings, &mut annotations);
+    let mut denials = report_findings(eval, &mut warnings, &mut annotations);
+    // A mutation rule that refuses the request as it is (a claim template that shrinks).
+    for m in &eval.mutations {
+        if let Some(why) = &m.mutation.refusal {
+            let rule = m.rule.as_str();
+            if m.applied {
+                denials.insert(0, format!("[{rule}] {}", truncate(why, limits::DENIAL)));
+            } else {
+                warnings.push(format!(
+                    "stateful-guard (audit mode): would deny: {rule}: {}",
+                    headline(why)
+                ));
+            }
+            annotations.append(
+                rule,
+                &format!("{}: refused: {}", m.action.as_str(), headline(why)),
+            );
+        }
+    }
 
     let mut resp = resp;
     resp.audit_annotations = annotations.finish();

@@ -197,6 +197,12 @@ impl ClusterCache {
         &self.client
     }
 
+    /// The StatefulSets with claim sizes recorded by `volume-growth`, with their namespaces.
+    pub fn grown_statefulsets(&self) -> Vec<(String, Arc<ClaimTemplates>)> {
+        self.statefulsets
+            .read(|all| all.select(|sts| !sts.sizes.is_empty()))
+    }
+
     /// Whether every reflector has completed its initial list.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)

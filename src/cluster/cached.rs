@@ -65,11 +65,17 @@ fn selector(mut selector: LabelSelector) -> Option<Selector> {
 pub struct ClaimTemplates {
     pub statefulset: String,
     pub templates: Vec<String>,
+    /// The sizes `volume-growth` recorded for its claim templates (template, size), if any.
+    pub sizes: Vec<(String, String)>,
+    /// Its replicas: the ordinals whose claims exist.
+    pub replicas: i32,
 }
 
 impl From<StatefulSet> for ClaimTemplates {
     fn from(sts: StatefulSet) -> Self {
         Self {
+            sizes: crate::rules::volume_growth::recorded_sizes(&sts.metadata),
+            replicas: sts.spec.replicas.unwrap_or(1),
             statefulset: sts.metadata.name.unwrap_or_default(),
             templates: sts
                 .spec
@@ -194,7 +200,9 @@ mod tests {
             ClaimTemplates::from(sts),
             ClaimTemplates {
                 statefulset: "web".into(),
-                templates: vec!["www".into(), "logs".into()]
+                templates: vec!["www".into(), "logs".into()],
+                sizes: vec![],
+                replicas: 1,
             }
         );
     }

@@ -62,6 +62,19 @@ impl<V> ByNamespace<V> {
         removed
     }
 
+    /// Every value that `keep` selects, with its namespace.
+    pub fn select(&self, keep: impl Fn(&V) -> bool) -> Vec<(String, Arc<V>)> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, objects)| {
+                objects
+                    .values()
+                    .filter(|v| keep(v))
+                    .map(move |v| (ns.clone(), v.clone()))
+            })
+            .collect()
+    }
+
     /// The values of one namespace, by name.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<V>> {
         self.namespaces

@@ -77,6 +77,8 @@ pub trait ClusterView: Send + Sync {
 pub struct ClaimOwner {
     pub statefulset: String,
     pub template: String,
+    /// The size `volume-growth` recorded for the template (larger than the stored template's).
+    pub size: Option<String>,
 }
 
 /// The claim owner of `claim` among `statefulsets` (all of one namespace).
@@ -100,6 +102,11 @@ pub fn claim_owner_among<'a>(
         Some(ClaimOwner {
             statefulset: name.to_owned(),
             template: template.to_owned(),
+            size: sts
+                .sizes
+                .iter()
+                .find(|(t, _)| t == template)
+                .map(|(_, size)| size.clone()),
         })
     })
 }
@@ -390,7 +397,8 @@ mod tests {
             owner("www-web-0"),
             Some(ClaimOwner {
                 statefulset: "web".into(),
-                template: "www".into()
+                template: "www".into(),
+                size: None,
             })
         );
         assert_eq!(owner("logs-web-12").unwrap().template, "logs");

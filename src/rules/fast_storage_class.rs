@@ -246,6 +246,7 @@ fn mutate_claim(
             reason.describe(current)
         ),
         notes: vec![],
+        refusal: None,
     })
 }
 

@@ -38,6 +38,7 @@ mod registry;
 registry! {
     mutations: [
         FastStorageClass => fast_storage_class: "fast-storage-class",
+        VolumeGrowth => volume_growth: "volume-growth",
         PodAntiAffinity => pod_anti_affinity: "pod-anti-affinity",
         TopologySpread => topology_spread: "topology-spread",
         ParallelPodManagement => parallel_pod_management: "parallel-pod-management",
@@ -312,12 +313,14 @@ pub struct Context<'a> {
     pub written: Option<&'a serde_json::Value>,
     /// What the findings are for: reported, or only compared by rule and part.
     pub detail: Detail,
+    /// On UPDATE, the stored StatefulSet the update replaces.
+    pub old: Option<&'a StatefulSet>,
 }
 
 /// What a validation's findings are for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detail {
-    /// RuleFinding to people: every message whole.
+    /// Reported to people: every message whole.
     Full,
     /// Only compared, by rule and part, with those of another version of the object (the old
     /// object of an UPDATE, for `updates.validate: newFindings`): a rule may leave out of its
@@ -342,6 +345,10 @@ pub struct Mutation {
     /// Why the rule did not change something it would normally change, or what the user should
     /// know about the change.
     pub notes: Vec<String>,
+    /// Why the request cannot be admitted as it is (`volume-growth`: a claim template that
+    /// shrinks): the mutating webhook denies it with this, where the rule's action is `mutate`
+    /// and the mode `enforce` (else it is reported as a would-be denial).
+    pub refusal: Option<String>,
 }
 
 impl Mutation {
@@ -355,7 +362,15 @@ impl Mutation {
         }
     }
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.notes.is_empty()
+        self.ops.is_empty() && self.notes.is_empty() && self.refusal.is_none()
+    }
+
+    /// A refusal (see [`Mutation::refusal`]).
+    pub fn refuse(why: impl Into<String>) -> Self {
+        Self {
+            refusal: Some(why.into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -499,6 +514,7 @@ pub(crate) mod testing {
             mutate_template_on_update: false,
             written: None,
             detail: Detail::Full,
+            old: None,
         }
     }
 

@@ -65,6 +65,7 @@ impl MutationRule for ParallelPodManagement {
                 "set podManagementPolicy Parallel so the pods can all restart together after a full outage (opt out with annotation {OPT_OUT_ANNOTATION}: OrderedReady)"
             ),
             notes: vec![],
+            refusal: None,
         })
     }
     /// On UPDATE of a StatefulSet this rule changed at CREATE: keeps `Parallel` when the update
@@ -94,6 +95,7 @@ impl MutationRule for ParallelPodManagement {
             summary: "kept podManagementPolicy Parallel (set at creation; the field is immutable)"
                 .into(),
             notes: vec![],
+            refusal: None,
         })
     }
 }

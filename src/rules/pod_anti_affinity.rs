@@ -129,6 +129,7 @@ impl MutationRule for PodAntiAffinity {
                 cfg.topology_key
             ),
             notes: vec![],
+            refusal: None,
         })
     }
     /// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops the pod
@@ -166,6 +167,7 @@ impl MutationRule for PodAntiAffinity {
             ops: vec![op],
             summary: "kept the pod anti-affinity set at creation (the update dropped it; without it replicas can land on one node)".into(),
             notes: vec![],
+            refusal: None,
         })
     }
 }

@@ -111,6 +111,7 @@ impl MutationRule for PriorityClass {
                 "set priorityClassName {class:?} so the pods are the last preempted or evicted under pressure, not the first"
             ),
             notes: vec![],
+            refusal: None,
         })
     }
     /// On UPDATE of a StatefulSet this rule changed at CREATE: keeps the class when the update
@@ -149,6 +150,7 @@ impl MutationRule for PriorityClass {
                 "kept priorityClassName {stored:?} set at creation (the update dropped it; without it every pod would be restarted at priority 0)"
             ),
             notes: vec![],
+            refusal: None,
         })
     }
 }

@@ -157,6 +157,7 @@ impl MutationRule for TopologySpread {
                 when.as_str()
             ),
             notes,
+            refusal: None,
         })
     }
     /// On UPDATE of a StatefulSet this rule changed at CREATE: when the update drops every
@@ -195,6 +196,7 @@ impl MutationRule for TopologySpread {
             )?],
             summary: "kept the topology spread constraints set at creation (the update dropped them; without them one zone outage can take every replica)".into(),
             notes: vec![],
+            refusal: None,
         })
     }
 }

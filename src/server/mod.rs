@@ -166,10 +166,11 @@ fn identity() -> String {
     format!("{host}_{:08x}", hasher.finish() as u32)
 }
 
-/// With a cluster connection and `--background-audit`: the audit's task, and the Lease election
-/// that decides which replica writes its PolicyReports. Returns the audit's results (for
-/// `/report`) and the election's task.
-fn start_audit(
+/// With a cluster connection: the tasks only the Lease holder does their writes for, the
+/// background audit (`--background-audit`: PolicyReports) and the claims' growth
+/// (`--grow-volumes`), and the Lease election between the replicas. Returns the audit's results
+/// (for `/report`) and the election's task.
+fn start_leader_tasks(
     args: &ServeArgs,
     live: Option<&ClusterCache>,
     client: Option<&kube::Client>,
@@ -179,35 +180,47 @@ fn start_audit(
     Option<Arc<crate::audit::Results>>,
     Option<tokio::task::JoinHandle<()>>,
 ) {
-    let mut elector_task = None;
-    let audit = match (live, args.background_audit_interval()) {
-        (Some(cache), Some(interval)) => {
-            let results = Arc::new(crate::audit::Results::default());
-            let writer = client.cloned().map(|client| {
-                let elector =
-                    crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity());
-                let leadership = elector.leadership();
-                // It hears SIGTERM itself, and gives the Lease up while the server drains.
-                elector_task = Some(tokio::spawn(elector.run(shutdown_signal())));
-                crate::audit::Writer::new(client, leadership)
-            });
-            tokio::spawn(crate::audit::run(
-                cache.clone(),
-                store.clone(),
-                metrics.clone(),
-                interval,
-                results.clone(),
-                writer,
-            ));
-            Some(results)
+    let audit_interval = args.background_audit_interval();
+    let (Some(cache), Some(client)) = (live, client) else {
+        if audit_interval.is_some() || args.grow_volumes {
+            tracing::info!(
+                "no cluster connection: the background audit and --grow-volumes do not run"
+            );
         }
-        (None, Some(_)) => {
-            tracing::info!("no cluster connection: the background audit does not run");
-            None
-        }
-        _ => None,
+        return (None, None);
     };
-    (audit, elector_task)
+    if audit_interval.is_none() && !args.grow_volumes {
+        return (None, None);
+    }
+    let identity = identity();
+    let elector =
+        crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity.clone());
+    let audit = audit_interval.map(|interval| {
+        let results = Arc::new(crate::audit::Results::default());
+        let writer = crate::audit::Writer::new(client.clone(), elector.leadership());
+        tokio::spawn(crate::audit::run(
+            cache.clone(),
+            store.clone(),
+            metrics.clone(),
+            interval,
+            results.clone(),
+            Some(writer),
+        ));
+        results
+    });
+    if args.grow_volumes {
+        tracing::info!("--grow-volumes: the Lease holder resizes the claims whose template grew");
+        tokio::spawn(crate::grow::run(
+            cache.clone(),
+            client.clone(),
+            elector.leadership(),
+            metrics.clone(),
+            identity,
+        ));
+    }
+    // It hears SIGTERM itself, and gives the Lease up while the server drains.
+    let elector_task = tokio::spawn(elector.run(shutdown_signal()));
+    (audit, Some(elector_task))
 }
 
 /// The probe listener (`--probe-listen`) and the metrics listener (`--metrics-listen`), when
@@ -289,7 +302,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .map(|client| ClusterCache::start_watching(client, keep, Some(metrics.clone())));
     let (audit, elector_task) =
-        start_audit(&args, live.as_ref(), client.as_ref(), &store, &metrics);
+        start_leader_tasks(&args, live.as_ref(), client.as_ref(), &store, &metrics);
     let view: Arc<dyn ClusterView> = match &live {
         Some(cache) => Arc::new(cache.clone()),
         None => Arc::new(Snapshot::unknown()),

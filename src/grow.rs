@@ -1,0 +1,387 @@
+//! The resize of existing claims after a claim template grew (`serve --grow-volumes`).
+//!
+//! `volume-growth` records the size a manifest asks for on the StatefulSet
+//! (`stateful-guard.io/claim-sizes`); new replicas' claims get it at admission. The claims that
+//! already exist are resized here, by the replica that holds the Lease (the same election as the
+//! background audit's PolicyReports): each claim `<template>-<statefulset>-<ordinal>` below its
+//! recorded size is patched to it, when it is Bound (the apiserver resizes nothing else). It
+//! never shrinks and never deletes anything. Each claim's state (pending, growing, done,
+//! failed) is counted in `stateful_guard_claims{state}`, each change of it is an Event on the
+//! StatefulSet, and a refusal (a class without expansion, a quota) is retried with backoff.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::audit::lease::Leadership;
+use crate::cluster::cache::ClusterCache;
+use crate::metrics::{ClaimLabels, Metrics};
+use crate::rules::volume_growth::bytes;
+
+/// How often the claims are looked at.
+pub const INTERVAL: Duration = Duration::from_secs(30);
+/// The longest wait before a failed claim is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Where a claim stands against its recorded size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Not Bound yet (or not created yet): nothing to resize.
+    Pending(String),
+    /// Requested at the recorded size; the volume is not that large yet.
+    Growing,
+    /// Its capacity is the recorded size.
+    Done,
+    /// The apiserver refused the resize, in its words.
+    Failed(String),
+}
+
+impl ClaimState {
+    pub const fn label(&self) -> &'static str {
+        match self {
+            ClaimState::Pending(_) => "pending",
+            ClaimState::Growing => "growing",
+            ClaimState::Done => "done",
+            ClaimState::Failed(_) => "failed",
+        }
+    }
+}
+
+fn storage_of(pvc: &PersistentVolumeClaim) -> (Option<u128>, Option<u128>) {
+    let requested = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .and_then(|q| bytes(&q.0));
+    let capacity = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .and_then(|q| bytes(&q.0));
+    (requested, capacity)
+}
+
+/// One claim: read it, and ask for `size` if it is Bound and smaller. The requests it sends are
+/// a GET and, when needed, one merge PATCH of `spec.resources.requests.storage`.
+pub async fn grow_claim(
+    api: &Api<PersistentVolumeClaim>,
+    claim: &str,
+    size: &str,
+) -> Result<ClaimState, kube::Error> {
+    let Some(wanted) = bytes(size) else {
+        return Ok(ClaimState::Failed(format!("{size:?} is not a quantity")));
+    };
+    let Some(pvc) = api.get_opt(claim).await? else {
+        return Ok(ClaimState::Pending("not created yet".into()));
+    };
+    let (requested, capacity) = storage_of(&pvc);
+    if requested.is_some_and(|r| r >= wanted) {
+        return Ok(if capacity.is_some_and(|c| c >= wanted) {
+            ClaimState::Done
+        } else {
+            ClaimState::Growing
+        });
+    }
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase != Some("Bound") {
+        return Ok(ClaimState::Pending(format!(
+            "phase {}: only a Bound claim can be resized",
+            phase.unwrap_or("unknown")
+        )));
+    }
+    let body = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+    match api
+        .patch(claim, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Ok(_) => Ok(ClaimState::Growing),
+        Err(kube::Error::Api(status)) => Ok(ClaimState::Failed(status.message)),
+        Err(other) => Err(other),
+    }
+}
+
+/// What the grower remembers of each claim between rounds.
+#[derive(Default)]
+struct Seen {
+    state: Option<ClaimState>,
+    failures: u32,
+    next_try: Option<Instant>,
+}
+
+/// Runs until the process ends: every [`INTERVAL`], while this replica leads, each StatefulSet
+/// with recorded sizes has its claims brought to them.
+pub async fn run(
+    cache: ClusterCache,
+    client: kube::Client,
+    mut leadership: Leadership,
+    metrics: Arc<Metrics>,
+    identity: String,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "stateful-guard".into(),
+            instance: Some(identity),
+        },
+    );
+    let mut seen: HashMap<(String, String), Seen> = HashMap::new();
+    loop {
+        tokio::time::sleep(INTERVAL).await;
+        if !leadership.is_leader_now() || !cache.is_synced() {
+            continue;
+        }
+        let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        for (namespace, owner) in cache.grown_statefulsets() {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+            for ordinal in 0..owner.replicas.max(0) {
+                for (template, size) in &owner.sizes {
+                    let claim = format!("{template}-{}-{ordinal}", owner.statefulset);
+                    let key = (namespace.clone(), claim.clone());
+                    let entry = seen.entry(key).or_default();
+                    if entry.next_try.is_some_and(|t| Instant::now() < t) {
+                        if let Some(state) = &entry.state {
+                            *counts.entry(state.label()).or_default() += 1;
+                        }
+                        continue;
+                    }
+                    let state = match grow_claim(&api, &claim, size).await {
+                        Ok(state) => state,
+                        Err(error) => ClaimState::Failed(error.to_string()),
+                    };
+                    *counts.entry(state.label()).or_default() += 1;
+                    if let ClaimState::Failed(_) = state {
+                        entry.failures += 1;
+                        let backoff = INTERVAL
+                            .saturating_mul(1 << entry.failures.min(5))
+                            .min(MAX_BACKOFF);
+                        entry.next_try = Some(Instant::now() + backoff);
+                    } else {
+                        entry.failures = 0;
+                        entry.next_try = None;
+                    }
+                    if entry.state.as_ref() != Some(&state) {
+                        report(
+                            &recorder,
+                            &namespace,
+                            &owner.statefulset,
+                            &claim,
+                            size,
+                            &state,
+                        )
+                        .await;
+                        entry.state = Some(state);
+                    }
+                }
+            }
+        }
+        for state in ["pending", "growing", "done", "failed"] {
+            metrics
+                .claims
+                .get_or_create(&ClaimLabels { state })
+                .set(counts.get(state).copied().unwrap_or(0));
+        }
+    }
+}
+
+/// An Event on the StatefulSet for a claim whose state changed.
+async fn report(
+    recorder: &Recorder,
+    namespace: &str,
+    statefulset: &str,
+    claim: &str,
+    size: &str,
+    state: &ClaimState,
+) {
+    let (type_, reason, note) = match state {
+        ClaimState::Pending(why) => (
+            EventType::Normal,
+            "ClaimGrowthPending",
+            format!("claim {claim} is not resized to {size} yet: {why}"),
+        ),
+        ClaimState::Growing => (
+            EventType::Normal,
+            "ClaimGrowing",
+            format!("claim {claim} requested at {size}; waiting for the volume to grow"),
+        ),
+        ClaimState::Done => (
+            EventType::Normal,
+            "ClaimGrown",
+            format!("claim {claim} is {size}"),
+        ),
+        ClaimState::Failed(why) => (
+            EventType::Warning,
+            "ClaimGrowthFailed",
+            format!("claim {claim} cannot be resized to {size}: {why} (retried with backoff)"),
+        ),
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("apps/v1".into()),
+        kind: Some("StatefulSet".into()),
+        name: Some(statefulset.into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Resize".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &reference).await {
+        tracing::warn!(%error, statefulset, claim, "cannot record an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn claim(storage: &str, phase: &str, capacity: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-db-0", "namespace": "grow"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}},
+            "status": {"phase": phase, "capacity": capacity.map(|c| serde_json::json!({"storage": c}))}
+        })
+    }
+
+    /// Answers the next request, checking its method and path; returns its body.
+    async fn answer(
+        handle: &mut Handle,
+        method: http::Method,
+        path: &str,
+        status: u16,
+        reply: serde_json::Value,
+    ) -> serde_json::Value {
+        let (request, send) = handle.next_request().await.expect("a request");
+        assert_eq!(request.method(), method);
+        assert_eq!(request.uri().path(), path);
+        let body = request.into_body().collect_bytes().await.unwrap();
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        }
+    }
+
+    const PATH: &str = "/api/v1/namespaces/grow/persistentvolumeclaims/data-db-0";
+
+    fn mock_api() -> (Api<PersistentVolumeClaim>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (
+            Api::namespaced(kube::Client::new(service, "default"), "grow"),
+            handle,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_bound_claim_below_its_size_is_patched_to_it() {
+        let (api, mut handle) = mock_api();
+        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
+        answer(
+            &mut handle,
+            http::Method::GET,
+            PATH,
+            200,
+            claim("1Gi", "Bound", Some("1Gi")),
+        )
+        .await;
+        let patch = answer(
+            &mut handle,
+            http::Method::PATCH,
+            PATH,
+            200,
+            claim("2Gi", "Bound", Some("1Gi")),
+        )
+        .await;
+        assert_eq!(
+            patch,
+            serde_json::json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+        );
+        assert_eq!(grow.await.unwrap().unwrap(), ClaimState::Growing);
+    }
+
+    #[tokio::test]
+    async fn a_claim_not_bound_is_only_read_and_a_grown_one_is_done() {
+        let (api, mut handle) = mock_api();
+        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
+        answer(
+            &mut handle,
+            http::Method::GET,
+            PATH,
+            200,
+            claim("1Gi", "Pending", None),
+        )
+        .await;
+        assert!(
+            matches!(grow.await.unwrap().unwrap(), ClaimState::Pending(why) if why.contains("Bound"))
+        );
+        let (api, mut handle) = mock_api();
+        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
+        answer(
+            &mut handle,
+            http::Method::GET,
+            PATH,
+            200,
+            claim("2Gi", "Bound", Some("2Gi")),
+        )
+        .await;
+        assert_eq!(grow.await.unwrap().unwrap(), ClaimState::Done);
+        // Never shrinks: a claim larger than the recorded size is left as it is.
+        let (api, mut handle) = mock_api();
+        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
+        answer(
+            &mut handle,
+            http::Method::GET,
+            PATH,
+            200,
+            claim("5Gi", "Bound", Some("5Gi")),
+        )
+        .await;
+        assert_eq!(grow.await.unwrap().unwrap(), ClaimState::Done);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_reported_in_the_apiservers_words() {
+        let (api, mut handle) = mock_api();
+        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
+        answer(
+            &mut handle,
+            http::Method::GET,
+            PATH,
+            200,
+            claim("1Gi", "Bound", Some("1Gi")),
+        )
+        .await;
+        let message = "persistentvolumeclaims \"data-db-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
+        answer(
+            &mut handle,
+            http::Method::PATCH,
+            PATH,
+            403,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": "Forbidden", "code": 403}),
+        )
+        .await;
+        assert_eq!(
+            grow.await.unwrap().unwrap(),
+            ClaimState::Failed(message.into())
+        );
+    }
+}
