@@ -380,7 +380,10 @@ async fn a_claim_template_that_grows_is_recorded_and_the_stored_one_kept() {
         let old = old_object(&body);
         let (patched, resp) = mutate_update(name, &body, &policies).await;
         for field in ["podManagementPolicy", "volumeClaimTemplates", "selector"] {
-            assert_eq!(patched["spec"][field], old["spec"][field], "{name}: spec.{field}");
+            assert_eq!(
+                patched["spec"][field], old["spec"][field],
+                "{name}: spec.{field}"
+            );
         }
         assert_eq!(
             patched["metadata"]["annotations"]["stateful-guard.io/claim-sizes"], "data=2Gi",
