@@ -24,6 +24,11 @@ use serde_json::value::RawValue;
 /// The newtype name k8s-openapi's `FieldsV1` deserializes as.
 const FIELDS_V1: &str = "FieldsV1";
 
+/// The newtype name k8s-openapi's `RawExtension` deserializes as: in a review, only
+/// `request.options` (CreateOptions, UpdateOptions), which nothing reads. Kept as its text too,
+/// so that nothing is lost and no tree is built for it.
+const RAW_EXTENSION: &str = "RawExtension";
+
 /// `serde_json::from_slice`, with every FieldsV1 kept as its JSON text.
 ///
 /// A body that is UTF-8 (every review kube-apiserver sends) is checked once, whole, and decoded
@@ -125,7 +130,7 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for FieldsV1AsText<D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        if name == FIELDS_V1 {
+        if name == FIELDS_V1 || name == RAW_EXTENSION {
             let raw: Box<RawValue> = serde::Deserialize::deserialize(self.0)?;
             let text: String = Box::<str>::from(raw).into();
             return visitor.visit_newtype_struct(text.into_deserializer());
@@ -396,6 +401,16 @@ pub fn containers(body: &[u8]) -> Option<usize> {
     Some(count(request.object).max(count(request.old_object)))
 }
 
+/// Whether a body may hold more than [`MAX_CONTAINERS`] containers in one pod template: every
+/// container has a `"name"` (k8s-openapi's decode requires it), so a body with fewer such keys
+/// than that has fewer containers. One SIMD scan, a microsecond for a StatefulSet review, where
+/// [`containers`] parses the whole body; it only runs when this says it may.
+pub fn may_hold_many_containers(body: &[u8]) -> bool {
+    static NAME: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(r#""name""#));
+    NAME.find_iter(body).nth(MAX_CONTAINERS).is_some()
+}
+
 /// Containers a pod template may have for the webhook to evaluate it: far beyond any real pod
 /// (the kubelet runs each as a process), and small enough that decoding two such templates
 /// takes about 2 MiB. A review with more is answered as uninterpretable (`--uninterpretable`).
@@ -568,8 +583,8 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    /// The same review, decoded both ways: equal once each FieldsV1 text is parsed back into
-    /// its tree.
+    /// The same review, decoded both ways: equal once each FieldsV1 text, and the options' text,
+    /// is parsed back into its tree: the lean decode keeps every byte of them.
     #[test]
     fn everything_but_fields_v1_decodes_as_serde_json_decodes_it() {
         for name in [
@@ -595,6 +610,13 @@ mod tests {
                 }
             }
             assert!(texts > 0, "{name} has no managedFields");
+            // request.options is kept as its text: the same JSON once parsed back.
+            if let Some(options) = req.options.as_mut() {
+                let Value::String(text) = &options.0 else {
+                    panic!("{name}: options decoded as a tree: {:?}", options.0);
+                };
+                options.0 = serde_json::from_str(text).unwrap();
+            }
             assert_eq!(
                 serde_json::to_value(&lean.request).unwrap(),
                 serde_json::to_value(&plain.request).unwrap(),

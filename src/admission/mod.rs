@@ -130,6 +130,7 @@ impl Reviewer<'_> {
 
     async fn answer(&self, phase: Phase, body: &[u8]) -> Result<(Reply, Outcome), BadReview> {
         if body.len() >= decode::COUNT_CONTAINERS_FROM
+            && decode::may_hold_many_containers(body)
             && let Some(n) = decode::containers(body)
             && n > decode::MAX_CONTAINERS
         {

@@ -68,10 +68,12 @@ fn manifest_has(manifest: &str, path: &[&str]) -> Option<bool> {
 /// `:`; else the text is walked. (A text that is not JSON and lacks the key then reads as not
 /// having the path, rather than as no evidence: neither is evidence that the user wrote it.)
 fn text_has(text: &str, prefix: &str, path: &[&str]) -> Option<bool> {
+    static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
     if let Some(last) = path.last()
         && !last.contains(|c: char| c == '"' || c == '\\' || c.is_control())
         && memchr::memmem::find(text.as_bytes(), last.as_bytes()).is_none()
-        && memchr::memmem::find(text.as_bytes(), b"\\u").is_none()
+        && ESCAPE.find(text.as_bytes()).is_none()
     {
         return Some(false);
     }
