@@ -359,3 +359,79 @@ fn exit_codes_and_broken_input() {
         "/spec/storageClassName"
     );
 }
+
+/// `check --cluster` over a StatefulSet whose claim template grew (`volume-growth` recorded
+/// 2Gi) and its claims: a claim still at 1Gi is reported with the size it should get, a claim
+/// already grown is not.
+#[test]
+fn check_cluster_reports_claims_below_their_recorded_size() {
+    use stateful_guard::check::evaluate::{Origin, evaluate_all};
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "grow",
+                     "annotations": {"stateful-guard.io/claim-sizes": "data=2Gi"}},
+        "spec": {
+            "replicas": 2, "serviceName": "db", "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                         "spec": {"containers": [{"name": "db", "image": "db:1"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]
+        }
+    }))
+    .unwrap();
+    let claim = |name: &str, size: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": "grow", "labels": {"app": "db"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast-ssd",
+                     "resources": {"requests": {"storage": size}}},
+            "status": {"phase": "Bound"}
+        })
+    };
+    let docs: Vec<stateful_guard::check::Document> =
+        [claim("data-db-0", "1Gi"), claim("data-db-1", "2Gi")]
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| stateful_guard::check::Document {
+                path: "cluster".into(),
+                index: i + 1,
+                line: 0,
+                value,
+            })
+            .collect();
+    let cluster = stateful_guard::cluster::Snapshot::known(vec![], vec![], vec![])
+        .with_statefulsets(vec![sts]);
+    let checked = evaluate_all(
+        &docs,
+        &default_policies(),
+        "grow",
+        &cluster,
+        Origin::Cluster,
+    );
+    assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+    let mutations = |name: &str| {
+        let o = checked
+            .report
+            .objects
+            .iter()
+            .find(|o| o.name == name)
+            .unwrap();
+        o.mutations
+            .iter()
+            .map(|m| format!("{}: {}", m.rule, m.summary))
+            .collect::<Vec<_>>()
+    };
+    let small = mutations("data-db-0");
+    assert!(
+        small
+            .iter()
+            .any(|m| m.starts_with("volume-growth: set storage 2Gi")),
+        "{small:?}"
+    );
+    assert!(
+        mutations("data-db-1").is_empty(),
+        "{:?}",
+        mutations("data-db-1")
+    );
+}
