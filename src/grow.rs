@@ -106,6 +106,35 @@ pub async fn grow_claim(
     }
 }
 
+/// One claim's progress, as `/report` shows it under `growth`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClaimProgress {
+    pub namespace: String,
+    pub statefulset: String,
+    pub claim: String,
+    /// The size recorded for its template.
+    pub size: String,
+    /// `pending`, `growing`, `done` or `failed`.
+    pub state: &'static str,
+    /// Why it is pending or failed, in the apiserver's words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The last round's progress of every claim being grown, for `/report`.
+#[derive(Debug, Default)]
+pub struct Progress(std::sync::Mutex<Vec<ClaimProgress>>);
+
+impl Progress {
+    pub fn claims(&self) -> Vec<ClaimProgress> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, claims: Vec<ClaimProgress>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = claims;
+    }
+}
+
 /// What the grower remembers of each claim between rounds.
 #[derive(Default)]
 struct Seen {
@@ -122,6 +151,7 @@ pub async fn run(
     mut leadership: Leadership,
     metrics: Arc<Metrics>,
     identity: String,
+    progress: Arc<Progress>,
 ) {
     let recorder = Recorder::new(
         client.clone(),
@@ -137,6 +167,7 @@ pub async fn run(
             continue;
         }
         let mut counts: HashMap<&'static str, i64> = HashMap::new();
+        let mut shown = Vec::new();
         for (namespace, owner) in cache.grown_statefulsets() {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
             for ordinal in 0..owner.replicas.max(0) {
@@ -144,9 +175,23 @@ pub async fn run(
                     let claim = format!("{template}-{}-{ordinal}", owner.statefulset);
                     let key = (namespace.clone(), claim.clone());
                     let entry = seen.entry(key).or_default();
+                    let show = |state: &ClaimState| ClaimProgress {
+                        namespace: namespace.clone(),
+                        statefulset: owner.statefulset.clone(),
+                        claim: claim.clone(),
+                        size: size.clone(),
+                        state: state.label(),
+                        detail: match state {
+                            ClaimState::Pending(why) | ClaimState::Failed(why) => {
+                                Some(why.chars().take(512).collect())
+                            }
+                            _ => None,
+                        },
+                    };
                     if entry.next_try.is_some_and(|t| Instant::now() < t) {
                         if let Some(state) = &entry.state {
                             *counts.entry(state.label()).or_default() += 1;
+                            shown.push(show(state));
                         }
                         continue;
                     }
@@ -155,6 +200,7 @@ pub async fn run(
                         Err(error) => ClaimState::Failed(error.to_string()),
                     };
                     *counts.entry(state.label()).or_default() += 1;
+                    shown.push(show(&state));
                     if let ClaimState::Failed(_) = state {
                         entry.failures += 1;
                         let backoff = INTERVAL
@@ -180,6 +226,7 @@ pub async fn run(
                 }
             }
         }
+        progress.set(shown);
         for state in ["pending", "growing", "done", "failed"] {
             metrics
                 .claims

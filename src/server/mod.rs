@@ -166,6 +166,14 @@ fn identity() -> String {
     format!("{host}_{:08x}", hasher.finish() as u32)
 }
 
+/// What [`start_leader_tasks`] started: the audit's results, the growth's progress, the
+/// election's task.
+type LeaderTasks = (
+    Option<Arc<crate::audit::Results>>,
+    Option<Arc<crate::grow::Progress>>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
 /// With a cluster connection: the tasks only the Lease holder does their writes for, the
 /// background audit (`--background-audit`: PolicyReports) and the claims' growth
 /// (`--grow-volumes`), and the Lease election between the replicas. Returns the audit's results
@@ -176,10 +184,7 @@ fn start_leader_tasks(
     client: Option<&kube::Client>,
     store: &Arc<PolicyStore>,
     metrics: &Arc<Metrics>,
-) -> (
-    Option<Arc<crate::audit::Results>>,
-    Option<tokio::task::JoinHandle<()>>,
-) {
+) -> LeaderTasks {
     let audit_interval = args.background_audit_interval();
     let (Some(cache), Some(client)) = (live, client) else {
         if audit_interval.is_some() || args.grow_volumes {
@@ -187,10 +192,10 @@ fn start_leader_tasks(
                 "no cluster connection: the background audit and --grow-volumes do not run"
             );
         }
-        return (None, None);
+        return (None, None, None);
     };
     if audit_interval.is_none() && !args.grow_volumes {
-        return (None, None);
+        return (None, None, None);
     }
     let identity = identity();
     let elector =
@@ -208,19 +213,22 @@ fn start_leader_tasks(
         ));
         results
     });
-    if args.grow_volumes {
+    let growth = args.grow_volumes.then(|| {
         tracing::info!("--grow-volumes: the Lease holder resizes the claims whose template grew");
+        let progress = Arc::new(crate::grow::Progress::default());
         tokio::spawn(crate::grow::run(
             cache.clone(),
             client.clone(),
             elector.leadership(),
             metrics.clone(),
             identity,
+            progress.clone(),
         ));
-    }
+        progress
+    });
     // It hears SIGTERM itself, and gives the Lease up while the server drains.
     let elector_task = tokio::spawn(elector.run(shutdown_signal()));
-    (audit, Some(elector_task))
+    (audit, growth, Some(elector_task))
 }
 
 /// The probe listener (`--probe-listen`) and the metrics listener (`--metrics-listen`), when
@@ -301,7 +309,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let live = client
         .clone()
         .map(|client| ClusterCache::start_watching(client, keep, Some(metrics.clone())));
-    let (audit, elector_task) =
+    let (audit, growth, elector_task) =
         start_leader_tasks(&args, live.as_ref(), client.as_ref(), &store, &metrics);
     let view: Arc<dyn ClusterView> = match &live {
         Some(cache) => Arc::new(cache.clone()),
@@ -330,6 +338,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutting_down: Default::default(),
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
         audit,
+        growth,
         callers_authenticated: client_roots.is_some(),
     });
     let app = routes::router(

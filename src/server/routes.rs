@@ -40,6 +40,8 @@ pub struct AppState {
     pub certificate_ready: Arc<AtomicBool>,
     /// With `--background-audit`: its last scan.
     pub audit: Option<Arc<crate::audit::Results>>,
+    /// With `--grow-volumes`: the claims being grown, as of the last round.
+    pub growth: Option<Arc<crate::grow::Progress>>,
     /// With `--client-ca`: every caller of the webhooks presented a client certificate the
     /// apiserver holds, so what a review says of its requester can be trusted further.
     pub callers_authenticated: bool,
@@ -312,19 +314,33 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// The background audit's last scan, in `check`'s JSON format (plus when it completed and how
 /// long it took).
 async fn report(State(state): State<Arc<AppState>>) -> Response {
-    let Some(audit) = &state.audit else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the background audit is off (serve --background-audit=INTERVAL, with a cluster connection)",
-        );
+    let mut body = match (&state.audit, &state.growth) {
+        (None, None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "the background audit is off (serve --background-audit=INTERVAL, with a cluster connection), and so is --grow-volumes",
+            );
+        }
+        (Some(audit), _) => match audit.last() {
+            Some(scan) => match serde_json::to_value(scan.as_ref()) {
+                Ok(value) => value,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+            None if state.growth.is_none() => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no background audit scan has completed yet",
+                );
+            }
+            None => json!({}),
+        },
+        (None, Some(_)) => json!({}),
     };
-    let Some(scan) = audit.last() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no background audit scan has completed yet",
-        );
-    };
-    match serde_json::to_vec(scan.as_ref()) {
+    // The claims `--grow-volumes` is growing, with their state.
+    if let (Some(growth), Some(map)) = (&state.growth, body.as_object_mut()) {
+        map.insert("growth".into(), json!(growth.claims()));
+    }
+    match serde_json::to_vec(&body) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

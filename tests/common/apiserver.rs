@@ -486,11 +486,17 @@ impl Webhook {
             .map(PathBuf::from)
             .filter(|p| p.is_file())
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stateful-guard")));
+        // The Deployment's arguments, on loopback: the webhook port given, the probe port any
+        // free one, and /metrics and /report kept on the webhook port (the suites read them
+        // there; the metrics listener's own checks are tests/callers.rs and server::auth's).
         let args: Vec<String> = args
             .iter()
+            .filter(|a| !a.starts_with("--metrics-listen="))
             .map(|a| {
                 if a.starts_with("--listen=") {
                     format!("--listen=127.0.0.1:{port}")
+                } else if a.starts_with("--probe-listen=") {
+                    "--probe-listen=127.0.0.1:0".to_owned()
                 } else if a.starts_with("--shutdown-delay=") {
                     "--shutdown-delay=0s".to_owned()
                 } else {
