@@ -7,7 +7,8 @@
 //! recorded size is patched to it, when it is Bound (the apiserver resizes nothing else). It
 //! never shrinks and never deletes anything. Each claim's state (pending, growing, done,
 //! failed) is counted in `stateful_guard_claims{state}`, each change of it is an Event on the
-//! StatefulSet, and a refusal (a class without expansion, a quota) is retried with backoff.
+//! StatefulSet, and a refusal (a class without expansion, a quota) is retried with backoff (5 s
+//! doubling to 10 min); a grown claim is looked at again every 10 minutes.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +22,11 @@ use crate::cluster::cache::ClusterCache;
 use crate::metrics::{ClaimLabels, Metrics};
 use crate::rules::volume_growth::bytes;
 
-/// How often the claims are looked at.
-pub const INTERVAL: Duration = Duration::from_secs(30);
+/// How often the claims are looked at: a claim is asked for its new size within seconds of the
+/// manifest's change.
+pub const INTERVAL: Duration = Duration::from_secs(5);
+/// How often a claim already grown is looked at again.
+const DONE_RECHECK: Duration = Duration::from_secs(600);
 /// The longest wait before a failed claim is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -201,15 +205,22 @@ pub async fn run(
                     };
                     *counts.entry(state.label()).or_default() += 1;
                     shown.push(show(&state));
-                    if let ClaimState::Failed(_) = state {
-                        entry.failures += 1;
-                        let backoff = INTERVAL
-                            .saturating_mul(1 << entry.failures.min(5))
-                            .min(MAX_BACKOFF);
-                        entry.next_try = Some(Instant::now() + backoff);
-                    } else {
-                        entry.failures = 0;
-                        entry.next_try = None;
+                    match state {
+                        ClaimState::Failed(_) => {
+                            entry.failures += 1;
+                            let backoff = INTERVAL
+                                .saturating_mul(1 << entry.failures.min(7))
+                                .min(MAX_BACKOFF);
+                            entry.next_try = Some(Instant::now() + backoff);
+                        }
+                        ClaimState::Done => {
+                            entry.failures = 0;
+                            entry.next_try = Some(Instant::now() + DONE_RECHECK);
+                        }
+                        _ => {
+                            entry.failures = 0;
+                            entry.next_try = None;
+                        }
                     }
                     if entry.state.as_ref() != Some(&state) {
                         report(
@@ -338,18 +349,22 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_bound_claim_below_its_size_is_patched_to_it() {
+    /// `grow_claim` to 2Gi started, and its GET answered with `current`.
+    async fn growing(
+        current: serde_json::Value,
+    ) -> (
+        tokio::task::JoinHandle<Result<ClaimState, kube::Error>>,
+        Handle,
+    ) {
         let (api, mut handle) = mock_api();
         let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
-        answer(
-            &mut handle,
-            http::Method::GET,
-            PATH,
-            200,
-            claim("1Gi", "Bound", Some("1Gi")),
-        )
-        .await;
+        answer(&mut handle, http::Method::GET, PATH, 200, current).await;
+        (grow, handle)
+    }
+
+    #[tokio::test]
+    async fn a_bound_claim_below_its_size_is_patched_to_it() {
+        let (grow, mut handle) = growing(claim("1Gi", "Bound", Some("1Gi"))).await;
         let patch = answer(
             &mut handle,
             http::Method::PATCH,
@@ -367,56 +382,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_not_bound_is_only_read_and_a_grown_one_is_done() {
-        let (api, mut handle) = mock_api();
-        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
-        answer(
-            &mut handle,
-            http::Method::GET,
-            PATH,
-            200,
-            claim("1Gi", "Pending", None),
-        )
-        .await;
+        let (grow, _handle) = growing(claim("1Gi", "Pending", None)).await;
         assert!(
             matches!(grow.await.unwrap().unwrap(), ClaimState::Pending(why) if why.contains("Bound"))
         );
-        let (api, mut handle) = mock_api();
-        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
-        answer(
-            &mut handle,
-            http::Method::GET,
-            PATH,
-            200,
-            claim("2Gi", "Bound", Some("2Gi")),
-        )
-        .await;
+        let (grow, _handle) = growing(claim("2Gi", "Bound", Some("2Gi"))).await;
         assert_eq!(grow.await.unwrap().unwrap(), ClaimState::Done);
         // Never shrinks: a claim larger than the recorded size is left as it is.
-        let (api, mut handle) = mock_api();
-        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
-        answer(
-            &mut handle,
-            http::Method::GET,
-            PATH,
-            200,
-            claim("5Gi", "Bound", Some("5Gi")),
-        )
-        .await;
+        let (grow, _handle) = growing(claim("5Gi", "Bound", Some("5Gi"))).await;
         assert_eq!(grow.await.unwrap().unwrap(), ClaimState::Done);
     }
 
     #[tokio::test]
     async fn a_refusal_is_reported_in_the_apiservers_words() {
-        let (api, mut handle) = mock_api();
-        let grow = tokio::spawn(async move { grow_claim(&api, "data-db-0", "2Gi").await });
-        answer(
-            &mut handle,
-            http::Method::GET,
-            PATH,
-            200,
-            claim("1Gi", "Bound", Some("1Gi")),
-        )
-        .await;
+        let (grow, mut handle) = growing(claim("1Gi", "Bound", Some("1Gi"))).await;
         let message = "persistentvolumeclaims \"data-db-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
         answer(
             &mut handle,

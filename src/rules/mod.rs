@@ -480,6 +480,17 @@ impl Finding {
     }
 }
 
+/// The labels of a StatefulSet's pods (its template's), empty when it has none.
+pub fn pod_labels(sts: &StatefulSet) -> &std::collections::BTreeMap<String, String> {
+    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    sts.spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .unwrap_or(&EMPTY)
+}
+
 /// `namespace/name` of an object, or its `generateName` prefix when it has no name yet.
 pub fn display_name(meta: &ObjectMeta, namespace: &str) -> String {
     match (&meta.name, &meta.generate_name) {

@@ -57,13 +57,7 @@ fn declares_quorum(sts: &StatefulSet, cfg: &Config) -> bool {
     }
     let empty = Default::default();
     let own = sts.metadata.labels.as_ref().unwrap_or(&empty);
-    let pods = sts
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .unwrap_or(&empty);
+    let pods = super::pod_labels(sts);
     cfg.quorum_selectors
         .iter()
         .any(|s| labels::matches(s, own) || labels::matches(s, pods))

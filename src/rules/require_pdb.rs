@@ -51,14 +51,7 @@ impl super::RuleConfig for Config {
 /// The PDBs of the StatefulSet's namespace whose selector selects its pods. In policy/v1 an
 /// empty selector selects every pod of the namespace and a missing one selects none.
 pub fn matching_pdbs(sts: &StatefulSet, ctx: &Context) -> Vec<Arc<Pdb>> {
-    let empty = Default::default();
-    let pod_labels = sts
-        .spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref())
-        .unwrap_or(&empty);
+    let pod_labels = super::pod_labels(sts);
     let mut found: Vec<_> = ctx
         .cluster
         .pdbs(ctx.namespace)

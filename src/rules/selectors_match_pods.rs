@@ -68,14 +68,7 @@ impl ValidationRule for SelectorsMatchPods {
         let Some(pod) = sts.spec.template.spec.as_ref() else {
             return vec![];
         };
-        let empty = BTreeMap::new();
-        let pods = sts
-            .spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.as_ref())
-            .unwrap_or(&empty);
+        let pods = super::pod_labels(sts);
         let name = display_name(&sts.metadata, ctx.namespace);
         // (what, topology key, selector, selects within the namespace)
         let mut terms: Vec<(String, &str, &LabelSelector)> = Vec::new();
