@@ -20,7 +20,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use crate::audit::lease::Leadership;
 use crate::cluster::cache::ClusterCache;
 use crate::metrics::{ClaimLabels, Metrics};
-use crate::rules::volume_growth::bytes;
+use crate::rules::volume_growth::{bytes, storage};
 
 /// How often the claims are looked at: a claim is asked for its new size within seconds of the
 /// manifest's change.
@@ -55,13 +55,7 @@ impl ClaimState {
 }
 
 fn storage_of(pvc: &PersistentVolumeClaim) -> (Option<u128>, Option<u128>) {
-    let requested = pvc
-        .spec
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get("storage"))
-        .and_then(|q| bytes(&q.0));
+    let requested = storage(pvc.spec.as_ref()).and_then(bytes);
     let capacity = pvc
         .status
         .as_ref()

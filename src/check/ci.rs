@@ -47,9 +47,14 @@ fn object_name(o: &ObjectReport) -> String {
 
 /// The report as a SARIF 2.1.0 log.
 pub fn sarif(report: &Report, errors: &[InputError]) -> Result<String, String> {
-    let rules: Vec<sarif::ReportingDescriptor> = RuleId::ALL
+    // The rules findings come from (the validation rules), in the order `ruleIndex` counts.
+    let validations: Vec<RuleId> = RuleId::ALL
         .iter()
+        .copied()
         .filter(|r| !r.is_mutation())
+        .collect();
+    let rules: Vec<sarif::ReportingDescriptor> = validations
+        .iter()
         .map(|&rule| {
             let d = rule.description();
             sarif::ReportingDescriptor::builder()
@@ -74,9 +79,8 @@ pub fn sarif(report: &Report, errors: &[InputError]) -> Result<String, String> {
                 .build()
         })
         .collect();
-    let index: BTreeMap<RuleId, i64> = RuleId::ALL
+    let index: BTreeMap<RuleId, i64> = validations
         .iter()
-        .filter(|r| !r.is_mutation())
         .enumerate()
         .map(|(i, &r)| (r, i as i64))
         .collect();

@@ -185,10 +185,12 @@ pub fn read_stream(text: &str, path: &str) -> (Vec<Document>, Vec<InputError>) {
     if text.trim_start().starts_with('{') {
         // kubectl reads a stream that starts with `{` as JSON objects, one after another.
         let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
-        let mut index = 0;
+        let (mut index, mut line, mut counted) = (0, 1, 0);
         loop {
+            // Lines counted from where the last document ended: the stream is read once.
             let at = stream.byte_offset();
-            let line = 1 + text[..at].matches('\n').count();
+            line += text[counted..at].matches('\n').count();
+            counted = at;
             match stream.next() {
                 None => break,
                 Some(Ok(mut value)) => {

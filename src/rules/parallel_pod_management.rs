@@ -155,16 +155,25 @@ mod tests {
     #[test]
     fn explicitly_applied_ordered_ready_is_kept() {
         let cluster = Snapshot::unknown();
-        let mut obj = basic_sts();
-        obj.metadata.annotations = Some(
-            [(
-                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
-                r#"{"spec":{"podManagementPolicy":"OrderedReady"}}"#.to_string(),
-            )]
-            .into(),
-        );
+        // The StatefulSet as `kubectl apply` of `manifest` sends it, and what the rule makes of it.
+        let applied = |manifest: &str| {
+            let mut obj = basic_sts();
+            obj.metadata.annotations = Some(
+                [(
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    manifest.to_string(),
+                )]
+                .into(),
+            );
+            obj
+        };
+        let mutation = |obj: &StatefulSet| {
+            mutate::<ParallelPodManagement>(obj, &Config::default(), &ctx(Operation::Create, &cluster))
+                .unwrap()
+        };
+        let obj = applied(r#"{"spec":{"podManagementPolicy":"OrderedReady"}}"#);
         // Kept, with a warning naming the deadlock, the fix and the opt-out (3 replicas).
-        let m = mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
+        let m = mutation(&obj);
         assert!(m.ops.is_empty());
         assert_eq!(m.notes.len(), 1);
         assert!(m.notes[0].contains("deadlock"), "{}", m.notes[0]);
@@ -173,41 +182,13 @@ mod tests {
         // One replica cannot deadlock: nothing to say.
         let mut single = obj.clone();
         single.spec.replicas = Some(1);
-        assert!(
-            mutate::<ParallelPodManagement>(&single, &Config::default(), &ctx(Operation::Create, &cluster))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(mutation(&single).is_empty());
         // A chart's empty value is no choice: changed like an absent field.
-        obj.metadata.annotations = Some(
-            [(
-                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
-                r#"{"spec":{"podManagementPolicy":""}}"#.to_string(),
-            )]
-            .into(),
-        );
-        assert_eq!(
-            mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
-                .unwrap()
-                .ops
-                .len(),
-            1
-        );
+        let empty = applied(r#"{"spec":{"podManagementPolicy":""}}"#);
+        assert_eq!(mutation(&empty).ops.len(), 1);
         // Same manifest without the field: the value was defaulted, so it is changed.
-        obj.metadata.annotations = Some(
-            [(
-                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
-                r#"{"spec":{"replicas":3}}"#.to_string(),
-            )]
-            .into(),
-        );
-        assert_eq!(
-            mutate::<ParallelPodManagement>(&obj, &Config::default(), &ctx(Operation::Create, &cluster))
-                .unwrap()
-                .ops
-                .len(),
-            1
-        );
+        let absent = applied(r#"{"spec":{"replicas":3}}"#);
+        assert_eq!(mutation(&absent).ops.len(), 1);
     }
 
     #[test]

@@ -85,7 +85,8 @@ pub fn recorded_sizes(meta: &ObjectMeta) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn storage(spec: Option<&PersistentVolumeClaimSpec>) -> Option<&str> {
+/// The storage a claim (or claim template) requests.
+pub fn storage(spec: Option<&PersistentVolumeClaimSpec>) -> Option<&str> {
     spec?
         .resources
         .as_ref()?
