@@ -8,7 +8,9 @@
 //! never shrinks and never deletes anything. Each claim's state (pending, growing, done,
 //! failed) is counted in `stateful_guard_claims{state}`, each change of it is an Event on the
 //! StatefulSet, and a refusal (a class without expansion, a quota) is retried with backoff (5 s
-//! doubling to 10 min); a grown claim is looked at again every 10 minutes.
+//! doubling to 10 min); a grown claim is looked at again every 10 minutes. `/report` lists every
+//! claim's state under `growth`, and with `--background-audit` each StatefulSet's progress is a
+//! result of its namespace's PolicyReport (`audit::reports`).
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,12 +46,19 @@ pub enum ClaimState {
 }
 
 impl ClaimState {
+    pub const PENDING: &'static str = "pending";
+    pub const GROWING: &'static str = "growing";
+    pub const DONE: &'static str = "done";
+    pub const FAILED: &'static str = "failed";
+    /// Every state's label, as `stateful_guard_claims{state}` and the PolicyReports count them.
+    pub const LABELS: [&'static str; 4] = [Self::PENDING, Self::GROWING, Self::DONE, Self::FAILED];
+
     pub const fn label(&self) -> &'static str {
         match self {
-            ClaimState::Pending(_) => "pending",
-            ClaimState::Growing => "growing",
-            ClaimState::Done => "done",
-            ClaimState::Failed(_) => "failed",
+            ClaimState::Pending(_) => Self::PENDING,
+            ClaimState::Growing => Self::GROWING,
+            ClaimState::Done => Self::DONE,
+            ClaimState::Failed(_) => Self::FAILED,
         }
     }
 }
@@ -232,7 +241,7 @@ pub async fn run(
             }
         }
         progress.set(shown);
-        for state in ["pending", "growing", "done", "failed"] {
+        for state in ClaimState::LABELS {
             metrics
                 .claims
                 .get_or_create(&ClaimLabels { state })

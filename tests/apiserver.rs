@@ -1020,7 +1020,7 @@ fn background_audit(i: &mut Installed) {
                 objects: vec![],
                 summary: Default::default(),
             };
-            stateful_guard::audit::reports::write(&client, &report)
+            stateful_guard::audit::reports::write(&client, &report, &[])
                 .await
                 .unwrap()
         })

@@ -149,6 +149,56 @@ fn cert_manager_mode_renders_what_the_cert_manager_overlay_renders() {
     );
 }
 
+/// `volumeGrowth.enabled` installs what deploy/base with the volume-growth component installs:
+/// the flag, and a ClusterRole that may read and resize claims and record Events, nothing more.
+#[test]
+fn volume_growth_renders_what_the_volume_growth_component_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    // kustomize takes the resources of a kustomization by relative path only.
+    let up = "../".repeat(
+        dir.path()
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .count(),
+    );
+    let deploy = format!("{up}{}", root().join("deploy").display());
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!("resources: [{deploy}/base]\ncomponents: [{deploy}/components/volume-growth]\n"),
+    )
+    .unwrap();
+    let target = dir.path().to_str().unwrap();
+    assert_chart_renders_target(&["--set", "volumeGrowth.enabled=true"], target, unchanged);
+    let objects = kustomize(target);
+    let args =
+        &of_kind(&objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--grow-volumes"),
+        "{args}"
+    );
+    let role = of_kind(&objects, "ClusterRole")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "stateful-guard-volume-growth")
+        .unwrap();
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "patch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}
+        ])
+    );
+    let base = helm_template(&[]);
+    assert!(
+        !base
+            .iter()
+            .any(|o| o["metadata"]["name"] == "stateful-guard-volume-growth"),
+        "off by default: no right to patch claims"
+    );
+}
+
 /// deploy/base's manifests and the cert-manager overlay's Certificates are rendered from the
 /// chart; an edit to one without the other fails here.
 #[test]

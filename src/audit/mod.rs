@@ -241,6 +241,8 @@ pub fn record(metrics: &Metrics, finished: &Finished) {
 pub struct Writer {
     pub client: kube::Client,
     pub leadership: lease::Leadership,
+    /// The claims' growth (`--grow-volumes`), reported with the findings.
+    pub growth: Option<Arc<crate::grow::Progress>>,
     /// The last outcome said in the log: each is said once, not every scan.
     said: Option<String>,
 }
@@ -249,10 +251,15 @@ pub struct Writer {
 const WRITE_BUDGET: Duration = Duration::from_secs(60);
 
 impl Writer {
-    pub fn new(client: kube::Client, leadership: lease::Leadership) -> Self {
+    pub fn new(
+        client: kube::Client,
+        leadership: lease::Leadership,
+        growth: Option<Arc<crate::grow::Progress>>,
+    ) -> Self {
         Self {
             client,
             leadership,
+            growth,
             said: None,
         }
     }
@@ -261,8 +268,9 @@ impl Writer {
         if !self.leadership.is_leader_now() {
             return;
         }
+        let growth = self.growth.as_ref().map(|g| g.claims()).unwrap_or_default();
         let outcome =
-            tokio::time::timeout(WRITE_BUDGET, reports::write(&self.client, report)).await;
+            tokio::time::timeout(WRITE_BUDGET, reports::write(&self.client, report, &growth)).await;
         let (say, line) = match outcome {
             Ok(Ok(reports::Written::Current { changed })) => {
                 if changed > 0 {

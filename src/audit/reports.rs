@@ -4,6 +4,11 @@
 //! are left out), capped in size. A report is written only when its content changes, and
 //! deleted when its namespace has nothing left to report; never one object per finding, so
 //! reports cannot fill etcd. Only the replica that holds the Lease writes.
+//!
+//! With `--grow-volumes`, each StatefulSet whose claims are being grown has one more result,
+//! rule `volume-growth`: `pass` once every claim has its recorded size, `warn` while some are
+//! pending or growing, `fail` while the apiserver refuses one; its message names the claims
+//! that are not done, and its properties count each state.
 use std::collections::BTreeMap;
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
@@ -11,7 +16,9 @@ use kube::api::{ObjectMeta, PostParams};
 use serde_json::{Value, json};
 
 use crate::check::{ObjectReport, Report};
+use crate::grow::{ClaimProgress, ClaimState};
 use crate::policy::ValidateAction;
+use crate::rules::RuleId;
 
 /// Every report's name, in each namespace it covers.
 pub const REPORT_NAME: &str = "stateful-guard";
@@ -46,9 +53,68 @@ fn object_reference(o: &ObjectReport) -> Value {
     json!({"apiVersion": api_version, "kind": o.kind, "namespace": o.namespace, "name": o.name})
 }
 
+/// One result per StatefulSet being grown, from the claims' progress (in the order
+/// [`crate::grow::run`] lists them: by StatefulSet, then ordinal).
+fn growth_results(growth: &[ClaimProgress]) -> Vec<(&str, Value)> {
+    let mut results = Vec::new();
+    for claims in
+        growth.chunk_by(|a, b| a.namespace == b.namespace && a.statefulset == b.statefulset)
+    {
+        let first = &claims[0];
+        let count = |state: &str| claims.iter().filter(|c| c.state == state).count();
+        let (done, failed) = (count(ClaimState::DONE), count(ClaimState::FAILED));
+        let result = if failed > 0 {
+            "fail"
+        } else if done == claims.len() {
+            "pass"
+        } else {
+            "warn"
+        };
+        let mut message = format!(
+            "claims grown to their recorded size: {done} of {}",
+            claims.len()
+        );
+        for claim in claims.iter().filter(|c| c.state != ClaimState::DONE) {
+            message.push_str(&format!(
+                "; {} {} (to {})",
+                claim.claim, claim.state, claim.size
+            ));
+            if let Some(detail) = &claim.detail {
+                message.push_str(&format!(": {detail}"));
+            }
+        }
+        let mut properties = serde_json::Map::new();
+        properties.insert("action".into(), "grow".into());
+        for state in ClaimState::LABELS {
+            properties.insert(state.into(), count(state).to_string().into());
+        }
+        results.push((
+            first.namespace.as_str(),
+            json!({
+                "source": "stateful-guard",
+                // The policy that recorded the sizes is not known here; the growth is the
+                // webhook's own doing, whatever the policy is now.
+                "policy": "stateful-guard",
+                "rule": RuleId::VolumeGrowth.as_str(),
+                "result": result,
+                "scored": false,
+                "message": truncated(&message),
+                "properties": properties,
+                "resources": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "namespace": first.namespace, "name": first.statefulset}],
+            }),
+        ));
+    }
+    results
+}
+
 /// The reports' bodies, by namespace: `{summary, results}` and the number of results left out.
-pub fn build(report: &Report) -> BTreeMap<String, (Value, usize)> {
+/// `growth` is the claims' progress under `--grow-volumes` (empty without it).
+pub fn build(report: &Report, growth: &[ClaimProgress]) -> BTreeMap<String, (Value, usize)> {
     let mut by_namespace: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for (namespace, result) in growth_results(growth) {
+        by_namespace.entry(namespace).or_default().push(result);
+    }
     for o in &report.objects {
         let results = by_namespace.entry(&o.namespace).or_default();
         for f in &o.findings {
@@ -85,7 +151,7 @@ pub fn build(report: &Report) -> BTreeMap<String, (Value, usize)> {
         .filter(|(_, results)| !results.is_empty())
         .map(|(namespace, mut results)| {
             let count = |r: &str| results.iter().filter(|v| v["result"] == r).count();
-            let summary = json!({"pass": 0, "fail": count("fail"), "warn": count("warn"), "error": 0, "skip": 0});
+            let summary = json!({"pass": count("pass"), "fail": count("fail"), "warn": count("warn"), "error": 0, "skip": 0});
             let omitted = results.len().saturating_sub(MAX_RESULTS);
             results.truncate(MAX_RESULTS);
             (
@@ -109,8 +175,12 @@ pub enum Written {
     Forbidden,
 }
 
-/// Creates, replaces or deletes the reports so they match `report`.
-pub async fn write(client: &kube::Client, report: &Report) -> Result<Written, kube::Error> {
+/// Creates, replaces or deletes the reports so they match `report` and `growth`.
+pub async fn write(
+    client: &kube::Client,
+    report: &Report,
+    growth: &[ClaimProgress],
+) -> Result<Written, kube::Error> {
     let ar = resource();
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let label = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -126,7 +196,7 @@ pub async fn write(client: &kube::Client, report: &Report) -> Result<Written, ku
         .filter_map(|o| Some((o.metadata.namespace.clone()?, o)))
         .collect();
     let mut changed = 0;
-    for (namespace, (body, omitted)) in build(report) {
+    for (namespace, (body, omitted)) in build(report, growth) {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
         let mut object = DynamicObject::new(REPORT_NAME, &ar).within(&namespace);
         object.metadata.labels = Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into());
@@ -230,7 +300,7 @@ mod tests {
             ],
             summary: Summary::default(),
         };
-        let reports = build(&report);
+        let reports = build(&report, &[]);
         assert_eq!(
             reports.keys().collect::<Vec<_>>(),
             ["a", "b"],
@@ -250,5 +320,94 @@ mod tests {
         assert_eq!(b["results"].as_array().unwrap().len(), MAX_RESULTS);
         assert_eq!(*omitted, 301 - MAX_RESULTS);
         assert_eq!(b["summary"]["warn"], 300, "the summary counts every result");
+    }
+
+    fn claim(
+        statefulset: &str,
+        ordinal: u32,
+        state: &'static str,
+        detail: Option<&str>,
+    ) -> ClaimProgress {
+        ClaimProgress {
+            namespace: "db".into(),
+            statefulset: statefulset.into(),
+            claim: format!("data-{statefulset}-{ordinal}"),
+            size: "2Gi".into(),
+            state,
+            detail: detail.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn each_grown_statefulset_is_one_result_that_names_what_is_not_done() {
+        let growth = [
+            claim("pg", 0, ClaimState::DONE, None),
+            claim("pg", 1, ClaimState::GROWING, None),
+            claim("pg", 2, ClaimState::FAILED, Some("exceeded quota: storage")),
+            claim("redis", 0, ClaimState::DONE, None),
+            claim("redis", 1, ClaimState::DONE, None),
+            claim(
+                "mongo",
+                0,
+                ClaimState::PENDING,
+                Some("phase Pending: only a Bound claim can be resized"),
+            ),
+        ];
+        let report = Report {
+            objects: vec![object("db", "pg", 1)],
+            summary: Summary::default(),
+        };
+        let reports = build(&report, &growth);
+        let (db, _) = &reports["db"];
+        let results = db["results"].as_array().unwrap();
+        let growth: Vec<_> = results
+            .iter()
+            .filter(|r| r["rule"] == "volume-growth")
+            .collect();
+        assert_eq!(growth.len(), 3, "one result per StatefulSet: {results:#?}");
+        let pg = growth[0];
+        assert_eq!(pg["result"], "fail", "a refused resize fails");
+        assert_eq!(pg["resources"][0]["name"], "pg");
+        assert!(pg["policy"].is_string(), "the CRD requires a policy");
+        assert_eq!(pg["resources"][0]["kind"], "StatefulSet");
+        let message = pg["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("claims grown to their recorded size: 1 of 3"),
+            "{message}"
+        );
+        assert!(message.contains("data-pg-1 growing (to 2Gi)"), "{message}");
+        assert!(
+            message.contains("data-pg-2 failed (to 2Gi): exceeded quota: storage"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("data-pg-0"),
+            "a done claim is only counted: {message}"
+        );
+        assert_eq!(pg["properties"]["done"], "1");
+        assert_eq!(pg["properties"]["failed"], "1");
+        assert_eq!(pg["properties"]["growing"], "1");
+        assert_eq!(growth[1]["result"], "pass", "every claim grown");
+        assert_eq!(growth[2]["result"], "warn", "waiting for a Bound claim");
+        assert_eq!(db["summary"]["pass"], 1);
+        assert_eq!(
+            db["summary"]["fail"], 2,
+            "the refused resize and require-pdb"
+        );
+        assert!(
+            build(
+                &Report {
+                    objects: vec![],
+                    summary: Summary::default()
+                },
+                &growth_only_done()
+            )
+            .contains_key("db"),
+            "a namespace with only growth results still gets a report"
+        );
+    }
+
+    fn growth_only_done() -> Vec<ClaimProgress> {
+        vec![claim("redis", 0, ClaimState::DONE, None)]
     }
 }

@@ -200,19 +200,6 @@ fn start_leader_tasks(
     let identity = identity();
     let elector =
         crate::audit::lease::Elector::new(client.clone(), &args.namespace, identity.clone());
-    let audit = audit_interval.map(|interval| {
-        let results = Arc::new(crate::audit::Results::default());
-        let writer = crate::audit::Writer::new(client.clone(), elector.leadership());
-        tokio::spawn(crate::audit::run(
-            cache.clone(),
-            store.clone(),
-            metrics.clone(),
-            interval,
-            results.clone(),
-            Some(writer),
-        ));
-        results
-    });
     let growth = args.grow_volumes.then(|| {
         tracing::info!("--grow-volumes: the Lease holder resizes the claims whose template grew");
         let progress = Arc::new(crate::grow::Progress::default());
@@ -225,6 +212,20 @@ fn start_leader_tasks(
             progress.clone(),
         ));
         progress
+    });
+    let audit = audit_interval.map(|interval| {
+        let results = Arc::new(crate::audit::Results::default());
+        let writer =
+            crate::audit::Writer::new(client.clone(), elector.leadership(), growth.clone());
+        tokio::spawn(crate::audit::run(
+            cache.clone(),
+            store.clone(),
+            metrics.clone(),
+            interval,
+            results.clone(),
+            Some(writer),
+        ));
+        results
     });
     // It hears SIGTERM itself, and gives the Lease up while the server drains.
     let elector_task = tokio::spawn(elector.run(shutdown_signal()));
