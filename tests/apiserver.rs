@@ -1296,6 +1296,371 @@ fn background_audit(i: &mut Installed) {
     let _ = second.child.wait();
 }
 
+/// A claim template's size raised in the manifest (`volume-growth`, `serve --grow-volumes` as
+/// deploy/components/volume-growth installs it): `kubectl apply` and server-side apply of the
+/// larger size succeed, each Bound claim is asked for it within seconds, a scale-up's new claim
+/// gets it, a shrink and a class without expansion are refused with what to do, a dry run
+/// records nothing, and nothing shrinks. Runs after `background_audit`, whose PolicyReport CRD
+/// and RBAC it reuses.
+fn volume_growth(i: &mut Installed) {
+    let component = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/components/volume-growth/rbac.yaml"),
+    )
+    .unwrap();
+    i.api.ok(&["apply", "-f", "-"], Some(&component));
+    i.args.push("--grow-volumes".to_owned());
+    i.start_webhook();
+    let api = &i.api;
+    api.ok(
+        &["apply", "-f", "-"],
+        Some(
+            r#"apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: expandable
+provisioner: example.com/expandable
+allowVolumeExpansion: true
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: fixed
+provisioner: example.com/fixed
+"#,
+        ),
+    );
+    // `web` as `name`, 3 replicas, its claim template `content` of `class` at `size`.
+    let manifest = |name: &str, class: &str, size: &str, image: &str| {
+        web(image, 3)
+            .replacen(
+                "metadata:\n  name: web\n",
+                &format!("metadata:\n  name: {name}\n"),
+                1,
+            )
+            .replace(
+                "      accessModes: [\"ReadWriteOnce\"]\n",
+                &format!(
+                    "      accessModes: [\"ReadWriteOnce\"]\n      storageClassName: {class}\n"
+                ),
+            )
+            .replace(
+                "          storage: 1Gi\n",
+                &format!("          storage: {size}\n"),
+            )
+    };
+    let ns = "grow";
+    namespace(api, ns);
+    api.ok(&["apply", "-n", ns, "-f", "-"], Some(PDB));
+    let controllers = api.controller_manager();
+    api.ok(
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&manifest("db", "expandable", "1Gi", "0.7")),
+    );
+    let claim = |ordinal: u32| format!("content-db-{ordinal}");
+    if controllers.is_none() {
+        // No StatefulSet controller: the claims it would create, by hand.
+        for ordinal in 0..3 {
+            api.ok(
+                &["apply", "-n", ns, "-f", "-"],
+                Some(&format!(
+                    "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: {}\n  labels: {{app.kubernetes.io/name: web}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: expandable\n  resources:\n    requests:\n      storage: 1Gi\n",
+                    claim(ordinal)
+                )),
+            );
+        }
+    }
+    let pvc = |name: &str| -> Option<Value> {
+        let out = api.kubectl(&["get", "pvc", name, "-n", ns, "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let requested = |name: &str| -> Option<String> {
+        pvc(name)?["spec"]["resources"]["requests"]["storage"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    eventually(60, "the three claims exist", || {
+        (0..3).all(|o| pvc(&claim(o)).is_some())
+    });
+    // No storage driver: a claim is made Bound (at its size) through the status subresource.
+    let bind = |name: &str, capacity: &str| {
+        api.ok(
+            &[
+                "patch",
+                "pvc",
+                name,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &format!(
+                    r#"{{"status":{{"phase":"Bound","capacity":{{"storage":"{capacity}"}}}}}}"#
+                ),
+            ],
+            None,
+        );
+    };
+    bind(&claim(0), "1Gi");
+    bind(&claim(1), "1Gi");
+
+    // The one-line edit, with kubectl apply: accepted, the size recorded, the template kept.
+    let out = api.kubectl_with(
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&manifest("db", "expandable", "2Gi", "0.7")),
+    );
+    assert!(
+        out.status.success(),
+        "kubectl apply of 2Gi: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("claim templates grow"),
+        "the warning says what happens: {}",
+        stderr(&out)
+    );
+    let stored = || api.get(&["statefulset", "db", "-n", ns]);
+    let sts = stored();
+    assert_eq!(
+        sts["metadata"]["annotations"]["stateful-guard.io/claim-sizes"], "content=2Gi",
+        "{sts}"
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "1Gi",
+        "the stored template is immutable and kept"
+    );
+    // The Bound claims are asked for 2Gi within seconds; the one not Bound is left.
+    eventually(30, "both Bound claims requested at 2Gi", || {
+        requested(&claim(0)).as_deref() == Some("2Gi")
+            && requested(&claim(1)).as_deref() == Some("2Gi")
+    });
+    assert_eq!(
+        requested(&claim(2)).as_deref(),
+        Some("1Gi"),
+        "only a Bound claim is resized"
+    );
+    bind(&claim(2), "1Gi");
+    eventually(30, "the claim Bound later is requested at 2Gi too", || {
+        requested(&claim(2)).as_deref() == Some("2Gi")
+    });
+    // The volume grew (what the CSI resizer reports): that claim is done.
+    bind(&claim(0), "2Gi");
+
+    // What the grower reports: /report's growth, an Event per change, the PolicyReport.
+    let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
+    let ca = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        secret["data"]["ca.crt"].as_str().unwrap(),
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", i.port).parse().unwrap();
+    let states = || -> Vec<(String, String)> {
+        let Ok((status, body)) =
+            common::server::https_get(addr, &ca, "stateful-guard.stateful-guard.svc", "/report")
+        else {
+            return vec![];
+        };
+        if status != 200 {
+            return vec![];
+        }
+        let report: Value = serde_json::from_slice(&body).unwrap();
+        let mut states: Vec<(String, String)> = report["growth"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["namespace"] == ns && c["statefulset"] == "db")
+            .map(|c| {
+                (
+                    c["claim"].as_str().unwrap().to_owned(),
+                    c["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        states.sort();
+        states
+    };
+    eventually(30, "/report: content-db-0 done, the others growing", || {
+        states()
+            == [
+                (claim(0), "done".to_owned()),
+                (claim(1), "growing".to_owned()),
+                (claim(2), "growing".to_owned()),
+            ]
+    });
+    let reasons = || -> Vec<String> {
+        api.get(&["events.events.k8s.io", "-n", ns])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["regarding"]["kind"] == "StatefulSet" && e["regarding"]["name"] == "db")
+            .map(|e| e["reason"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    eventually(30, "Events on the StatefulSet", || {
+        let reasons = reasons();
+        reasons.iter().any(|r| r == "ClaimGrowing") && reasons.iter().any(|r| r == "ClaimGrown")
+    });
+    let growth_result = || -> Option<Value> {
+        let out = api.kubectl(&[
+            "get",
+            "policyreports.wgpolicyk8s.io",
+            "stateful-guard",
+            "-n",
+            ns,
+            "-o",
+            "json",
+        ]);
+        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+        report["results"]
+            .as_array()?
+            .iter()
+            .find(|r| r["rule"] == "volume-growth" && r["resources"][0]["name"] == "db")
+            .cloned()
+    };
+    eventually(60, "the PolicyReport shows the growth in progress", || {
+        growth_result().is_some_and(|r| r["result"] == "warn" && r["properties"]["done"] == "1")
+    });
+
+    // Day 2 after growth: server-side apply of the same manifest with a new image succeeds
+    // and changes nothing of the claims; kubectl diff (a server-side dry run) shows no size.
+    let out = api.kubectl_with(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ],
+        Some(&manifest("db", "expandable", "2Gi", "0.8")),
+    );
+    assert!(
+        out.status.success(),
+        "server-side apply of 2Gi: {}",
+        stderr(&out)
+    );
+    let sts = stored();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/example/static-site:0.8"
+    );
+    assert_eq!(
+        sts["metadata"]["annotations"]["stateful-guard.io/claim-sizes"],
+        "content=2Gi"
+    );
+    let diff = api.kubectl_with(
+        &["diff", "-n", ns, "-f", "-"],
+        Some(&manifest("db", "expandable", "2Gi", "0.8")),
+    );
+    assert!(
+        matches!(diff.status.code(), Some(0 | 1)),
+        "kubectl diff failed: {}",
+        stderr(&diff)
+    );
+    let sizes: Vec<String> = String::from_utf8_lossy(&diff.stdout)
+        .lines()
+        .filter(|l| (l.starts_with('+') || l.starts_with('-')) && l.contains("storage:"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        sizes.is_empty(),
+        "a GitOps diff through the apiserver shows no size: {sizes:?}"
+    );
+
+    // A dry run of a larger size records nothing.
+    let version = sts["metadata"]["resourceVersion"].clone();
+    api.ok(
+        &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+        Some(&manifest("db", "expandable", "3Gi", "0.8")),
+    );
+    let sts = stored();
+    assert_eq!(
+        sts["metadata"]["resourceVersion"], version,
+        "a dry run changes nothing"
+    );
+    assert_eq!(
+        sts["metadata"]["annotations"]["stateful-guard.io/claim-sizes"],
+        "content=2Gi"
+    );
+
+    // A shrink is refused, saying so; the stored size itself (a rollback to the manifest from
+    // before the growth) is not blocked, and told that the claims stay 2Gi.
+    let out = api.kubectl_with(
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&manifest("db", "expandable", "1500Mi", "0.8")),
+    );
+    assert!(!out.status.success(), "a shrink must be refused");
+    assert!(stderr(&out).contains("cannot shrink"), "{}", stderr(&out));
+    let out = api.kubectl_with(
+        &["apply", "-n", ns, "-f", "-"],
+        Some(&manifest("db", "expandable", "1Gi", "0.8")),
+    );
+    assert!(
+        out.status.success(),
+        "a rollback of the size: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("so they stay 2Gi"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stored()["metadata"]["annotations"]["stateful-guard.io/claim-sizes"],
+        "content=2Gi"
+    );
+
+    // A scale-up's new claim gets the recorded size (the StatefulSet controller creates it).
+    if controllers.is_some() {
+        api.ok(&["scale", "-n", ns, "statefulset/db", "--replicas=4"], None);
+        eventually(60, "the scale-up's claim, at 2Gi", || {
+            requested(&claim(3)).as_deref() == Some("2Gi")
+        });
+    }
+
+    // A class without expansion: refused, naming the class and how to enable expansion.
+    let other = "grow-fixed";
+    namespace(api, other);
+    api.ok(&["apply", "-n", other, "-f", "-"], Some(PDB));
+    api.ok(
+        &["apply", "-n", other, "-f", "-"],
+        Some(&manifest("db", "fixed", "1Gi", "0.7")),
+    );
+    let out = api.kubectl_with(
+        &["apply", "-n", other, "-f", "-"],
+        Some(&manifest("db", "fixed", "2Gi", "0.7")),
+    );
+    assert!(
+        !out.status.success(),
+        "a class without expansion must be refused"
+    );
+    let message = stderr(&out);
+    assert!(
+        message.contains("\"fixed\"") && message.contains("allowVolumeExpansion"),
+        "{message}"
+    );
+    let sts = api.get(&["statefulset", "db", "-n", other]);
+    assert!(
+        sts["metadata"]["annotations"]
+            .get("stateful-guard.io/claim-sizes")
+            .is_none(),
+        "nothing recorded for a refused growth: {sts}"
+    );
+
+    // Nothing shrank on any path.
+    for ordinal in 0..3 {
+        assert_eq!(
+            requested(&claim(ordinal)).as_deref(),
+            Some("2Gi"),
+            "{}",
+            claim(ordinal)
+        );
+    }
+    drop(controllers);
+}
+
 #[test]
 fn a_real_apiserver_agrees() {
     let Some((apiserver, etcd)) = available() else {
@@ -1326,6 +1691,7 @@ fn a_real_apiserver_agrees() {
     timed("two replicas race", &mut |i| two_replicas_race(i));
     timed("webhook killed", &mut |i| webhook_killed(i));
     timed("background audit", &mut |i| background_audit(i));
+    timed("volume growth", &mut |i| volume_growth(i));
     eprintln!(
         "real-apiserver integration tests: {:.1} s",
         started.elapsed().as_secs_f64()

@@ -140,6 +140,7 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
         recorded_sizes(&old.metadata).into_iter().collect();
     let mut ops = Vec::new();
     let mut grown = Vec::new();
+    let mut notes = Vec::new();
     for (i, template) in new_templates.iter().enumerate() {
         let Some(before) = stored.get(&name(template)) else {
             return Mutation::none();
@@ -160,6 +161,17 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
             return Mutation::none();
         };
         if wanted == was {
+            // The stored size again, below a recorded one (a rollback to the manifest from
+            // before the growth): the template does not change, so the update goes through as
+            // the apiserver would take it, and the claims keep the recorded size.
+            if let Some(size) = recorded.get(&name(template))
+                && bytes(size) > bytes(wanted)
+            {
+                notes.push(format!(
+                    "claim template {:?} asks for {wanted}, but its claims were grown to {size} ({SIZES_ANNOTATION}): a PersistentVolumeClaim cannot shrink, so they stay {size} and new replicas get {size}; set {size} in the manifest",
+                    name(template)
+                ));
+            }
             continue;
         }
         if !same_rest {
@@ -237,7 +249,10 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
         }
     }
     if ops.is_empty() {
-        return Mutation::none();
+        return Mutation {
+            notes,
+            ..Mutation::none()
+        };
     }
     let name = new.metadata.name.as_deref().unwrap_or("?");
     let summary = if grown.is_empty() {
@@ -251,7 +266,7 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
     Mutation {
         ops,
         summary,
-        notes: vec![],
+        notes,
         refusal: None,
     }
 }
@@ -380,6 +395,14 @@ mod tests {
         let m = VolumeGrowth::mutate(&smaller, &Config::default(), &Default::default(), &update(&cluster, &stored))
             .unwrap();
         assert!(m.refusal.unwrap().contains("cannot shrink"));
+        // The stored size itself (a rollback to the manifest from before the growth): the
+        // template does not change, so the update is not blocked; it is told the claims stay.
+        let rollback = with_size(&stored, "1Gi");
+        let m = VolumeGrowth::mutate(&rollback, &Config::default(), &Default::default(), &update(&cluster, &stored))
+            .unwrap();
+        assert!(m.refusal.is_none());
+        assert!(m.ops.is_empty(), "the annotation is carried: {:?}", m.ops);
+        assert!(m.notes[0].contains("cannot shrink, so they stay 2Gi"), "{:?}", m.notes);
     }
 
     #[test]
