@@ -1431,10 +1431,14 @@ provisioner: example.com/fixed
         "the stored template is immutable and kept"
     );
     // The Bound claims are asked for 2Gi within seconds; the one not Bound is left.
-    eventually(30, "both Bound claims requested at 2Gi", || {
-        requested(&claim(0)).as_deref() == Some("2Gi")
-            && requested(&claim(1)).as_deref() == Some("2Gi")
-    });
+    eventually(
+        60,
+        "both Bound claims requested at 2Gi (the restarted webhook waits out the killed one's Lease)",
+        || {
+            requested(&claim(0)).as_deref() == Some("2Gi")
+                && requested(&claim(1)).as_deref() == Some("2Gi")
+        },
+    );
     assert_eq!(
         requested(&claim(2)).as_deref(),
         Some("1Gi"),

@@ -187,7 +187,7 @@ fn volume_growth_renders_what_the_volume_growth_component_renders() {
         role["rules"],
         json!([
             {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "patch"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
         ])
     );
     let base = helm_template(&[]);
