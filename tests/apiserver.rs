@@ -222,6 +222,48 @@ fn namespace(api: &Apiserver, name: &str) {
     api.ok(&["create", "namespace", name], None);
 }
 
+/// The CA of the webhook's serving certificate, from the Secret its bootstrap writes.
+fn serving_ca(api: &Apiserver) -> Vec<u8> {
+    let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
+    base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        secret["data"]["ca.crt"].as_str().unwrap(),
+    )
+    .unwrap()
+}
+
+/// GET `path` from the webhook on loopback `port`, trusting `ca`.
+fn get_from(
+    ca: &[u8],
+    port: u16,
+    path: &str,
+) -> std::io::Result<(http::StatusCode, hyper::body::Bytes)> {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    common::server::https_get(addr, ca, "stateful-guard.stateful-guard.svc", path)
+}
+
+/// `/report` of the webhook on `port`; `None` until a scan completed, and while it still serves
+/// its provisional certificate.
+fn report_from(ca: &[u8], port: u16) -> Option<Value> {
+    let (status, body) = get_from(ca, port, "/report").ok()?;
+    (status == 200).then(|| serde_json::from_slice(&body).unwrap())
+}
+
+/// The results of namespace `ns`'s PolicyReport, when it has one.
+fn policy_report_results(api: &Apiserver, ns: &str) -> Option<Vec<Value>> {
+    let out = api.kubectl(&[
+        "get",
+        "policyreports.wgpolicyk8s.io",
+        "stateful-guard",
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+    report["results"].as_array().cloned()
+}
+
 /// The stored StatefulSet keeps every decision made at its creation.
 fn assert_keeps_decisions(api: &Apiserver, ns: &str, step: &str) -> Value {
     let sts = api.get(&["statefulset", "web", "-n", ns]);
@@ -1052,22 +1094,9 @@ fn background_audit(i: &mut Installed) {
     });
     i.start_webhook();
     let api = &i.api;
-    let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
-    let ca = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        secret["data"]["ca.crt"].as_str().unwrap(),
-    )
-    .unwrap();
-    let get_from = |port: u16, path: &str| {
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        common::server::https_get(addr, &ca, "stateful-guard.stateful-guard.svc", path)
-    };
-    // None until a scan completed, and while a replica still serves its provisional
-    // certificate.
-    let report_from = |port: u16| -> Option<Value> {
-        let (status, body) = get_from(port, "/report").ok()?;
-        (status == 200).then(|| serde_json::from_slice(&body).unwrap())
-    };
+    let ca = serving_ca(api);
+    let report_from = |port: u16| report_from(&ca, port);
+    let get_from = |port: u16, path: &str| get_from(&ca, port, path);
     let down_web = |report: &Value| -> Option<Value> {
         report["objects"]
             .as_array()?
@@ -1085,19 +1114,8 @@ fn background_audit(i: &mut Installed) {
     };
     // The PolicyReport of `down`: its (rule, result) pairs for down/web.
     let policy_report = || -> Option<Vec<(String, String)>> {
-        let out = api.kubectl(&[
-            "get",
-            "policyreports.wgpolicyk8s.io",
-            "stateful-guard",
-            "-n",
-            "down",
-            "-o",
-            "json",
-        ]);
-        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
         Some(
-            report["results"]
-                .as_array()?
+            policy_report_results(api, "down")?
                 .iter()
                 .filter(|r| r["resources"][0]["name"] == "web")
                 .map(|r| {
@@ -1311,24 +1329,14 @@ fn volume_growth(i: &mut Installed) {
     i.args.push("--grow-volumes".to_owned());
     i.start_webhook();
     let api = &i.api;
-    api.ok(
-        &["apply", "-f", "-"],
-        Some(
-            r#"apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: expandable
-provisioner: example.com/expandable
-allowVolumeExpansion: true
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: fixed
-provisioner: example.com/fixed
-"#,
-        ),
-    );
+    for (class, expands) in [("expandable", true), ("fixed", false)] {
+        let class = json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": class}, "provisioner": format!("example.com/{class}"),
+            "allowVolumeExpansion": expands,
+        });
+        api.ok(&["apply", "-f", "-"], Some(&class.to_string()));
+    }
     // `web` as `name`, 3 replicas, its claim template `content` of `class` at `size`.
     let manifest = |name: &str, class: &str, size: &str, image: &str| {
         web(image, 3)
@@ -1347,6 +1355,14 @@ provisioner: example.com/fixed
                 "          storage: 1Gi\n",
                 &format!("          storage: {size}\n"),
             )
+    };
+    // kubectl apply (with `extra` flags) of `manifest` in `ns`: whether it succeeded, and what
+    // kubectl said (the webhook's warnings or its refusal).
+    let apply = |extra: &[&str], ns: &str, manifest: String| -> (bool, String) {
+        let mut args = vec!["apply", "-n", ns, "-f", "-"];
+        args.extend_from_slice(extra);
+        let out = api.kubectl_with(&args, Some(&manifest));
+        (out.status.success(), stderr(&out))
     };
     let ns = "grow";
     namespace(api, ns);
@@ -1406,19 +1422,11 @@ provisioner: example.com/fixed
     bind(&claim(1), "1Gi");
 
     // The one-line edit, with kubectl apply: accepted, the size recorded, the template kept.
-    let out = api.kubectl_with(
-        &["apply", "-n", ns, "-f", "-"],
-        Some(&manifest("db", "expandable", "2Gi", "0.7")),
-    );
+    let (applied, said) = apply(&[], ns, manifest("db", "expandable", "2Gi", "0.7"));
+    assert!(applied, "kubectl apply of 2Gi: {said}");
     assert!(
-        out.status.success(),
-        "kubectl apply of 2Gi: {}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("claim templates grow"),
-        "the warning says what happens: {}",
-        stderr(&out)
+        said.contains("claim templates grow"),
+        "the warning says what happens: {said}"
     );
     let stored = || api.get(&["statefulset", "db", "-n", ns]);
     let sts = stored();
@@ -1452,23 +1460,11 @@ provisioner: example.com/fixed
     bind(&claim(0), "2Gi");
 
     // What the grower reports: /report's growth, an Event per change, the PolicyReport.
-    let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
-    let ca = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        secret["data"]["ca.crt"].as_str().unwrap(),
-    )
-    .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", i.port).parse().unwrap();
+    let ca = serving_ca(api);
     let states = || -> Vec<(String, String)> {
-        let Ok((status, body)) =
-            common::server::https_get(addr, &ca, "stateful-guard.stateful-guard.svc", "/report")
-        else {
+        let Some(report) = report_from(&ca, i.port) else {
             return vec![];
         };
-        if status != 200 {
-            return vec![];
-        }
-        let report: Value = serde_json::from_slice(&body).unwrap();
         let mut states: Vec<(String, String)> = report["growth"]
             .as_array()
             .into_iter()
@@ -1506,21 +1502,9 @@ provisioner: example.com/fixed
         reasons.iter().any(|r| r == "ClaimGrowing") && reasons.iter().any(|r| r == "ClaimGrown")
     });
     let growth_result = || -> Option<Value> {
-        let out = api.kubectl(&[
-            "get",
-            "policyreports.wgpolicyk8s.io",
-            "stateful-guard",
-            "-n",
-            ns,
-            "-o",
-            "json",
-        ]);
-        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
-        report["results"]
-            .as_array()?
-            .iter()
+        policy_report_results(api, ns)?
+            .into_iter()
             .find(|r| r["rule"] == "volume-growth" && r["resources"][0]["name"] == "db")
-            .cloned()
     };
     eventually(60, "the PolicyReport shows the growth in progress", || {
         growth_result().is_some_and(|r| r["result"] == "warn" && r["properties"]["done"] == "1")
@@ -1528,23 +1512,12 @@ provisioner: example.com/fixed
 
     // Day 2 after growth: server-side apply of the same manifest with a new image succeeds
     // and changes nothing of the claims; kubectl diff (a server-side dry run) shows no size.
-    let out = api.kubectl_with(
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-n",
-            ns,
-            "-f",
-            "-",
-        ],
-        Some(&manifest("db", "expandable", "2Gi", "0.8")),
+    let (applied, said) = apply(
+        &["--server-side", "--force-conflicts"],
+        ns,
+        manifest("db", "expandable", "2Gi", "0.8"),
     );
-    assert!(
-        out.status.success(),
-        "server-side apply of 2Gi: {}",
-        stderr(&out)
-    );
+    assert!(applied, "server-side apply of 2Gi: {said}");
     let sts = stored();
     assert_eq!(
         sts["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -1591,25 +1564,15 @@ provisioner: example.com/fixed
 
     // A shrink is refused, saying so; the stored size itself (a rollback to the manifest from
     // before the growth) is not blocked, and told that the claims stay 2Gi.
-    let out = api.kubectl_with(
-        &["apply", "-n", ns, "-f", "-"],
-        Some(&manifest("db", "expandable", "1500Mi", "0.8")),
-    );
-    assert!(!out.status.success(), "a shrink must be refused");
-    assert!(stderr(&out).contains("cannot shrink"), "{}", stderr(&out));
-    let out = api.kubectl_with(
-        &["apply", "-n", ns, "-f", "-"],
-        Some(&manifest("db", "expandable", "1Gi", "0.8")),
-    );
+    let (applied, said) = apply(&[], ns, manifest("db", "expandable", "1500Mi", "0.8"));
     assert!(
-        out.status.success(),
-        "a rollback of the size: {}",
-        stderr(&out)
+        !applied && said.contains("cannot shrink"),
+        "a shrink: {said}"
     );
+    let (applied, said) = apply(&[], ns, manifest("db", "expandable", "1Gi", "0.8"));
     assert!(
-        stderr(&out).contains("so they stay 2Gi"),
-        "{}",
-        stderr(&out)
+        applied && said.contains("so they stay 2Gi"),
+        "a rollback of the size: {said}"
     );
     assert_eq!(
         stored()["metadata"]["annotations"]["stateful-guard.io/claim-sizes"],
@@ -1632,18 +1595,10 @@ provisioner: example.com/fixed
         &["apply", "-n", other, "-f", "-"],
         Some(&manifest("db", "fixed", "1Gi", "0.7")),
     );
-    let out = api.kubectl_with(
-        &["apply", "-n", other, "-f", "-"],
-        Some(&manifest("db", "fixed", "2Gi", "0.7")),
-    );
+    let (applied, said) = apply(&[], other, manifest("db", "fixed", "2Gi", "0.7"));
     assert!(
-        !out.status.success(),
-        "a class without expansion must be refused"
-    );
-    let message = stderr(&out);
-    assert!(
-        message.contains("\"fixed\"") && message.contains("allowVolumeExpansion"),
-        "{message}"
+        !applied && said.contains("\"fixed\"") && said.contains("allowVolumeExpansion"),
+        "a class without expansion: {said}"
     );
     let sts = api.get(&["statefulset", "db", "-n", other]);
     assert!(
