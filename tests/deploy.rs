@@ -312,24 +312,7 @@ fn the_deployed_policies_are_the_shipped_ones() {
 /// for the supported Kubernetes versions, and nothing else.
 #[test]
 fn the_policy_report_components_add_the_crd_and_rights_on_policyreports_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-    // kustomize takes directories by relative path only.
-    let up = dir
-        .path()
-        .components()
-        .filter(|c| matches!(c, std::path::Component::Normal(_)))
-        .map(|_| "..")
-        .collect::<Vec<_>>()
-        .join("/");
-    let rel = format!("{up}{}", deploy.display());
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        format!(
-            "resources: [{rel}/base]\ncomponents: [{rel}/components/policy-report-crd, {rel}/components/policy-reports]\n"
-        ),
-    )
-    .unwrap();
+    let dir = base_with_components(&["policy-report-crd", "policy-reports"]);
     let with = kustomize(dir.path().to_str().unwrap());
     let base = kustomize("deploy/base");
     assert_eq!(

@@ -153,20 +153,7 @@ fn cert_manager_mode_renders_what_the_cert_manager_overlay_renders() {
 /// the flag, and a ClusterRole that may read and resize claims and record Events, nothing more.
 #[test]
 fn volume_growth_renders_what_the_volume_growth_component_renders() {
-    let dir = tempfile::tempdir().unwrap();
-    // kustomize takes the resources of a kustomization by relative path only.
-    let up = "../".repeat(
-        dir.path()
-            .components()
-            .filter(|c| matches!(c, std::path::Component::Normal(_)))
-            .count(),
-    );
-    let deploy = format!("{up}{}", root().join("deploy").display());
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        format!("resources: [{deploy}/base]\ncomponents: [{deploy}/components/volume-growth]\n"),
-    )
-    .unwrap();
+    let dir = base_with_components(&["volume-growth"]);
     let target = dir.path().to_str().unwrap();
     assert_chart_renders_target(&["--set", "volumeGrowth.enabled=true"], target, unchanged);
     let objects = kustomize(target);

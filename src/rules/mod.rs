@@ -531,7 +531,25 @@ pub(crate) mod testing {
 
     /// A StatefulSet as kube-apiserver would send it (defaulted), from YAML.
     pub fn sts(yaml: &str) -> StatefulSet {
-        let mut sts: StatefulSet = serde_yaml_ng::from_str(yaml).expect("test YAML");
+        defaulted(serde_yaml_ng::from_str(yaml).expect("test YAML"))
+    }
+
+    /// A StatefulSet `name` (its pods labelled `app: <name>`) whose pod spec is `pod`, YAML.
+    pub fn sts_with_pod(name: &str, pod: &str) -> StatefulSet {
+        let pod: serde_json::Value = serde_yaml_ng::from_str(pod).expect("test YAML");
+        let sts: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "serviceName": name,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": pod},
+            },
+        }))
+        .expect("test StatefulSet");
+        defaulted(sts)
+    }
+
+    fn defaulted(mut sts: StatefulSet) -> StatefulSet {
         sts.spec
             .pod_management_policy
             .get_or_insert_with(|| "OrderedReady".into());

@@ -72,15 +72,18 @@ impl ValidationRule for NodeLocalStorage {
         let name = display_name(&sts.metadata, ctx.namespace);
         let mut findings = Vec::new();
         let pod = sts.spec.template.spec.as_ref();
+        let on_the_node = |volume: &str, what: String| {
+            Finding::new(
+                RuleId::NodeLocalStorage,
+                Part::Volume(volume.to_owned()),
+                format!("volume {volume:?} of StatefulSet {name} is {what}; {LOST}"),
+            )
+        };
         for volume in pod.and_then(|p| p.volumes.as_ref()).into_iter().flatten() {
             if let Some(host) = &volume.host_path {
-                findings.push(Finding::new(
-                    RuleId::NodeLocalStorage,
-                    Part::Volume(volume.name.clone()),
-                    format!(
-                        "volume {:?} of StatefulSet {name} is a hostPath ({}): its data lives on one node's disk; {LOST}",
-                        volume.name, host.path
-                    ),
+                findings.push(on_the_node(
+                    &volume.name,
+                    format!("a hostPath ({}): its data lives on one node's disk", host.path),
                 ));
             }
             if volume.empty_dir.is_some() {
@@ -91,12 +94,11 @@ impl ValidationRule for NodeLocalStorage {
                     .filter(|m| m.name == volume.name)
                     .find(|m| cfg.data_paths.iter().any(|p| m.mount_path.trim_end_matches('/') == p.trim_end_matches('/')));
                 if let Some(mount) = mounted_as_data {
-                    findings.push(Finding::new(
-                        RuleId::NodeLocalStorage,
-                        Part::Volume(volume.name.clone()),
+                    findings.push(on_the_node(
+                        &volume.name,
                         format!(
-                            "volume {:?} of StatefulSet {name} is an emptyDir mounted at the data path {}: the data lives on the node and goes with the pod; {LOST}",
-                            volume.name, mount.mount_path
+                            "an emptyDir mounted at the data path {}: the data lives on the node and goes with the pod",
+                            mount.mount_path
                         ),
                     ));
                 }

@@ -179,7 +179,7 @@ mod tests {
     use crate::rules::RuleConfig;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{mutate, apply, basic_sts, ctx, sts};
+    use crate::rules::testing::{mutate, apply, basic_sts, ctx, sts_with_pod};
 
     #[test]
     fn adds_preferred_anti_affinity_on_the_statefulsets_own_selector() {
@@ -251,19 +251,12 @@ mod tests {
     #[test]
     fn keeps_existing_node_affinity() {
         let cluster = Snapshot::unknown();
-        let obj = sts(r#"
-metadata: {name: db}
-spec:
-  serviceName: db
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      affinity:
-        nodeAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-            nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]}]
-      containers: [{name: db, image: x}]
+        let obj = sts_with_pod("db", r#"
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]}]
+containers: [{name: db, image: x}]
 "#);
         let m = mutate::<PodAntiAffinity>(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).unwrap();
         assert_eq!(

@@ -35,7 +35,7 @@ mod tests {
     use super::*;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{basic_sts, ctx, sts};
+    use crate::rules::testing::{basic_sts, ctx, sts_with_pod};
 
     #[test]
     fn container_without_liveness_probe_is_named() {
@@ -53,16 +53,9 @@ mod tests {
     #[test]
     fn container_with_liveness_probe_passes_and_plain_init_containers_are_ignored() {
         let cluster = Snapshot::unknown();
-        let obj = sts(r#"
-metadata: {name: db}
-spec:
-  serviceName: db
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      initContainers: [{name: init, image: busybox}]
-      containers: [{name: db, image: pg, livenessProbe: {exec: {command: [pg_isready]}}}]
+        let obj = sts_with_pod("db", r#"
+initContainers: [{name: init, image: busybox}]
+containers: [{name: db, image: pg, livenessProbe: {exec: {command: [pg_isready]}}}]
 "#);
         assert!(RequireLivenessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster)).is_empty());
     }

@@ -206,45 +206,27 @@ mod tests {
     use super::*;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{basic_sts, ctx, sts};
+    use crate::rules::testing::{basic_sts, ctx, sts_with_pod};
 
-    fn findings(yaml: &str) -> Vec<Finding> {
+    fn findings(sts: &StatefulSet) -> Vec<Finding> {
         let cluster = Snapshot::unknown();
-        RequirePersistentStorage::validate(&sts(yaml), &Config::default(), &ctx(Operation::Create, &cluster))
+        RequirePersistentStorage::validate(sts, &Config::default(), &ctx(Operation::Create, &cluster))
     }
 
     #[test]
     fn a_database_on_an_empty_dir_or_its_own_filesystem_is_found() {
-        let f = findings(
-            r#"
-metadata: {name: cache}
-spec:
-  serviceName: cache
-  selector: {matchLabels: {app: cache}}
-  template:
-    metadata: {labels: {app: cache}}
-    spec:
-      volumes: [{name: data, emptyDir: {}}]
-      containers:
-      - {name: redis, image: "redis:7", volumeMounts: [{name: data, mountPath: /data}]}
-      - {name: sentinel, image: "redis:7", command: [redis-sentinel], volumeMounts: [{name: data, mountPath: /data}]}
-"#,
-        );
+        let f = findings(&sts_with_pod("cache", r#"
+volumes: [{name: data, emptyDir: {}}]
+containers:
+- {name: redis, image: "redis:7", volumeMounts: [{name: data, mountPath: /data}]}
+- {name: sentinel, image: "redis:7", command: [redis-sentinel], volumeMounts: [{name: data, mountPath: /data}]}
+"#));
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].part, Part::Volume("data".into()));
         assert!(f[0].message.contains("emptyDir holding the data directory"));
-        let f = findings(
-            r#"
-metadata: {name: pg}
-spec:
-  serviceName: pg
-  selector: {matchLabels: {app: pg}}
-  template:
-    metadata: {labels: {app: pg}}
-    spec:
-      containers: [{name: pg, image: "docker.io/library/postgres:16@sha256:abc"}]
-"#,
-        );
+        let f = findings(&sts_with_pod("pg", r#"
+containers: [{name: pg, image: "docker.io/library/postgres:16@sha256:abc"}]
+"#));
         assert_eq!(f.len(), 1);
         assert!(f[0].message.contains("own filesystem"), "{}", f[0].message);
     }
@@ -261,18 +243,9 @@ spec:
             r#"{name: broker, image: "apachepulsar/pulsar:3", volumeMounts: [{name: data, mountPath: /data}]}"#,
             r#"{name: nats, image: "nats:2.10"}"#,
         ] {
-            let f = findings(&format!(
-                r#"
-metadata: {{name: tier}}
-spec:
-  serviceName: tier
-  selector: {{matchLabels: {{app: tier}}}}
-  template:
-    metadata: {{labels: {{app: tier}}}}
-    spec:
-      volumes: [{{name: data, emptyDir: {{}}}}]
-      containers: [{container}]
-"#
+            let f = findings(&sts_with_pod(
+                "tier",
+                &format!("volumes: [{{name: data, emptyDir: {{}}}}]\ncontainers: [{container}]"),
             ));
             assert!(f.is_empty(), "{container}: {f:?}");
         }
@@ -289,19 +262,10 @@ spec:
             )
             .is_empty()
         );
-        let f = findings(
-            r#"
-metadata: {name: db}
-spec:
-  serviceName: db
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      volumes: [{name: data, persistentVolumeClaim: {claimName: shared}}]
-      containers: [{name: c, image: postgres, volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]}]
-"#,
-        );
+        let f = findings(&sts_with_pod("db", r#"
+volumes: [{name: data, persistentVolumeClaim: {claimName: shared}}]
+containers: [{name: c, image: postgres, volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]}]
+"#));
         assert!(f.is_empty());
     }
 }

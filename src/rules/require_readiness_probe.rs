@@ -50,27 +50,20 @@ mod tests {
     use super::*;
     use crate::cluster::Snapshot;
     use crate::rules::Operation;
-    use crate::rules::testing::{ctx, sts};
+    use crate::rules::testing::{ctx, sts_with_pod};
 
     #[test]
     fn names_every_container_and_sidecar_without_the_probe() {
         let cluster = Snapshot::unknown();
-        let obj = sts(r#"
-metadata: {name: zk}
-spec:
-  serviceName: zk
-  selector: {matchLabels: {app: zk}}
-  template:
-    metadata: {labels: {app: zk}}
-    spec:
-      initContainers:
-      - {name: init-perms, image: busybox}
-      - {name: log-shipper, image: busybox, restartPolicy: Always, ports: [{containerPort: 24224}]}
-      - {name: backup-agent, image: busybox, restartPolicy: Always}
-      containers:
-      - {name: zookeeper, image: zk, readinessProbe: {tcpSocket: {port: 2181}}}
-      - {name: metrics, image: exporter, ports: [{containerPort: 9141}]}
-      - {name: config-reload, image: reloader}
+        let obj = sts_with_pod("zk", r#"
+initContainers:
+- {name: init-perms, image: busybox}
+- {name: log-shipper, image: busybox, restartPolicy: Always, ports: [{containerPort: 24224}]}
+- {name: backup-agent, image: busybox, restartPolicy: Always}
+containers:
+- {name: zookeeper, image: zk, readinessProbe: {tcpSocket: {port: 2181}}}
+- {name: metrics, image: exporter, ports: [{containerPort: 9141}]}
+- {name: config-reload, image: reloader}
 "#);
         let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         let subjects: Vec<_> = findings.iter().map(|f| f.part.to_string()).collect();
@@ -86,15 +79,8 @@ spec:
     #[test]
     fn the_only_container_serves_even_without_a_port() {
         let cluster = Snapshot::unknown();
-        let obj = sts(r#"
-metadata: {name: worker}
-spec:
-  serviceName: worker
-  selector: {matchLabels: {app: worker}}
-  template:
-    metadata: {labels: {app: worker}}
-    spec:
-      containers: [{name: worker, image: w}]
+        let obj = sts_with_pod("worker", r#"
+containers: [{name: worker, image: w}]
 "#);
         let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(findings.len(), 1);
@@ -103,16 +89,9 @@ spec:
     #[test]
     fn a_startup_probe_alone_is_advice_not_a_denial() {
         let cluster = Snapshot::unknown();
-        let obj = sts(r#"
-metadata: {name: rp}
-spec:
-  serviceName: rp
-  selector: {matchLabels: {app: rp}}
-  template:
-    metadata: {labels: {app: rp}}
-    spec:
-      containers:
-      - {name: redpanda, image: rp, ports: [{containerPort: 9092}], startupProbe: {exec: {command: [rpk]}}}
+        let obj = sts_with_pod("rp", r#"
+containers:
+- {name: redpanda, image: rp, ports: [{containerPort: 9092}], startupProbe: {exec: {command: [rpk]}}}
 "#);
         let findings = RequireReadinessProbe::validate(&obj, &Config::default(), &ctx(Operation::Create, &cluster));
         assert_eq!(findings.len(), 1);

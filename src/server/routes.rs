@@ -133,6 +133,13 @@ async fn admission_limits(
         tracing::warn!(reason, %message, "review refused before evaluation");
         error(status, message)
     };
+    let no_room = |what: String| {
+        refuse(
+            "memory",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no room in the memory budget {what} (--memory-budget); retry"),
+        )
+    };
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -155,13 +162,7 @@ async fn admission_limits(
         .for_body(announced.map(|n| n as usize), limits.max_body_bytes, wait)
         .await
     else {
-        return refuse(
-            "memory",
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "no room in the memory budget for the request body within {wait:?} (--memory-budget); retry"
-            ),
-        );
+        return no_room(format!("for the request body within {wait:?}"));
     };
     let (parts, body) = request.into_parts();
     let body = match tokio::time::timeout(
@@ -196,14 +197,10 @@ async fn admission_limits(
         .for_evaluation(reading, body.len(), wait)
         .await
     else {
-        return refuse(
-            "memory",
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "no room in the memory budget to evaluate a review of {} bytes within {wait:?} (--memory-budget); retry",
-                body.len()
-            ),
-        );
+        return no_room(format!(
+            "to evaluate a review of {} bytes within {wait:?}",
+            body.len()
+        ));
     };
     let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
         return refuse(

@@ -321,6 +321,33 @@ pub fn kustomize(dir: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A user's kustomization of deploy/base with the components `deploy/components/<name>`, in a
+/// temporary directory (`kubectl kustomize` takes it by any path, but its resources by relative
+/// path only).
+pub fn base_with_components(components: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let up = "../".repeat(
+        dir.path()
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .count(),
+    );
+    let deploy = format!("{up}{}/deploy", env!("CARGO_MANIFEST_DIR"));
+    let components: Vec<String> = components
+        .iter()
+        .map(|c| format!("{deploy}/components/{c}"))
+        .collect();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources: [{deploy}/base]\ncomponents: [{}]\n",
+            components.join(", ")
+        ),
+    )
+    .unwrap();
+    dir
+}
+
 pub fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| o["kind"] == kind).collect()
 }
