@@ -538,14 +538,15 @@ fn validate(input: &Input, policy: &Policy, eval: &Evaluation, ctx: &Context) ->
     let Object::StatefulSet(sts) = input.object else {
         return vec![];
     };
-    let mut found = findings_of(sts, policy, eval, ctx);
-    if input.operation == Operation::Update
+    let mut found = if input.operation == Operation::Update
         && policy.spec.updates.validate == UpdateValidation::NewFindings
         && let Some(Object::StatefulSet(old)) = input.old
     {
         // An existing workload must stay operable (scalable during an incident): report only
         // what this update introduces, or what it touches (a container it changes).
-        // Linear: one set of the old findings, one lookup per new finding.
+        // Linear: one set of the old findings, one lookup per new finding. Both objects are
+        // judged for comparison only (no costly message parts); a finding kept with an
+        // abridged message is then asked for in full.
         let compared = Context {
             detail: Detail::Compared,
             ..*ctx
@@ -555,14 +556,23 @@ fn validate(input: &Input, policy: &Policy, eval: &Evaluation, ctx: &Context) ->
             .map(|r| (r.finding.rule, r.finding.part))
             .collect();
         let changed = changed_containers(old, sts);
-        found.retain(|r| {
+        let is_new = |r: &RuleFinding| {
             let f = &r.finding;
             // A borrowed key would need a second enum; the clone is one small string per
             // finding of the new object.
             let existed = before.contains(&(f.rule, f.part.clone()));
             !existed || matches!(&f.part, Part::Container(name) if changed.contains(name.as_str()))
-        });
-    }
+        };
+        let mut found = findings_of(sts, policy, eval, &compared);
+        found.retain(is_new);
+        if found.iter().any(|r| r.finding.abridged) {
+            found = findings_of(sts, policy, eval, ctx);
+            found.retain(is_new);
+        }
+        found
+    } else {
+        findings_of(sts, policy, eval, ctx)
+    };
     // A rule that could not verify (no cluster state), or that only advises, never denies.
     for r in &mut found {
         if (r.finding.unverified || r.finding.advisory) && r.action == ValidateAction::Enforce {

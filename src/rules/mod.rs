@@ -458,6 +458,9 @@ pub struct Finding {
     /// Advice rather than a violation (a risk the object partly covers): never deny on such a
     /// finding either; `enforce` reports it as a warning.
     pub advisory: bool,
+    /// The message leaves out what only [`Detail::Full`] writes: the engine asks the rule again,
+    /// in full, before it reports the finding.
+    pub abridged: bool,
 }
 
 impl Finding {
@@ -468,6 +471,7 @@ impl Finding {
             message: message.into(),
             unverified: false,
             advisory: false,
+            abridged: false,
         }
     }
 

@@ -129,11 +129,10 @@ impl ValidationRule for RequirePdb {
             message.push_str(" Create this PodDisruptionBudget first:\n---\n");
             message.push_str(&manifest);
         }
-        vec![Finding::new(
-            RuleId::RequirePdb,
-            Part::Whole(Aspect::Pdb),
-            message,
-        )]
+        vec![Finding {
+            abridged: ctx.detail == Detail::Compared,
+            ..Finding::new(RuleId::RequirePdb, Part::Whole(Aspect::Pdb), message)
+        }]
     }
 }
 
@@ -187,6 +186,7 @@ mod tests {
         assert!(r.message.contains("kind: PodDisruptionBudget"), "{}", r.message);
         assert!(!c.message.contains("---"), "{}", c.message);
         assert!(r.message.starts_with(&c.message), "{}", c.message);
+        assert!(c.abridged && !r.abridged, "the engine knows to ask again");
     }
 
     #[test]
