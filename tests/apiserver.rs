@@ -1314,6 +1314,118 @@ fn background_audit(i: &mut Installed) {
     let _ = second.child.wait();
 }
 
+/// The apiserver's count of the requests that a review's live reads make: LISTs of PDBs and of
+/// StatefulSets, GETs of namespaces (nothing else in these tests sends them while it runs).
+fn live_read_requests(api: &Apiserver) -> u64 {
+    api.ok(&["get", "--raw", "/metrics"], None)
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            (l.contains(r#"verb="LIST""#)
+                && (l.contains(r#"resource="poddisruptionbudgets""#)
+                    || l.contains(r#"resource="statefulsets""#)))
+                || (l.contains(r#"verb="GET""#) && l.contains(r#"resource="namespaces""#))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A hostile tenant who reaches the webhook's port sends it reviews of its own: StatefulSets
+/// without a PDB in 300 namespaces that do not exist, and claims "from the StatefulSet
+/// controller" of 300 StatefulSets that do not exist, each a cache miss. The apiserver, not the
+/// webhook, counts what the webhook's ServiceAccount then asks of it: at most the live reads'
+/// burst and rate (cluster::live), against one or two per review unbounded.
+fn live_reads_are_bounded(i: &Installed) {
+    use stateful_guard::cluster::live::{BURST, RATE};
+    let statefulset: Value =
+        serde_json::from_slice(&review_fixture("statefulset-create.validating.json")).unwrap();
+    let claim: Value = serde_json::from_slice(&review_fixture(
+        "pvc-create-by-statefulset-controller.mutating.json",
+    ))
+    .unwrap();
+    let reviews: Vec<(&str, Vec<u8>)> = (0..300)
+        .flat_map(|n| {
+            let ns = format!("hostile-{n}");
+            let mut sts = statefulset.clone();
+            sts["request"]["uid"] = json!(format!("hostile-sts-{n}"));
+            sts["request"]["namespace"] = json!(ns);
+            sts["request"]["object"]["metadata"]["namespace"] = json!(ns);
+            sts["request"]["object"]["spec"]["replicas"] = json!(3);
+            let mut pvc = claim.clone();
+            pvc["request"]["uid"] = json!(format!("hostile-pvc-{n}"));
+            pvc["request"]["namespace"] = json!(ns);
+            pvc["request"]["name"] = json!(format!("www-x{n}-0"));
+            pvc["request"]["object"]["metadata"]["name"] = json!(format!("www-x{n}-0"));
+            pvc["request"]["object"]["metadata"]["namespace"] = json!(ns);
+            [
+                ("/validate", serde_json::to_vec(&sts).unwrap()),
+                ("/mutate", serde_json::to_vec(&pvc).unwrap()),
+            ]
+        })
+        .collect();
+    let ca = serving_ca(&i.api);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", i.port).parse().unwrap();
+    let before = live_read_requests(&i.api);
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let answered: usize = runtime.block_on(async {
+        let reviews = std::sync::Arc::new(reviews);
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let (reviews, ca) = (reviews.clone(), ca.clone());
+            tasks.push(tokio::spawn(async move {
+                let tls = common::server::tls_connect(
+                    addr,
+                    &ca,
+                    "stateful-guard.stateful-guard.svc",
+                    &[b"http/1.1"],
+                )
+                .await
+                .unwrap();
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut answered = 0;
+                for (path, body) in reviews.iter().skip(worker).step_by(8) {
+                    let (status, body) =
+                        common::server::send_one(&mut send, "POST", path, body.clone())
+                            .await
+                            .unwrap();
+                    let review: Value = serde_json::from_slice(&body).unwrap();
+                    if status == 200 && review["response"]["allowed"].is_boolean() {
+                        answered += 1;
+                    }
+                }
+                answered
+            }));
+        }
+        let mut answered = 0;
+        for task in tasks {
+            answered += task.await.unwrap();
+        }
+        answered
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(answered, 600, "every review is answered");
+    let reads = live_read_requests(&i.api) - before;
+    // Slack for the webhook's own lists meanwhile (a background audit scan started by an
+    // earlier scenario's change lists StatefulSets; a reflector may relist).
+    let bound = (BURST + RATE * elapsed.ceil()) as u64 + 5;
+    eprintln!(
+        "600 hostile reviews in {elapsed:.1} s: {reads} live reads reached the apiserver (bound {bound})"
+    );
+    assert!(
+        reads <= bound,
+        "{reads} live reads in {elapsed:.1} s, more than the burst ({BURST}) and rate ({RATE}/s) allow"
+    );
+}
+
 /// A claim template's size raised in the manifest (`volume-growth`, `serve --grow-volumes` as
 /// deploy/components/volume-growth installs it): `kubectl apply` and server-side apply of the
 /// larger size succeed, each Bound claim is asked for it within seconds, a scale-up's new claim
@@ -1646,6 +1758,7 @@ fn a_real_apiserver_agrees() {
     timed("dry run and claims", &mut |i| dry_run_and_claims(i));
     timed("policy ConfigMap", &mut |i| policy_configmap(i));
     timed("namespace cache miss", &mut |i| namespace_cache_miss(i));
+    timed("live reads are bounded", &mut |i| live_reads_are_bounded(i));
     timed("certificate bootstrap", &mut |i| certificate_bootstrap(i));
     timed("two replicas race", &mut |i| two_replicas_race(i));
     timed("webhook killed", &mut |i| webhook_killed(i));
