@@ -417,7 +417,9 @@ fn is_float_syntax(s: &str) -> bool {
 /// The base and digits of an integer literal as Go's `strconv.ParseInt(s, 0, 64)` reads it:
 /// `0x`, `0o`, `0b` prefixes, and a leading `0` for octal.
 fn go_digits(s: &str) -> Option<(u32, &str)> {
-    let lower = |p: &str| s.len() > 2 && s[..2].eq_ignore_ascii_case(p);
+    // Bytes, not `str` slices: the text is any scalar, and its second character may be
+    // multi-byte (`1\u{feff}`); once two ASCII bytes match, `s[2..]` is on a boundary.
+    let lower = |p: &str| s.len() > 2 && s.as_bytes()[..2].eq_ignore_ascii_case(p.as_bytes());
     let (radix, digits) = if lower("0x") {
         (16, &s[2..])
     } else if lower("0o") {
@@ -708,6 +710,17 @@ mod tests {
                    "false": false, "true": false, "f": 1, "e": 1000, "h": 31, "b": 5,
                    "nul": null, "tl": null, "pf": 0.5, "s": "0755", "q": "0755", "m": -15,
                    "neg": -8})
+        );
+    }
+
+    /// Found by `scripts/fuzz 600 -1 manifests`: a scalar starting with a digit and a
+    /// multi-byte character panicked on a `str` slice inside it.
+    #[test]
+    fn a_number_followed_by_a_multi_byte_character_is_a_string() {
+        let v = one("age: 1\u{feff}Gd\nx: 0\u{e9}\nh: 0x\u{e9}\n");
+        assert_eq!(
+            v,
+            json!({"age": "1\u{feff}Gd", "x": "0\u{e9}", "h": "0x\u{e9}"})
         );
     }
 
