@@ -20,9 +20,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::audit::lease::Leadership;
+use crate::claim_sizes::{bytes, storage};
 use crate::cluster::cache::ClusterCache;
 use crate::metrics::{ClaimLabels, Metrics};
-use crate::rules::volume_growth::{bytes, storage};
 
 /// How often the claims are looked at: a claim is asked for its new size within seconds of the
 /// manifest's change.

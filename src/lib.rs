@@ -18,6 +18,7 @@ pub mod admission;
 pub mod audit;
 pub mod certs;
 pub mod check;
+pub mod claim_sizes;
 pub mod cli;
 pub mod cluster;
 pub mod engine;

@@ -74,7 +74,7 @@ pub struct ClaimTemplates {
 impl From<StatefulSet> for ClaimTemplates {
     fn from(sts: StatefulSet) -> Self {
         Self {
-            sizes: crate::rules::volume_growth::recorded_sizes(&sts.metadata),
+            sizes: crate::claim_sizes::recorded_sizes(&sts.metadata),
             replicas: sts.spec.replicas.unwrap_or(1),
             statefulset: sts.metadata.name.unwrap_or_default(),
             templates: sts
