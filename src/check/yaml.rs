@@ -534,6 +534,10 @@ fn pad(out: &mut String, indent: usize) {
     out.extend(std::iter::repeat_n(' ', indent));
 }
 
+/// The longest key written as `key: value`, in characters as written (quotes and escapes
+/// included), with room below YAML's limit of 1024 for the `:`.
+const MAX_IMPLICIT_KEY: usize = 1000;
+
 /// A map's entries at `indent`; with `inline`, the first one continues the current line
 /// (after `- `).
 fn write_map(out: &mut String, map: &Map<String, Value>, indent: usize, inline: bool) {
@@ -541,7 +545,17 @@ fn write_map(out: &mut String, map: &Map<String, Value>, indent: usize, inline: 
         if i > 0 || !inline {
             pad(out, indent);
         }
+        let at = out.len();
         write_string(out, key, indent, true);
+        // A key YAML reads implicitly (`key: value`) may be at most 1024 characters long, in
+        // go-yaml as in the YAML spec; a longer one is written as an explicit key
+        // (`? key` then `: value` on the next line).
+        let explicit = out[at..].chars().count() > MAX_IMPLICIT_KEY;
+        if explicit {
+            out.insert_str(at, "? ");
+            out.push('\n');
+            pad(out, indent);
+        }
         out.push(':');
         match value {
             Value::Object(m) if !m.is_empty() => {
@@ -550,7 +564,13 @@ fn write_map(out: &mut String, map: &Map<String, Value>, indent: usize, inline: 
             }
             Value::Array(items) if !items.is_empty() => {
                 out.push('\n');
-                write_seq(out, items, indent, false);
+                // After an explicit key, the sequence is indented under its `:`.
+                write_seq(
+                    out,
+                    items,
+                    if explicit { indent + 2 } else { indent },
+                    false,
+                );
             }
             scalar => {
                 out.push(' ');
@@ -711,6 +731,23 @@ mod tests {
                    "nul": null, "tl": null, "pf": 0.5, "s": "0755", "q": "0755", "m": -15,
                    "neg": -8})
         );
+    }
+
+    /// Found by `scripts/fuzz 600 -1 manifests`: a key over YAML's 1024 characters for an
+    /// implicit key was written as one, and did not read back.
+    #[test]
+    fn a_key_too_long_for_an_implicit_key_is_written_explicitly() {
+        let long = "k\u{f}".repeat(400);
+        let value = json!({
+            "kind": "ConfigMap",
+            "data": {long.clone(): "v", "short": 1},
+            "list": [{long.clone(): [1, 2], "b": {long.clone(): {"x": "y"}}}],
+        });
+        let written = write(&value);
+        assert!(written.contains("? \""), "{written}");
+        let read = read(&written).unwrap();
+        assert_eq!(read.len(), 1, "{written}");
+        assert_eq!(read[0].1.as_ref().unwrap(), &value, "{written}");
     }
 
     /// Found by `scripts/fuzz 600 -1 manifests`: a scalar starting with a digit and a
