@@ -128,17 +128,33 @@ pub struct ClaimProgress {
     pub detail: Option<String>,
 }
 
-/// The last round's progress of every claim being grown, for `/report`.
+/// The last round's progress of every claim being grown, for `/report` and the PolicyReports.
 #[derive(Debug, Default)]
-pub struct Progress(std::sync::Mutex<Vec<ClaimProgress>>);
+pub struct Progress {
+    claims: std::sync::Mutex<Vec<ClaimProgress>>,
+    changed: tokio::sync::Notify,
+}
 
 impl Progress {
     pub fn claims(&self) -> Vec<ClaimProgress> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves once the progress changed since the last time it resolved (a change while
+    /// nobody waits is kept for the next wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     fn set(&self, claims: Vec<ClaimProgress>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = claims;
+        let mut current = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != claims {
+            *current = claims;
+            self.changed.notify_one();
+        }
     }
 }
 
@@ -412,5 +428,37 @@ mod tests {
             grow.await.unwrap().unwrap(),
             ClaimState::Failed(message.into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_of_progress_is_announced_and_an_unchanged_round_is_not() {
+        let progress = Progress::default();
+        let claim = ClaimProgress {
+            namespace: "db".into(),
+            statefulset: "pg".into(),
+            claim: "data-pg-0".into(),
+            size: "2Gi".into(),
+            state: ClaimState::GROWING,
+            detail: None,
+        };
+        // Set while nobody waits (the audit was writing): kept for its next wait.
+        progress.set(vec![claim.clone()]);
+        tokio::time::timeout(Duration::from_secs(5), progress.changed())
+            .await
+            .expect("the change is announced");
+        progress.set(vec![claim.clone()]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), progress.changed())
+                .await
+                .is_err(),
+            "the same progress again is no change"
+        );
+        progress.set(vec![ClaimProgress {
+            state: ClaimState::DONE,
+            ..claim
+        }]);
+        tokio::time::timeout(Duration::from_secs(5), progress.changed())
+            .await
+            .expect("a claim done is a change");
     }
 }

@@ -304,6 +304,14 @@ async fn elected(writer: &mut Option<Writer>) {
     }
 }
 
+/// Resolves when the claims' growth changed (`--grow-volumes`); never without it.
+async fn growth_changed(growth: Option<&crate::grow::Progress>) {
+    match growth {
+        Some(growth) => growth.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Scans every `interval`, and [`SETTLE`] after a change (at most every [`MIN_GAP`]), until the
 /// process ends. Each scan runs off the async workers. With a `writer`, the replica that holds
 /// the Lease also writes the PolicyReports.
@@ -328,6 +336,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::ZERO, changes.notified()).await;
     let mut policy_changes = policies.subscribe();
     policy_changes.mark_unchanged();
+    let growth = writer.as_ref().and_then(|w| w.growth.clone());
     tracing::info!(?interval, "background audit started");
     loop {
         let started = Instant::now();
@@ -380,6 +389,13 @@ pub async fn run(
                 // Newly elected (the holder died or stepped down): this scan's reports at
                 // once, not after the next scan.
                 () = elected(&mut writer) => {
+                    if let Some(writer) = &mut writer {
+                        writer.write(&scan.report).await;
+                    }
+                }
+                // A claim grew (or failed to): the reports say so without waiting for a scan,
+                // since the growth is not an object the scans see change.
+                () = growth_changed(growth.as_deref()) => {
                     if let Some(writer) = &mut writer {
                         writer.write(&scan.report).await;
                     }
