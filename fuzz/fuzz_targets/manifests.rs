@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
         let written = yaml::write(&doc.value);
         let read = yaml::read(&written)
             .unwrap_or_else(|e| panic!("--fix's output does not read back: {e:?}\n{written}"));
-        assert_eq!(read.len(), 1, "one document written, read as {}:\n{written}", read.len());
+        assert_eq!(
+            read.len(),
+            1,
+            "one document written, read as {}:\n{written}",
+            read.len()
+        );
         let again = read[0]
             .1
             .as_ref()
