@@ -323,18 +323,12 @@ fn the_policy_report_components_add_the_crd_and_rights_on_policyreports_only() {
     let crd = of_kind(&with, "CustomResourceDefinition");
     assert_eq!(crd[0]["metadata"]["name"], "policyreports.wgpolicyk8s.io");
     assert_eq!(crd[0]["spec"]["versions"][0]["name"], "v1alpha2");
-    let role = of_kind(&with, "ClusterRole")
-        .into_iter()
-        .find(|r| r["metadata"]["name"] == "stateful-guard-policy-reports")
-        .unwrap();
+    let role = named(&with, "ClusterRole", "stateful-guard-policy-reports");
     assert_eq!(
         role["rules"],
         json!([{"apiGroups": ["wgpolicyk8s.io"], "resources": ["policyreports"], "verbs": ["list", "create", "update", "delete"]}])
     );
-    let binding = of_kind(&with, "ClusterRoleBinding")
-        .into_iter()
-        .find(|r| r["metadata"]["name"] == "stateful-guard-policy-reports")
-        .unwrap();
+    let binding = named(&with, "ClusterRoleBinding", "stateful-guard-policy-reports");
     assert_eq!(
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "stateful-guard", "namespace": "stateful-guard"}])

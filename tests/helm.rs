@@ -166,10 +166,7 @@ fn volume_growth_renders_what_the_volume_growth_component_renders() {
             .any(|a| a == "--grow-volumes"),
         "{args}"
     );
-    let role = of_kind(&objects, "ClusterRole")
-        .into_iter()
-        .find(|r| r["metadata"]["name"] == "stateful-guard-volume-growth")
-        .unwrap();
+    let role = named(&objects, "ClusterRole", "stateful-guard-volume-growth");
     assert_eq!(
         role["rules"],
         json!([
