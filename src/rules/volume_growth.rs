@@ -72,18 +72,10 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
     let mut grown = Vec::new();
     let mut notes = Vec::new();
     for (i, template) in new_templates.iter().enumerate() {
-        let Some(before) = stored.get(&name(template)) else {
+        let template_name = name(template);
+        let Some(before) = stored.get(&template_name) else {
             return Mutation::none();
         };
-        let drop_class = template
-            .spec
-            .as_ref()
-            .is_none_or(|s| s.storage_class_name.is_none());
-        let same_rest = rest_of(template.spec.as_ref(), drop_class)
-            == rest_of(before.spec.as_ref(), drop_class)
-            && template.metadata.name == before.metadata.name
-            && template.metadata.labels == before.metadata.labels
-            && template.metadata.annotations == before.metadata.annotations;
         let (Some(wanted), Some(was)) = (
             storage(template.spec.as_ref()),
             storage(before.spec.as_ref()),
@@ -94,16 +86,25 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
             // The stored size again, below a recorded one (a rollback to the manifest from
             // before the growth): the template does not change, so the update goes through as
             // the apiserver would take it, and the claims keep the recorded size.
-            if let Some(size) = recorded.get(&name(template))
+            if let Some(size) = recorded.get(&template_name)
                 && bytes(size) > bytes(wanted)
             {
                 notes.push(format!(
-                    "claim template {:?} asks for {wanted}, but its claims were grown to {size} ({SIZES_ANNOTATION}): a PersistentVolumeClaim cannot shrink, so they stay {size} and new replicas get {size}; set {size} in the manifest",
-                    name(template)
+                    "claim template {template_name:?} asks for {wanted}, but its claims were grown to {size} ({SIZES_ANNOTATION}): a PersistentVolumeClaim cannot shrink, so they stay {size} and new replicas get {size}; set {size} in the manifest"
                 ));
             }
             continue;
         }
+        // Only for a size that changed (not on every UPDATE): the rest of the template, as JSON.
+        let drop_class = template
+            .spec
+            .as_ref()
+            .is_none_or(|s| s.storage_class_name.is_none());
+        let same_rest = rest_of(template.spec.as_ref(), drop_class)
+            == rest_of(before.spec.as_ref(), drop_class)
+            && template.metadata.name == before.metadata.name
+            && template.metadata.labels == before.metadata.labels
+            && template.metadata.annotations == before.metadata.annotations;
         if !same_rest {
             // Another change besides the size: the apiserver decides, as it always has.
             return Mutation::none();
@@ -111,7 +112,6 @@ fn growth(new: &StatefulSet, old: &StatefulSet, cluster: &dyn ClusterView) -> Mu
         let (Some(wanted_bytes), Some(was_bytes)) = (bytes(wanted), bytes(was)) else {
             return Mutation::none();
         };
-        let template_name = name(template);
         let floor = recorded
             .get(&template_name)
             .and_then(|r| bytes(r))
