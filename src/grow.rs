@@ -189,7 +189,6 @@ pub async fn run(
         if !leadership.is_leader_now() || !cache.is_synced() {
             continue;
         }
-        let mut counts: HashMap<&'static str, i64> = HashMap::new();
         let mut shown = Vec::new();
         for (namespace, owner) in cache.grown_statefulsets() {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
@@ -213,7 +212,6 @@ pub async fn run(
                     };
                     if entry.next_try.is_some_and(|t| Instant::now() < t) {
                         if let Some(state) = &entry.state {
-                            *counts.entry(state.label()).or_default() += 1;
                             shown.push(show(state));
                         }
                         continue;
@@ -222,7 +220,6 @@ pub async fn run(
                         Ok(state) => state,
                         Err(error) => ClaimState::Failed(error.to_string()),
                     };
-                    *counts.entry(state.label()).or_default() += 1;
                     shown.push(show(&state));
                     match state {
                         ClaimState::Failed(_) => {
@@ -256,13 +253,23 @@ pub async fn run(
                 }
             }
         }
-        progress.set(shown);
         for state in ClaimState::LABELS {
+            let count = shown.iter().filter(|c| c.state == state).count();
             metrics
                 .claims
                 .get_or_create(&ClaimLabels { state })
-                .set(counts.get(state).copied().unwrap_or(0));
+                .set(count as i64);
         }
+        // Claims no StatefulSet asks for any more (deleted, scaled in, its growth recorded
+        // elsewhere) are forgotten: the memory holds this round's claims only.
+        let current: std::collections::HashSet<(&str, &str)> = shown
+            .iter()
+            .map(|c| (c.namespace.as_str(), c.claim.as_str()))
+            .collect();
+        seen.retain(|(namespace, claim), _| {
+            current.contains(&(namespace.as_str(), claim.as_str()))
+        });
+        progress.set(shown);
     }
 }
 
