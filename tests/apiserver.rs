@@ -232,6 +232,18 @@ fn serving_ca(api: &Apiserver) -> Vec<u8> {
     .unwrap()
 }
 
+/// The webhook token its bootstrap keeps in the Secret, which the webhook configurations' paths
+/// carry.
+fn webhook_token(api: &Apiserver) -> String {
+    let secret = api.get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        secret["data"]["webhook-token"].as_str().unwrap(),
+    )
+    .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
 /// GET `path` from the webhook on loopback `port`, trusting `ca`.
 fn get_from(
     ca: &[u8],
@@ -604,6 +616,23 @@ fn certificate_bootstrap(i: &mut Installed) {
         mutating, validating,
         "both webhook configurations trust the same CA"
     );
+    // Both call the token's paths: only the apiserver (and cluster admins) know them.
+    let path = |api: &Apiserver, kind: &str| -> String {
+        api.get(&[kind, "stateful-guard"])["webhooks"][0]["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let token = webhook_token(&i.api);
+    assert_eq!(token.len(), 43, "32 random bytes, base64url");
+    assert_eq!(
+        path(&i.api, "mutatingwebhookconfiguration"),
+        format!("/mutate/{token}")
+    );
+    assert_eq!(
+        path(&i.api, "validatingwebhookconfiguration"),
+        format!("/validate/{token}")
+    );
     // A GitOps tool (or a re-apply of the rendered manifests) resets caBundle: it is put back
     // within seconds, and the apiserver's calls verify again.
     i.api.ok(
@@ -620,6 +649,21 @@ fn certificate_bootstrap(i: &mut Installed) {
     eventually(20, "caBundle put back", || {
         ca_bundle(&i.api, "mutatingwebhookconfiguration") == mutating
     });
+    // So is the path: a re-apply of the rendered manifests says `/validate`.
+    i.api.ok(
+        &[
+            "patch",
+            "validatingwebhookconfiguration",
+            "stateful-guard",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/webhooks/0/clientConfig/service/path", "value": "/validate"}]"#,
+        ],
+        None,
+    );
+    eventually(20, "path put back", || {
+        path(&i.api, "validatingwebhookconfiguration") == format!("/validate/{token}")
+    });
     // A restart keeps the CA (the apiserver's calls keep verifying with the bundle it has).
     i.start_webhook();
     assert_eq!(ca_bundle(&i.api, "mutatingwebhookconfiguration"), mutating);
@@ -627,6 +671,7 @@ fn certificate_bootstrap(i: &mut Installed) {
         .api
         .get(&["secret", "stateful-guard-tls", "-n", "stateful-guard"]);
     assert_eq!(again["data"]["ca.crt"], secret["data"]["ca.crt"]);
+    assert_eq!(webhook_token(&i.api), token, "and the token");
 }
 
 /// Two replicas starting at once with no Secret yet: one creates it, the other reads it, and
@@ -1330,11 +1375,13 @@ fn live_read_requests(api: &Apiserver) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// A hostile tenant who reaches the webhook's port sends it reviews of its own: StatefulSets
-/// without a PDB in 300 namespaces that do not exist, and claims "from the StatefulSet
-/// controller" of 300 StatefulSets that do not exist, each a cache miss. The apiserver, not the
-/// webhook, counts what the webhook's ServiceAccount then asks of it: at most the live reads'
-/// burst and rate (cluster::live), against one or two per review unbounded.
+/// A hostile tenant who reaches the webhook's port sends it reviews of its own: refused, since
+/// it does not know the webhook token. With the token (leaked, say, or a compromised node
+/// that watched the apiserver's calls): StatefulSets without a PDB in 300 namespaces that do
+/// not exist, and claims "from the StatefulSet controller" of 300 StatefulSets that do not
+/// exist, each a cache miss. The apiserver, not the webhook, counts what the webhook's
+/// ServiceAccount then asks of it: at most the live reads' burst and rate (cluster::live),
+/// against one or two per review unbounded.
 fn live_reads_are_bounded(i: &Installed) {
     use stateful_guard::cluster::live::{BURST, RATE};
     let statefulset: Value =
@@ -1343,7 +1390,9 @@ fn live_reads_are_bounded(i: &Installed) {
         "pvc-create-by-statefulset-controller.mutating.json",
     ))
     .unwrap();
-    let reviews: Vec<(&str, Vec<u8>)> = (0..300)
+    let token = webhook_token(&i.api);
+    let (validate, mutate) = (format!("/validate/{token}"), format!("/mutate/{token}"));
+    let reviews: Vec<(String, Vec<u8>)> = (0..300)
         .flat_map(|n| {
             let ns = format!("hostile-{n}");
             let mut sts = statefulset.clone();
@@ -1358,8 +1407,8 @@ fn live_reads_are_bounded(i: &Installed) {
             pvc["request"]["object"]["metadata"]["name"] = json!(format!("www-x{n}-0"));
             pvc["request"]["object"]["metadata"]["namespace"] = json!(ns);
             [
-                ("/validate", serde_json::to_vec(&sts).unwrap()),
-                ("/mutate", serde_json::to_vec(&pvc).unwrap()),
+                (validate.clone(), serde_json::to_vec(&sts).unwrap()),
+                (mutate.clone(), serde_json::to_vec(&pvc).unwrap()),
             ]
         })
         .collect();
@@ -1373,6 +1422,27 @@ fn live_reads_are_bounded(i: &Installed) {
         .build()
         .unwrap();
     let answered: usize = runtime.block_on(async {
+        // Without the token: refused before it is read.
+        let tls = common::server::tls_connect(
+            addr,
+            &ca,
+            "stateful-guard.stateful-guard.svc",
+            &[b"http/1.1"],
+        )
+        .await
+        .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for path in ["/validate", "/mutate"] {
+            let (status, _) =
+                common::server::send_one(&mut send, "POST", path, reviews[0].1.clone())
+                    .await
+                    .unwrap();
+            assert_eq!(status, 403, "{path} without the token");
+        }
         let reviews = std::sync::Arc::new(reviews);
         let mut tasks = Vec::new();
         for worker in 0..8 {

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::Status;
-use stateful_guard::certs::bootstrap::{self, Material, Plan, SecretApi, Settings, material_of};
+use stateful_guard::certs::bootstrap::{
+    self, Material, Plan, SecretApi, Settings, Trust, material_of,
+};
 use time::{Duration, OffsetDateTime};
 
 fn settings() -> Settings {
@@ -181,6 +183,7 @@ fn garbage_in_the_secret_is_replaced() {
         ca_key: "y".into(),
         cert: "z".into(),
         key: "w".into(),
+        webhook_token: String::new(),
     };
     assert!(matches!(
         bootstrap::plan(Some(&junk), &settings(), OffsetDateTime::now_utc()).unwrap(),
@@ -188,21 +191,92 @@ fn garbage_in_the_secret_is_replaced() {
     ));
 }
 
-#[test]
-fn ca_bundle_goes_into_every_webhook_once() {
-    let config: MutatingWebhookConfiguration = serde_yaml_ng::from_str(
+fn base_mutating() -> MutatingWebhookConfiguration {
+    serde_yaml_ng::from_str(
         include_str!("../deploy/base/webhooks.yaml")
             .split("---")
             .find(|d| d.contains("MutatingWebhookConfiguration"))
             .unwrap(),
     )
-    .unwrap();
-    let updated = bootstrap::with_ca_mutating(config, b"CA").expect("caBundle was empty");
+    .unwrap()
+}
+
+fn paths(config: &MutatingWebhookConfiguration) -> Vec<String> {
+    config
+        .webhooks
+        .iter()
+        .flatten()
+        .map(|h| {
+            h.client_config
+                .service
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn ca_bundle_and_token_go_into_every_webhook_once() {
+    let config = base_mutating();
+    assert!(paths(&config).iter().all(|p| p == "/mutate"));
+    let trust = Trust {
+        ca_bundle: b"CA",
+        token: "tok",
+    };
+    let updated = bootstrap::with_trust_mutating(config, trust).expect("caBundle was empty");
     for hook in updated.webhooks.as_ref().unwrap() {
         assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
     }
+    assert!(paths(&updated).iter().all(|p| p == "/mutate/tok"));
     assert!(
-        bootstrap::with_ca_mutating(updated, b"CA").is_none(),
+        bootstrap::with_trust_mutating(updated.clone(), trust).is_none(),
         "nothing to update twice"
     );
+    // A new token replaces the old one in the path; the CA stays.
+    let renewed = bootstrap::with_trust_mutating(
+        updated,
+        Trust {
+            ca_bundle: b"CA",
+            token: "new",
+        },
+    )
+    .expect("the token changed");
+    assert!(paths(&renewed).iter().all(|p| p == "/mutate/new"));
+}
+
+#[test]
+fn a_secret_from_before_tokens_gets_one_and_keeps_its_certificates() {
+    let s = settings();
+    let Plan::Write(first) = bootstrap::plan(None, &s, OffsetDateTime::now_utc()).unwrap() else {
+        panic!()
+    };
+    assert!(bootstrap::is_token(&first.webhook_token));
+    // Stored by a version without tokens: the key is absent.
+    let mut secret = bootstrap::secret_of(&first, &s, None);
+    secret.data.as_mut().unwrap().remove("webhook-token");
+    let old = material_of(&secret).expect("certificates are still read");
+    assert_eq!(old.webhook_token, "");
+    let Plan::Write(upgraded) = bootstrap::plan(Some(&old), &s, OffsetDateTime::now_utc()).unwrap()
+    else {
+        panic!("a token is added")
+    };
+    assert!(bootstrap::is_token(&upgraded.webhook_token));
+    assert_ne!(
+        upgraded.webhook_token, first.webhook_token,
+        "a new random one"
+    );
+    assert_eq!(
+        (&upgraded.ca_bundle, &upgraded.cert, &upgraded.key),
+        (&first.ca_bundle, &first.cert, &first.key),
+        "the certificates are kept: nothing changes for the apiserver's verification"
+    );
+    // Rotations keep the token, so the webhook configurations' paths stay.
+    let later = OffsetDateTime::now_utc() + Duration::days(3650 - 10);
+    let Plan::Write(rotated) = bootstrap::plan(Some(&upgraded), &s, later).unwrap() else {
+        panic!("CA rotation due")
+    };
+    assert_eq!(rotated.webhook_token, upgraded.webhook_token);
 }

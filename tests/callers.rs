@@ -175,3 +175,92 @@ async fn metrics_and_report_leave_the_webhook_port_and_probes_cannot_be_starved(
     }
     drop(held);
 }
+
+/// Whatever `server` answered: the status and the body as JSON.
+async fn review_at(server: &Server, path: &str, body: &[u8]) -> (StatusCode, serde_json::Value) {
+    let (status, body) = server.post(path, body.to_vec()).await;
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// With a webhook token, a tenant who reaches the port learns nothing from a crafted review: it
+/// is refused before it is read, and counted. The apiserver, calling the path its webhook
+/// configuration names (with its `?timeout=`), is answered; a new token in the file takes over
+/// from the old one without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_webhook_token_only_its_path_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let first = "a".repeat(20) + "-first-token-0123456789";
+    std::fs::write(&token_file, format!("{first}\n")).unwrap();
+    let (server, _certs, _secret) =
+        secure_server(&["--webhook-token-file", token_file.to_str().unwrap()]);
+    let review = common::review_fixture("statefulset-create.validating.json");
+    let uid =
+        serde_json::from_slice::<serde_json::Value>(&review).unwrap()["request"]["uid"].clone();
+    for path in ["/validate", "/validate/guess", "/mutate?timeout=10s"] {
+        let (status, answer) = review_at(&server, path, &review).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            answer.get("response").is_none() && answer["error"].is_string(),
+            "{path}: a refusal, nothing of the review's namespace: {answer}"
+        );
+    }
+    let (status, answer) =
+        review_at(&server, &format!("/validate/{first}?timeout=10s"), &review).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["response"]["uid"], uid, "the apiserver is answered");
+    let (_, metrics) = server.get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"stateful_guard_refused_total{reason="unauthenticated"} 3"#),
+        "{metrics}"
+    );
+    // A new token: served within the reload interval, and the old one refused.
+    let second = "b".repeat(20) + "-second-token-012345678";
+    std::fs::write(&token_file, &second).unwrap();
+    let mut answered = false;
+    for _ in 0..100 {
+        if review_at(&server, &format!("/mutate/{second}"), &review)
+            .await
+            .0
+            == StatusCode::OK
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the new token is served: {}", server.logs());
+    let (status, _) = review_at(&server, &format!("/mutate/{first}"), &review).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the old token no longer is");
+    // A broken file keeps the last good token, loudly.
+    std::fs::write(&token_file, "short").unwrap();
+    assert!(server.wait_for_log(
+        "keeping the last good webhook token",
+        Duration::from_secs(10)
+    ));
+    let (status, _) = review_at(&server, &format!("/mutate/{second}"), &review).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A token too short to be secret is a start-up error naming the file, before the port opens.
+#[test]
+fn a_weak_webhook_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "password").unwrap();
+    let out = std::process::Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cluster", "off"])
+        .arg("--webhook-token-file")
+        .arg(&token_file)
+        .env_remove("SG_POLICY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(token_file.to_str().unwrap()) && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+}

@@ -10,6 +10,12 @@
 //! from the same CA; a CA within `renew_before` of its end is replaced by a new one, and the old
 //! CA stays in `ca.crt` (and so in the webhooks' `caBundle`) until it expires, so replicas still
 //! serving the old leaf stay trusted during the overlap.
+//!
+//! The Secret also holds the webhook token: a random path segment the webhook configurations
+//! call (`/mutate/<token>`). Only readers of the webhook configurations (cluster admins) and
+//! of the Secret know it, so a tenant who reaches the webhook's port cannot have its reviews
+//! answered: the webhook would otherwise tell anyone what it knows of every namespace (its
+//! PDBs, its policy). It is made once and kept across rotations.
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
@@ -43,6 +49,25 @@ pub struct Material {
     pub ca_key: String,
     pub cert: String,
     pub key: String,
+    /// The path segment after `/mutate/` and `/validate/` (43 characters of base64url).
+    pub webhook_token: String,
+}
+
+/// What the webhook configurations carry for the apiserver to reach this webhook: the CA
+/// bundle to verify it and the token in their paths.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust<'a> {
+    pub ca_bundle: &'a [u8],
+    pub token: &'a str,
+}
+
+impl Material {
+    pub fn trust(&self) -> Trust<'_> {
+        Trust {
+            ca_bundle: self.ca_bundle.as_bytes(),
+            token: &self.webhook_token,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +78,35 @@ pub enum BootstrapError {
     Api(#[from] kube::Error),
     #[error("the Secret kept changing under us ({0} attempts); retrying later")]
     Contended(usize),
+    #[error("no random bytes for the webhook token")]
+    Random,
 }
 
-const KEYS: [&str; 4] = ["ca.crt", "ca.key", "tls.crt", "tls.key"];
+const KEYS: [&str; 5] = ["ca.crt", "ca.key", "tls.crt", "tls.key", "webhook-token"];
 
-/// Reads the material from a Secret; `None` when a key is missing or not UTF-8.
+/// 32 random bytes, base64url: a path segment nobody guesses.
+fn new_token() -> Result<String, BootstrapError> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| BootstrapError::Random)?;
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        bytes,
+    ))
+}
+
+/// A token [`new_token`] could have made (a Secret from before tokens, or edited, has none).
+pub fn is_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Reads the material from a Secret; `None` when a certificate's key is missing or not UTF-8
+/// (a missing token is empty: [`plan`] adds one).
 pub fn material_of(secret: &Secret) -> Option<Material> {
     let data = secret.data.as_ref()?;
     let get = |k: &str| {
@@ -69,12 +118,13 @@ pub fn material_of(secret: &Secret) -> Option<Material> {
         ca_key: get(KEYS[1])?,
         cert: get(KEYS[2])?,
         key: get(KEYS[3])?,
+        webhook_token: get(KEYS[4]).unwrap_or_default(),
     })
 }
 
 /// The Secret holding `m` (type `kubernetes.io/tls`, so tools recognise tls.crt/tls.key).
 pub fn secret_of(m: &Material, s: &Settings, resource_version: Option<String>) -> Secret {
-    let values = [&m.ca_bundle, &m.ca_key, &m.cert, &m.key];
+    let values = [&m.ca_bundle, &m.ca_key, &m.cert, &m.key, &m.webhook_token];
     Secret {
         metadata: ObjectMeta {
             name: Some(s.secret.clone()),
@@ -149,14 +199,20 @@ pub enum Plan {
 }
 
 /// Decides, from the current material (if any) and the time, whether to keep it or what to
-/// write instead. Pure apart from key generation.
+/// write instead. Pure apart from key and token generation.
 pub fn plan(
     current: Option<&Material>,
     s: &Settings,
     now: OffsetDateTime,
-) -> Result<Plan, rcgen::Error> {
+) -> Result<Plan, BootstrapError> {
     let names = service_names(&s.service, &s.namespace);
-    let fresh = || -> Result<Material, rcgen::Error> {
+    // The token is kept whatever happens to the certificates: the webhook configurations'
+    // paths stay as they are.
+    let token = match current.map(|m| &m.webhook_token) {
+        Some(t) if is_token(t) => t.clone(),
+        _ => new_token()?,
+    };
+    let fresh = || -> Result<Material, BootstrapError> {
         let (ca, ca_key) = generate_ca(s.ca_days)?;
         let (cert, key) = generate_leaf(&names, s.leaf_days, &ca, &ca_key)?;
         Ok(Material {
@@ -164,6 +220,7 @@ pub fn plan(
             ca_key,
             cert,
             key,
+            webhook_token: token.clone(),
         })
     };
     let Some(m) = current else {
@@ -194,6 +251,7 @@ pub fn plan(
             ca_key: new_key,
             cert,
             key,
+            webhook_token: token,
         }));
     }
     let names_ok = names.iter().all(|n| leaf.dns_names.contains(n));
@@ -204,16 +262,19 @@ pub fn plan(
             ca_key: m.ca_key.clone(),
             cert,
             key,
+            webhook_token: token,
         }));
     }
-    let pruned = valid_cas(None);
-    if pruned != m.ca_bundle {
-        return Ok(Plan::Write(Material {
-            ca_bundle: pruned,
-            ..m.clone()
-        }));
-    }
-    Ok(Plan::Keep(m.clone()))
+    let kept = Material {
+        ca_bundle: valid_cas(None),
+        webhook_token: token,
+        ..m.clone()
+    };
+    Ok(if kept == *m {
+        Plan::Keep(kept)
+    } else {
+        Plan::Write(kept)
+    })
 }
 
 /// The Secret operations the bootstrap needs, as `kube::Api<Secret>` provides them.
@@ -280,56 +341,90 @@ pub async fn ensure(api: &impl SecretApi, s: &Settings) -> Result<Material, Boot
     Err(BootstrapError::Contended(ATTEMPTS))
 }
 
-/// Sets `caBundle` on every webhook of a MutatingWebhookConfiguration; `None` if already set.
-pub fn with_ca_mutating(
+/// Makes every webhook of a MutatingWebhookConfiguration carry `trust`; `None` if all do.
+pub fn with_trust_mutating(
     mut config: MutatingWebhookConfiguration,
-    bundle: &[u8],
+    trust: Trust<'_>,
 ) -> Option<MutatingWebhookConfiguration> {
     let hooks = config.webhooks.iter_mut().flatten();
-    set_bundles(hooks.map(|h| &mut h.client_config), bundle).then_some(config)
+    set_client_configs(hooks.map(|h| &mut h.client_config), trust).then_some(config)
 }
 
-/// Sets `caBundle` on every webhook of a ValidatingWebhookConfiguration; `None` if already set.
-pub fn with_ca_validating(
+/// Makes every webhook of a ValidatingWebhookConfiguration carry `trust`; `None` if all do.
+pub fn with_trust_validating(
     mut config: ValidatingWebhookConfiguration,
-    bundle: &[u8],
+    trust: Trust<'_>,
 ) -> Option<ValidatingWebhookConfiguration> {
     let hooks = config.webhooks.iter_mut().flatten();
-    set_bundles(hooks.map(|h| &mut h.client_config), bundle).then_some(config)
+    set_client_configs(hooks.map(|h| &mut h.client_config), trust).then_some(config)
 }
 
-/// Sets `caBundle` on each client config; whether any changed.
-fn set_bundles<'a>(
+/// The path the apiserver calls for a webhook configured with `configured` (`/mutate`, or
+/// `/mutate/<an older token>`): its first segment, then the token. `None` when it has no first
+/// segment to keep.
+pub fn webhook_path(configured: Option<&str>, token: &str) -> Option<String> {
+    let first = configured?.trim_start_matches('/').split('/').next()?;
+    (!first.is_empty()).then(|| format!("/{first}/{token}"))
+}
+
+/// Sets `caBundle` and, for a Service, the tokened path on each client config; whether any
+/// changed.
+fn set_client_configs<'a>(
     configs: impl Iterator<Item = &'a mut WebhookClientConfig>,
-    bundle: &[u8],
+    trust: Trust<'_>,
 ) -> bool {
     let mut changed = false;
     for config in configs {
-        if config.ca_bundle.as_ref().is_none_or(|b| b.0 != bundle) {
-            config.ca_bundle = Some(ByteString(bundle.to_vec()));
+        if config
+            .ca_bundle
+            .as_ref()
+            .is_none_or(|b| b.0 != trust.ca_bundle)
+        {
+            config.ca_bundle = Some(ByteString(trust.ca_bundle.to_vec()));
+            changed = true;
+        }
+        if let Some(service) = config.service.as_mut()
+            && let Some(path) = webhook_path(service.path.as_deref(), trust.token)
+            && service.path.as_deref() != Some(path.as_str())
+        {
+            service.path = Some(path);
             changed = true;
         }
     }
     changed
 }
 
-/// Puts the CA bundle into both webhook configurations named `name` (get, then replace with
-/// the resourceVersion read; retried on conflict).
-pub async fn inject_ca_bundle(
+/// Whether both webhook configurations named `name` carry `trust` already (two GETs).
+pub async fn webhooks_carry(
     client: &kube::Client,
     name: &str,
-    bundle: &[u8],
+    trust: Trust<'_>,
+) -> Result<bool, kube::Error> {
+    let mutating: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+    let validating: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
+    Ok(
+        with_trust_mutating(mutating.get(name).await?, trust).is_none()
+            && with_trust_validating(validating.get(name).await?, trust).is_none(),
+    )
+}
+
+/// Puts the CA bundle and the tokened paths into both webhook configurations named `name`
+/// (get, then replace with the resourceVersion read; retried on conflict).
+pub async fn trust_webhooks(
+    client: &kube::Client,
+    name: &str,
+    trust: Trust<'_>,
 ) -> Result<(), kube::Error> {
     let mutating: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     let validating: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
     for attempt in 0..5 {
         let result = async {
-            if let Some(updated) = with_ca_mutating(mutating.get(name).await?, bundle) {
+            if let Some(updated) = with_trust_mutating(mutating.get(name).await?, trust) {
                 mutating
                     .replace(name, &Default::default(), &updated)
                     .await?;
             }
-            if let Some(updated) = with_ca_validating(validating.get(name).await?, bundle) {
+            if let Some(updated) = with_trust_validating(validating.get(name).await?, trust) {
                 validating
                     .replace(name, &Default::default(), &updated)
                     .await?;

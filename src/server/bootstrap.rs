@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::certs::bootstrap::{self, Material, Settings};
 use crate::cli::ServeArgs;
+use crate::server::callers::Callers;
 use crate::server::tls::CertFiles;
 
 /// Everything the bootstrap needs, read from the flags once.
@@ -55,21 +56,35 @@ impl Bootstrap {
         kube::Api::namespaced(client.clone(), &self.settings.namespace)
     }
 
-    /// Makes both webhook configurations trust `material`'s CA bundle; whether they do now
-    /// (the apiserver can verify us). A missing configuration or an unanswered call is not.
+    /// Makes both webhook configurations carry `material`'s CA bundle and token; whether they
+    /// do now (the apiserver can verify us, and calls the path we answer). A missing
+    /// configuration or an unanswered call is not.
     async fn inject(&self, client: &kube::Client, material: &Material) -> bool {
-        let call =
-            bootstrap::inject_ca_bundle(client, &self.webhook_name, material.ca_bundle.as_bytes());
+        let call = bootstrap::trust_webhooks(client, &self.webhook_name, material.trust());
         match tokio::time::timeout(API_CALL_BUDGET, call).await {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot set the webhooks' caBundle; will retry");
+                tracing::warn!(%error, "cannot set the webhooks' caBundle and path; will retry");
                 false
             }
             Err(_) => {
-                tracing::warn!(budget = ?API_CALL_BUDGET, "setting the webhooks' caBundle timed out; will retry");
+                tracing::warn!(budget = ?API_CALL_BUDGET, "setting the webhooks' caBundle and path timed out; will retry");
                 false
             }
+        }
+    }
+
+    /// Whether both webhook configurations carry `material` already; `None` when the API did
+    /// not say.
+    async fn carried(&self, client: &kube::Client, material: &Material) -> Option<bool> {
+        let call = bootstrap::webhooks_carry(client, &self.webhook_name, material.trust());
+        match tokio::time::timeout(API_CALL_BUDGET, call).await {
+            Ok(Ok(carried)) => Some(carried),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the webhook configurations; will retry");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -101,6 +116,7 @@ impl Bootstrap {
                 ca_key: bundle.ca_key,
                 cert: bundle.cert,
                 key: bundle.key,
+                webhook_token: String::new(),
             },
         )?;
         Ok(CertFiles::load(
@@ -112,10 +128,17 @@ impl Bootstrap {
 
     /// After the socket is bound: the certificate from the Secret replaces the provisional one,
     /// `ready` turns true, and then the certificate is kept current until the process ends.
-    pub async fn run(self, client: kube::Client, files: Arc<CertFiles>, ready: Arc<AtomicBool>) {
+    /// The webhook token goes to `callers` before the webhook configurations name it.
+    pub async fn run(
+        self,
+        client: kube::Client,
+        files: Arc<CertFiles>,
+        ready: Arc<AtomicBool>,
+        callers: Arc<Callers>,
+    ) {
         let mut loaded = false;
         let mut material = None;
-        match self.initial(&client).await {
+        match self.initial(&client, &callers).await {
             Ok(m) => {
                 match files.reload() {
                     Ok(_) => {
@@ -133,14 +156,14 @@ impl Bootstrap {
                 "cannot write the bootstrapped certificate; will retry"
             ),
         }
-        self.keep_current(client, files, ready, loaded, material)
+        self.keep_current(client, files, ready, callers, loaded, material)
             .await;
     }
 
     /// The Secret is made valid and its certificate written, retrying with backoff while the
     /// API is unreachable (the pod is not ready meanwhile). The CA reaches the webhook
     /// configurations before the certificate it signs is served.
-    async fn initial(&self, client: &kube::Client) -> anyhow::Result<Material> {
+    async fn initial(&self, client: &kube::Client, callers: &Callers) -> anyhow::Result<Material> {
         let api = self.secrets(client);
         let mut delay = Duration::from_millis(500);
         let material = loop {
@@ -158,22 +181,28 @@ impl Bootstrap {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));
         };
+        callers.set_token(&material.webhook_token);
         self.inject(client, &material).await;
         write(&self.cert_dir, &material)?;
         Ok(material)
     }
 
-    /// Every `bundle_interval`: both webhook configurations carry the CA bundle (put back
-    /// within seconds if a GitOps tool or a re-apply reset it, or if the configurations appear
-    /// after the pod). Every `interval`: the Secret is checked and the certificate rotated when
-    /// due, its new CA bundle reaching the configurations before the new leaf is written (the
-    /// file watcher then serves it). Readiness: the Secret's certificate is served and the
-    /// configurations trust it, so the apiserver can verify us.
+    /// Every `bundle_interval`: both webhook configurations carry the CA bundle and the
+    /// tokened paths (put back within seconds if a GitOps tool or a re-apply reset them, or if
+    /// the configurations appear after the pod). Every `interval`, and whenever the
+    /// configurations differ from what this replica holds: the Secret is read first, and the
+    /// certificate rotated when due, its new CA bundle reaching the configurations before the
+    /// new leaf is written (the file watcher then serves it). Reading the Secret before putting
+    /// anything back is what keeps replicas from undoing each other: one that rotated the CA,
+    /// or made a new token, is followed by the others within a tick instead of being reverted
+    /// by their older copy until their next check. Readiness: the Secret's certificate is served
+    /// and the configurations trust it, so the apiserver can verify us.
     async fn keep_current(
         self,
         client: kube::Client,
         files: Arc<CertFiles>,
         ready: Arc<AtomicBool>,
+        callers: Arc<Callers>,
         mut loaded: bool,
         mut material: Option<Material>,
     ) {
@@ -198,13 +227,19 @@ impl Bootstrap {
             }
             tokio::time::sleep(self.bundle_interval).await;
             since_check += self.bundle_interval;
-            if material.is_none() || since_check >= self.interval {
+            let carried = match &material {
+                Some(m) => self.carried(&client, m).await,
+                None => None,
+            };
+            if material.is_none() || since_check >= self.interval || carried == Some(false) {
                 since_check = Duration::ZERO;
                 match tokio::time::timeout(API_CALL_BUDGET, bootstrap::ensure(&api, &self.settings))
                     .await
                 {
                     Ok(Ok(fresh)) => {
-                        // The CA first, then the certificate it signs.
+                        // The token before the paths name it; the CA before the certificate
+                        // it signs.
+                        callers.set_token(&fresh.webhook_token);
                         trusted = self.inject(&client, &fresh).await;
                         match write(&self.cert_dir, &fresh) {
                             Ok(true) => {
@@ -230,7 +265,7 @@ impl Bootstrap {
                 }
             }
             if let Some(m) = &material {
-                trusted = self.inject(&client, m).await;
+                trusted = carried == Some(true) || self.inject(&client, m).await;
             }
         }
     }

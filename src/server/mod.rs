@@ -24,6 +24,7 @@ use crate::policy::source::{ConfigMapSource, FileSource, PolicyStore};
 pub mod auth;
 mod bootstrap;
 pub mod budget;
+pub mod callers;
 pub mod conn;
 pub mod routes;
 pub mod tls;
@@ -340,10 +341,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         certificate_ready: Arc::new(AtomicBool::new(bootstrap.is_none())),
         audit,
         growth,
-        callers_authenticated: client_roots.is_some(),
     });
+    let callers = Arc::new(
+        if bootstrap.is_some() || args.webhook_token_file.is_some() {
+            callers::Callers::with_token(client_roots.is_some())
+        } else {
+            callers::Callers::without_token(client_roots.is_some())
+        },
+    );
+    if let Some(path) = &args.webhook_token_file {
+        callers.set_token(&callers::read_token(path)?);
+        tokio::spawn(callers::watch_token_file(
+            callers.clone(),
+            path.clone(),
+            args.reload_interval,
+        ));
+    }
     let app = routes::router(
         state.clone(),
+        callers.clone(),
         routes::Limits {
             max_body_bytes: args.max_body_bytes,
             body_read_timeout: args.body_read_timeout,
@@ -367,7 +383,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(certs.clone().watch(args.reload_interval, metrics.clone()));
     }
     if let Some((bootstrap, client)) = bootstrap {
-        tokio::spawn(bootstrap.run(client, certs.clone(), state.certificate_ready.clone()));
+        tokio::spawn(bootstrap.run(
+            client,
+            certs.clone(),
+            state.certificate_ready.clone(),
+            callers,
+        ));
     }
     if let Some(source) = file_source {
         tokio::spawn(source.watch(store.clone(), args.reload_interval));

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,6 +15,7 @@ use serde_json::json;
 use tracing::{Instrument, field};
 
 use super::budget::MemoryBudget;
+use super::callers::{Caller, Callers};
 use crate::admission::response::{headline, limits, truncate};
 use crate::admission::{Outcome, Reviewer, Uninterpretable};
 use crate::cluster::ClusterView;
@@ -42,9 +44,6 @@ pub struct AppState {
     pub audit: Option<Arc<crate::audit::Results>>,
     /// With `--grow-volumes`: the claims being grown, as of the last round.
     pub growth: Option<Arc<crate::grow::Progress>>,
-    /// With `--client-ca`: every caller of the webhooks presented a client certificate the
-    /// apiserver holds, so what a review says of its requester can be trusted further.
-    pub callers_authenticated: bool,
 }
 
 /// What bounds one admission request before it is evaluated.
@@ -218,14 +217,28 @@ async fn admission_limits(
 
 /// The webhook port's routes: the two webhooks and the health probes, and `/metrics` and
 /// `/report` when they have no listener of their own (`with_metrics`).
-pub fn router(state: Arc<AppState>, limits: Limits, with_metrics: bool) -> Router {
+///
+/// The webhooks answer at `/mutate` and `/validate`, and at `/mutate/<token>` and
+/// `/validate/<token>` for the webhook token ([`super::callers`], checked first).
+pub fn router(
+    state: Arc<AppState>,
+    callers: Arc<Callers>,
+    limits: Limits,
+    with_metrics: bool,
+) -> Router {
     let max_body_bytes = limits.max_body_bytes;
     let admission = Router::new()
         .route("/mutate", post(mutate))
+        .route("/mutate/{token}", post(mutate))
         .route("/validate", post(validate))
+        .route("/validate/{token}", post(validate))
         .layer(axum::middleware::from_fn_with_state(
             (limits, state.metrics.clone()),
             admission_limits,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (callers, state.metrics.clone()),
+            super::callers::require,
         ));
     let mut router = Router::new()
         .merge(admission)
@@ -266,7 +279,7 @@ pub fn metrics_router(state: Arc<AppState>, auth: super::auth::MetricsAuth) -> R
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -288,7 +301,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
     if !state.certificate_ready.load(Ordering::Acquire) {
         problems.push(
-            "serving certificate not bootstrapped yet, or not trusted by the webhook configurations' caBundle",
+            "serving certificate not bootstrapped yet, or not trusted by the webhook configurations' caBundle or not named by their paths",
         );
     }
     if !state.policies.is_loaded() {
@@ -360,20 +373,23 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn mutate(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(state, Phase::Mutate, "mutate", body).await
+    handle(state, caller, Phase::Mutate, "mutate", body).await
 }
 
 async fn validate(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(state, Phase::Validate, "validate", body).await
+    handle(state, caller, Phase::Validate, "validate", body).await
 }
 
 async fn handle(
     state: Arc<AppState>,
+    caller: Caller,
     phase: Phase,
     endpoint: &'static str,
     body: Result<Bytes, BytesRejection>,
@@ -400,7 +416,7 @@ async fn handle(
             live: state.live.as_ref(),
             uninterpretable: state.uninterpretable,
             statefulset_controllers: &state.statefulset_controllers,
-            live_claim_owners: state.callers_authenticated,
+            live_claim_owners: caller == Caller::Apiserver,
         };
         let answer = if body.len() > LARGE_BODY
             && tokio::runtime::Handle::current().runtime_flavor()

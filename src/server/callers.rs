@@ -1,0 +1,228 @@
+//! Who may have a review answered on the webhook port.
+//!
+//! Every pod can reach the port, and an answer says what the webhook knows of the review's
+//! namespace: that no PDB selects these labels, which class its policy wants, which rules are
+//! exempt there. So a review is answered only for the apiserver, known by one of:
+//! - its client certificate (`--client-ca`): checked in the handshake, so every caller that got
+//!   this far is the apiserver;
+//! - the webhook token (`--cert-bootstrap`, or `--webhook-token-file`): a random path segment
+//!   that the webhook configurations call (`/mutate/<token>`, `/validate/<token>`). Only who may
+//!   read the webhook configurations or the Secret (cluster admins) knows it.
+//!
+//! Without either, anyone is answered, as before: `serve` on a laptop, and installs that opt
+//! out. A refusal is a 403, logged and counted (`refused_total{reason="unauthenticated"}`).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use arc_swap::ArcSwapOption;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq as _;
+
+use crate::metrics::{Metrics, ReasonLabels};
+
+/// Who sent a review, as far as the webhook can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Proven by its client certificate or the webhook token.
+    Apiserver,
+    /// Nothing is required of callers: anyone could have sent it.
+    Anyone,
+}
+
+/// Why a review is not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "the webhook token is not known yet (the certificate bootstrap has not read its Secret)"
+    )]
+    TokenUnknown,
+    #[error(
+        "this path is not the webhook's: the apiserver calls the path its webhook configuration names"
+    )]
+    WrongToken,
+}
+
+/// What the webhook port requires of a review's caller.
+pub struct Callers {
+    /// `--client-ca`: the handshake let only the apiserver in.
+    certificates: bool,
+    /// `None`: no token required. `Some`: the token the paths must carry, unknown (`None`
+    /// inside) until the bootstrap has read it.
+    token: Option<ArcSwapOption<Box<str>>>,
+}
+
+impl Callers {
+    /// No token: with `certificates`, every caller is the apiserver; without, anyone.
+    pub fn without_token(certificates: bool) -> Self {
+        Self {
+            certificates,
+            token: None,
+        }
+    }
+
+    /// A token is required, and known once [`Callers::set_token`] is called.
+    pub fn with_token(certificates: bool) -> Self {
+        Self {
+            certificates,
+            token: Some(ArcSwapOption::empty()),
+        }
+    }
+
+    /// The token the webhook configurations' paths carry from now on.
+    pub fn set_token(&self, token: &str) {
+        if let Some(slot) = &self.token
+            && slot.load().as_deref().map(|t| &**t) != Some(token)
+        {
+            if slot.load().is_some() {
+                tracing::info!("the webhook token changed; the old one is refused from now on");
+            }
+            slot.store(Some(Arc::new(token.into())));
+        }
+    }
+
+    /// Who called `path` (`/mutate`, `/mutate/<token>`).
+    pub fn caller(&self, path: &str) -> Result<Caller, Refused> {
+        if self.certificates {
+            return Ok(Caller::Apiserver);
+        }
+        let Some(slot) = &self.token else {
+            return Ok(Caller::Anyone);
+        };
+        let Some(token) = slot.load_full() else {
+            return Err(Refused::TokenUnknown);
+        };
+        let given = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map_or("", |(_, rest)| rest);
+        // Constant time: the answer's timing says nothing of how much of a guess was right.
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            Ok(Caller::Apiserver)
+        } else {
+            Err(Refused::WrongToken)
+        }
+    }
+}
+
+/// The webhook routes' first layer: a review from a caller [`Callers`] refuses gets 403 before
+/// its body is read (it takes no memory and no slot); one that is answered carries its
+/// [`Caller`] as an extension.
+pub async fn require(
+    State((callers, metrics)): State<(Arc<Callers>, Arc<Metrics>)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match callers.caller(request.uri().path()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => {
+            metrics
+                .refused
+                .get_or_create(&ReasonLabels {
+                    reason: "unauthenticated",
+                })
+                .inc();
+            tracing::warn!(reason = "unauthenticated", message = %refused, "review refused before evaluation");
+            super::routes::error(StatusCode::FORBIDDEN, refused.to_string())
+        }
+    }
+}
+
+/// Reads a webhook token from `path` (`--webhook-token-file`): at least 32 characters of
+/// `A-Z a-z 0-9 - _`, surrounding whitespace ignored.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the webhook token {}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 32 {
+        bail!(
+            "the webhook token in {} has {} characters; it needs at least 32",
+            path.display(),
+            token.len()
+        );
+    }
+    if let Some(c) = token
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        bail!(
+            "the webhook token in {} has {c:?}; only A-Z a-z 0-9 - _ go into a path",
+            path.display()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+/// Re-reads `--webhook-token-file` every `interval`: a new token is served from then on; a
+/// broken file keeps the last good one, loudly.
+pub async fn watch_token_file(callers: Arc<Callers>, path: PathBuf, interval: Duration) {
+    let mut last_error = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        match read_token(&path) {
+            Ok(token) => {
+                last_error = None;
+                callers.set_token(&token);
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                if last_error.as_ref() != Some(&error) {
+                    tracing::error!(%error, "keeping the last good webhook token");
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdefghijABCDEFGHIJ-_0123456789";
+
+    #[test]
+    fn with_a_token_only_its_paths_are_the_apiserver() {
+        let callers = Callers::with_token(false);
+        assert_eq!(callers.caller("/mutate"), Err(Refused::TokenUnknown));
+        callers.set_token(TOKEN);
+        for path in ["/mutate", "/validate", "/mutate/", "/mutate/wrong"] {
+            assert_eq!(callers.caller(path), Err(Refused::WrongToken), "{path}");
+        }
+        // A guess of the right length with one character off.
+        let off = format!("/mutate/{}x", &TOKEN[..TOKEN.len() - 1]);
+        assert_eq!(callers.caller(&off), Err(Refused::WrongToken));
+        assert_eq!(
+            callers.caller(&format!("/mutate/{TOKEN}")),
+            Ok(Caller::Apiserver)
+        );
+        assert_eq!(
+            callers.caller(&format!("/validate/{TOKEN}")),
+            Ok(Caller::Apiserver)
+        );
+        // A new token replaces the old one.
+        callers.set_token("another");
+        assert_eq!(
+            callers.caller(&format!("/mutate/{TOKEN}")),
+            Err(Refused::WrongToken)
+        );
+        assert_eq!(callers.caller("/mutate/another"), Ok(Caller::Apiserver));
+    }
+
+    #[test]
+    fn without_a_token_anyone_unless_the_handshake_checked_certificates() {
+        let open = Callers::without_token(false);
+        assert_eq!(open.caller("/mutate"), Ok(Caller::Anyone));
+        assert_eq!(open.caller("/mutate/stale-token"), Ok(Caller::Anyone));
+        let certified = Callers::with_token(true);
+        assert_eq!(certified.caller("/mutate"), Ok(Caller::Apiserver));
+    }
+}
