@@ -201,27 +201,22 @@ fn base_mutating() -> MutatingWebhookConfiguration {
     .unwrap()
 }
 
-fn paths(config: &MutatingWebhookConfiguration) -> Vec<String> {
+fn paths(config: &MutatingWebhookConfiguration) -> Vec<Option<String>> {
     config
         .webhooks
         .iter()
         .flatten()
-        .map(|h| {
-            h.client_config
-                .service
-                .as_ref()
-                .unwrap()
-                .path
-                .clone()
-                .unwrap()
-        })
+        .map(|h| h.client_config.service.as_ref().unwrap().path.clone())
         .collect()
 }
 
 #[test]
 fn ca_bundle_and_token_go_into_every_webhook_once() {
     let config = base_mutating();
-    assert!(paths(&config).iter().all(|p| p == "/mutate"));
+    assert!(
+        paths(&config).iter().all(Option::is_none),
+        "deploy/base leaves the path to the bootstrap: no apply claims it"
+    );
     let trust = Trust {
         ca_bundle: b"CA",
         token: "tok",
@@ -230,7 +225,11 @@ fn ca_bundle_and_token_go_into_every_webhook_once() {
     for hook in updated.webhooks.as_ref().unwrap() {
         assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
     }
-    assert!(paths(&updated).iter().all(|p| p == "/mutate/tok"));
+    assert!(
+        paths(&updated)
+            .iter()
+            .all(|p| p.as_deref() == Some("/mutate/tok"))
+    );
     assert!(
         bootstrap::with_trust_mutating(updated.clone(), trust).is_none(),
         "nothing to update twice"
@@ -244,7 +243,20 @@ fn ca_bundle_and_token_go_into_every_webhook_once() {
         },
     )
     .expect("the token changed");
-    assert!(paths(&renewed).iter().all(|p| p == "/mutate/new"));
+    assert!(
+        paths(&renewed)
+            .iter()
+            .all(|p| p.as_deref() == Some("/mutate/new"))
+    );
+    // A path reset by a re-apply of an older manifest keeps its endpoint.
+    assert_eq!(
+        bootstrap::webhook_path(Some("/validate"), "mutate", "t"),
+        "/validate/t"
+    );
+    assert_eq!(
+        bootstrap::webhook_path(Some("/"), "validate", "t"),
+        "/validate/t"
+    );
 }
 
 #[test]

@@ -347,7 +347,7 @@ pub fn with_trust_mutating(
     trust: Trust<'_>,
 ) -> Option<MutatingWebhookConfiguration> {
     let hooks = config.webhooks.iter_mut().flatten();
-    set_client_configs(hooks.map(|h| &mut h.client_config), trust).then_some(config)
+    set_client_configs(hooks.map(|h| &mut h.client_config), "mutate", trust).then_some(config)
 }
 
 /// Makes every webhook of a ValidatingWebhookConfiguration carry `trust`; `None` if all do.
@@ -356,21 +356,26 @@ pub fn with_trust_validating(
     trust: Trust<'_>,
 ) -> Option<ValidatingWebhookConfiguration> {
     let hooks = config.webhooks.iter_mut().flatten();
-    set_client_configs(hooks.map(|h| &mut h.client_config), trust).then_some(config)
+    set_client_configs(hooks.map(|h| &mut h.client_config), "validate", trust).then_some(config)
 }
 
-/// The path the apiserver calls for a webhook configured with `configured` (`/mutate`, or
-/// `/mutate/<an older token>`): its first segment, then the token. `None` when it has no first
-/// segment to keep.
-pub fn webhook_path(configured: Option<&str>, token: &str) -> Option<String> {
-    let first = configured?.trim_start_matches('/').split('/').next()?;
-    (!first.is_empty()).then(|| format!("/{first}/{token}"))
+/// The path the apiserver calls for a webhook configured with `configured`: its first segment
+/// (`/mutate`, `/mutate/<an older token>`), or `endpoint` when it has none (the rendered
+/// manifests leave the path to the bootstrap, so that no apply, server-side apply or GitOps
+/// sync claims or resets it), then the token.
+pub fn webhook_path(configured: Option<&str>, endpoint: &str, token: &str) -> String {
+    let first = configured
+        .and_then(|p| p.trim_start_matches('/').split('/').next())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(endpoint);
+    format!("/{first}/{token}")
 }
 
 /// Sets `caBundle` and, for a Service, the tokened path on each client config; whether any
 /// changed.
 fn set_client_configs<'a>(
     configs: impl Iterator<Item = &'a mut WebhookClientConfig>,
+    endpoint: &str,
     trust: Trust<'_>,
 ) -> bool {
     let mut changed = false;
@@ -383,12 +388,12 @@ fn set_client_configs<'a>(
             config.ca_bundle = Some(ByteString(trust.ca_bundle.to_vec()));
             changed = true;
         }
-        if let Some(service) = config.service.as_mut()
-            && let Some(path) = webhook_path(service.path.as_deref(), trust.token)
-            && service.path.as_deref() != Some(path.as_str())
-        {
-            service.path = Some(path);
-            changed = true;
+        if let Some(service) = config.service.as_mut() {
+            let path = webhook_path(service.path.as_deref(), endpoint, trust.token);
+            if service.path.as_deref() != Some(path.as_str()) {
+                service.path = Some(path);
+                changed = true;
+            }
         }
     }
     changed

@@ -60,13 +60,20 @@ namespaceSelector:
   {{- toYaml (concat $expressions .Values.webhook.namespaceSelector.matchExpressions) | nindent 2 }}
 {{- end -}}
 
-{{/* Both webhooks' clientConfig; the caBundle is the user's in mode `secret`. */}}
+{{/*
+Both webhooks' clientConfig; the caBundle is the user's in mode `secret`. In mode `bootstrap`
+the webhook sets the caBundle and the path (`/mutate/<token>`, see docs/operations.md "Who may
+call") itself: neither is rendered, so that no apply, server-side apply, Helm upgrade or GitOps
+sync claims or resets them.
+*/}}
 {{- define "stateful-guard.clientConfig" -}}
 clientConfig:
   service:
     name: stateful-guard
     namespace: {{ .context.Release.Namespace }}
+    {{- if ne .context.Values.certificates.mode "bootstrap" }}
     path: {{ .path }}
+    {{- end }}
     port: 443
   {{- if eq .context.Values.certificates.mode "secret" }}
   caBundle: {{ required "certificates.secret.caBundle is required with certificates.mode=secret" .context.Values.certificates.secret.caBundle }}
