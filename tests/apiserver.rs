@@ -1375,6 +1375,26 @@ fn live_read_requests(api: &Apiserver) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// One HTTP/1.1 connection to the webhook on loopback `addr`, trusting `ca`.
+async fn webhook_connection(
+    addr: std::net::SocketAddr,
+    ca: &[u8],
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>> {
+    let tls = common::server::tls_connect(
+        addr,
+        ca,
+        "stateful-guard.stateful-guard.svc",
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// A hostile tenant who reaches the webhook's port sends it reviews of its own: refused, since
 /// it does not know the webhook token. With the token (leaked, say, or a compromised node
 /// that watched the apiserver's calls): StatefulSets without a PDB in 300 namespaces that do
@@ -1423,19 +1443,7 @@ fn live_reads_are_bounded(i: &Installed) {
         .unwrap();
     let answered: usize = runtime.block_on(async {
         // Without the token: refused before it is read.
-        let tls = common::server::tls_connect(
-            addr,
-            &ca,
-            "stateful-guard.stateful-guard.svc",
-            &[b"http/1.1"],
-        )
-        .await
-        .unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut send = webhook_connection(addr, &ca).await;
         for path in ["/validate", "/mutate"] {
             let (status, _) =
                 common::server::send_one(&mut send, "POST", path, reviews[0].1.clone())
@@ -1448,19 +1456,7 @@ fn live_reads_are_bounded(i: &Installed) {
         for worker in 0..8 {
             let (reviews, ca) = (reviews.clone(), ca.clone());
             tasks.push(tokio::spawn(async move {
-                let tls = common::server::tls_connect(
-                    addr,
-                    &ca,
-                    "stateful-guard.stateful-guard.svc",
-                    &[b"http/1.1"],
-                )
-                .await
-                .unwrap();
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
+                let mut send = webhook_connection(addr, &ca).await;
                 let mut answered = 0;
                 for (path, body) in reviews.iter().skip(worker).step_by(8) {
                     let (status, body) =
