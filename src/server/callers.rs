@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use subtle::ConstantTimeEq as _;
 
 use crate::metrics::{Metrics, ReasonLabels};
@@ -131,7 +131,9 @@ pub async fn require(
                 })
                 .inc();
             tracing::warn!(reason = "unauthenticated", message = %refused, "review refused before evaluation");
-            super::routes::error(StatusCode::FORBIDDEN, refused.to_string())
+            // The error body every refusal on this port has.
+            let body = axum::Json(serde_json::json!({ "error": refused.to_string() }));
+            (StatusCode::FORBIDDEN, body).into_response()
         }
     }
 }

@@ -279,7 +279,7 @@ pub fn metrics_router(state: Arc<AppState>, auth: super::auth::MetricsAuth) -> R
         .with_state(state)
 }
 
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
