@@ -1,5 +1,5 @@
 //! Prometheus metrics (prometheus-client), served at `/metrics`.
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -39,8 +39,64 @@ pub struct RuleLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `overloaded`, `too_large`, `body_timeout`, `connections`, `no_request`
-    pub reason: &'static str,
+    pub reason: Refusal,
+}
+
+/// Why a connection or a request was refused before evaluation
+/// (`stateful_guard_refused_total{reason}`): with failurePolicy Ignore, the apiserver then
+/// admits the object unchecked, so each is counted.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Refusal {
+    /// A body larger than `--max-body-bytes` (413).
+    TooLarge,
+    /// A broken chunked body (400).
+    BadBody,
+    /// The client gave up on its request.
+    Aborted,
+    /// No room in the memory budget in time (503).
+    Memory,
+    /// Every evaluation slot taken (503).
+    Overloaded,
+    /// The body did not arrive within `--body-read-timeout` (408).
+    BodyTimeout,
+    /// `--max-connections` reached.
+    Connections,
+    /// `--max-connections-per-client` reached.
+    ClientConnections,
+    /// With `--client-names`: a client certificate naming none of them.
+    ClientName,
+    /// No request within `--header-read-timeout` of the connection.
+    NoRequest,
+    /// Idle for `--idle-timeout`.
+    Idle,
+    /// A review at a path without the webhook token (403).
+    Unauthenticated,
+}
+
+impl Refusal {
+    /// The label value, as dashboards and alerts know it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::BadBody => "bad_body",
+            Self::Aborted => "aborted",
+            Self::Memory => "memory",
+            Self::Overloaded => "overloaded",
+            Self::BodyTimeout => "body_timeout",
+            Self::Connections => "connections",
+            Self::ClientConnections => "client_connections",
+            Self::ClientName => "client_name",
+            Self::NoRequest => "no_request",
+            Self::Idle => "idle",
+            Self::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// A lane of the memory budget (`server::budget`).

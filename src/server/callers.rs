@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use subtle::ConstantTimeEq as _;
 
-use crate::metrics::{Metrics, ReasonLabels};
+use crate::metrics::{Metrics, ReasonLabels, Refusal};
 
 /// Who sent a review, as far as the webhook can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,10 +127,10 @@ pub async fn require(
             metrics
                 .refused
                 .get_or_create(&ReasonLabels {
-                    reason: "unauthenticated",
+                    reason: Refusal::Unauthenticated,
                 })
                 .inc();
-            tracing::warn!(reason = "unauthenticated", message = %refused, "review refused before evaluation");
+            tracing::warn!(reason = Refusal::Unauthenticated.as_str(), message = %refused, "review refused before evaluation");
             // The error body every refusal on this port has.
             let body = axum::Json(serde_json::json!({ "error": refused.to_string() }));
             (StatusCode::FORBIDDEN, body).into_response()

@@ -615,7 +615,7 @@ pub async fn serve(
             }
             () = async { draining.as_mut().expect("guarded").as_mut().await }, if draining.is_some() => break,
         };
-        let refuse = |reason: &'static str| {
+        let refuse = |reason: crate::metrics::Refusal| {
             state
                 .metrics
                 .refused
@@ -624,12 +624,12 @@ pub async fn serve(
         };
         // A connection cap: one more is closed at once, never held.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            refuse("connections");
+            refuse(crate::metrics::Refusal::Connections);
             tracing::warn!(%peer, max = args.max_connections, "connection refused: --max-connections reached");
             continue;
         };
         let Some(slot) = per_client.admit(peer.ip()) else {
-            refuse("client_connections");
+            refuse(crate::metrics::Refusal::ClientConnections);
             tracing::warn!(%peer, max = args.max_connections_per_client, "connection refused: --max-connections-per-client reached");
             continue;
         };
@@ -700,7 +700,7 @@ async fn connection<H: Send>(
             metrics
                 .refused
                 .get_or_create(&crate::metrics::ReasonLabels {
-                    reason: "client_name",
+                    reason: crate::metrics::Refusal::ClientName,
                 })
                 .inc();
             tracing::warn!(%peer, ?names, "client certificate names none of --client-names; closed");
@@ -718,7 +718,7 @@ async fn connection<H: Send>(
     let io = TokioIo::new(conn::WriteDeadline::new(tls, settings.write));
     let builder = if is_h2 { &settings.h2 } else { &settings.h1 };
     let mut conn = std::pin::pin!(builder.serve_connection(io, service));
-    let count = |reason: &'static str| {
+    let count = |reason: crate::metrics::Refusal| {
         metrics
             .refused
             .get_or_create(&crate::metrics::ReasonLabels { reason })
@@ -735,12 +735,12 @@ async fn connection<H: Send>(
             () = tokio::time::sleep(TICK) => {
                 let now = tokio::time::Instant::now();
                 if !activity.has_requested() && now >= deadline {
-                    count("no_request");
+                    count(crate::metrics::Refusal::NoRequest);
                     tracing::debug!(%peer, "no request within --header-read-timeout of the connection; closed");
                     break None;
                 }
                 if closing.is_none() && activity.has_requested() && activity.idle_for() >= settings.idle {
-                    count("idle");
+                    count(crate::metrics::Refusal::Idle);
                     tracing::debug!(%peer, "idle for --idle-timeout; closing");
                     conn.as_mut().graceful_shutdown();
                     closing = Some(now);

@@ -22,7 +22,8 @@ use crate::cluster::ClusterView;
 use crate::cluster::cache::ClusterCache;
 use crate::engine::{Evaluation, Phase};
 use crate::metrics::{
-    EndpointLabels, FindingLabels, Metrics, MutationLabels, ReasonLabels, RequestLabels, RuleLabels,
+    EndpointLabels, FindingLabels, Metrics, MutationLabels, ReasonLabels, Refusal, RequestLabels,
+    RuleLabels,
 };
 use crate::policy::ValidateAction;
 use crate::policy::source::PolicyStore;
@@ -73,14 +74,14 @@ fn budget_wait(query: Option<&str>) -> Duration {
 }
 
 /// Why a body did not arrive whole.
-fn body_error(error: axum::Error) -> (&'static str, StatusCode, String) {
+fn body_error(error: axum::Error) -> (Refusal, StatusCode, String) {
     let inner = error.into_inner();
     if inner
         .downcast_ref::<http_body_util::LengthLimitError>()
         .is_some()
     {
         return (
-            "too_large",
+            Refusal::TooLarge,
             StatusCode::PAYLOAD_TOO_LARGE,
             "the request body is larger than --max-body-bytes".into(),
         );
@@ -94,14 +95,14 @@ fn body_error(error: axum::Error) -> (&'static str, StatusCode, String) {
             || text.contains("reset")
         {
             return (
-                "aborted",
+                Refusal::Aborted,
                 StatusCode::BAD_REQUEST,
                 format!("the client stopped sending the request body: {text}"),
             );
         }
     }
     (
-        "bad_body",
+        Refusal::BadBody,
         StatusCode::BAD_REQUEST,
         format!("the request body is malformed: {inner}"),
     )
@@ -124,17 +125,17 @@ async fn admission_limits(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let refuse = |reason: &'static str, status: StatusCode, message: String| {
+    let refuse = |reason: Refusal, status: StatusCode, message: String| {
         metrics
             .refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
-        tracing::warn!(reason, %message, "review refused before evaluation");
+        tracing::warn!(reason = reason.as_str(), %message, "review refused before evaluation");
         error(status, message)
     };
     let no_room = |what: String| {
         refuse(
-            "memory",
+            Refusal::Memory,
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no room in the memory budget {what} (--memory-budget); retry"),
         )
@@ -146,7 +147,7 @@ async fn admission_limits(
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return refuse(
-            "too_large",
+            Refusal::TooLarge,
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "request body of {} bytes is larger than --max-body-bytes ({})",
@@ -177,7 +178,7 @@ async fn admission_limits(
         }
         Err(_) => {
             let mut response = refuse(
-                "body_timeout",
+                Refusal::BodyTimeout,
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {:?} (--body-read-timeout)",
@@ -203,7 +204,7 @@ async fn admission_limits(
     };
     let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
         return refuse(
-            "overloaded",
+            Refusal::Overloaded,
             StatusCode::SERVICE_UNAVAILABLE,
             "too many reviews in flight (--max-in-flight); retry".into(),
         );
