@@ -176,6 +176,43 @@ async fn metrics_and_report_leave_the_webhook_port_and_probes_cannot_be_starved(
     drop(held);
 }
 
+/// This machine's address on its default route, if it has one that is not loopback.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // No packet is sent: connecting a UDP socket only picks the route and the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Without `--metrics-listen`, `/metrics` and `/report` stay on the webhook port, for loopback
+/// clients only: any pod reaches that port, and both describe every namespace. The probes and
+/// the webhooks still answer everyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_webhook_port_metrics_and_report_are_for_loopback_clients_only() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("skipped: this machine has no address but loopback to call from");
+        return;
+    };
+    let (server, _certs, _secret) = secure_server(&["--listen", "0.0.0.0:0"]);
+    assert_eq!(server.get("/metrics").await.0, StatusCode::OK, "loopback");
+    let remote = SocketAddr::new(ip, server.addr.port());
+    let (ca, name) = (server.ca.clone(), server.server_name.clone());
+    let answers = tokio::task::spawn_blocking(move || {
+        ["/metrics", "/report", "/healthz"].map(|path| {
+            let (status, body) = https_get(remote, &ca, &name, path).unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    })
+    .await
+    .unwrap();
+    for (path, (status, body)) in ["/metrics", "/report"].iter().zip(&answers) {
+        assert_eq!(*status, StatusCode::FORBIDDEN, "{path} from {ip}: {body}");
+        assert!(body.contains("--metrics-listen"), "says what to do: {body}");
+    }
+    assert_eq!(answers[2].0, StatusCode::OK, "/healthz from {ip}");
+}
+
 /// Whatever `server` answered: the status and the body as JSON.
 async fn review_at(server: &Server, path: &str, body: &[u8]) -> (StatusCode, serde_json::Value) {
     let (status, body) = server.post(path, body.to_vec()).await;

@@ -10,7 +10,8 @@
 //! Decisions are remembered for a minute (a refusal for ten seconds), by a hash of the token
 //! and the path, for at most [`MAX_REMEMBERED`] tokens, so a scraper costs two API calls a
 //! minute and a flood of bad tokens is bounded by the connection limits. Without a cluster
-//! connection nothing can be delegated: the endpoints then answer loopback clients only.
+//! connection nothing can be delegated: the endpoints then answer loopback clients only, as
+//! their copies on the webhook port always do (without `--metrics-listen`).
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -41,9 +42,17 @@ const REVIEW_BUDGET: Duration = Duration::from_secs(5);
 pub enum MetricsAuth {
     /// TokenReview and SubjectAccessReview through this client.
     Delegated(Arc<Delegated>),
-    /// No cluster connection: loopback clients only.
-    LoopbackOnly,
+    /// Loopback clients only (no cluster connection to delegate to, or the webhook port's own
+    /// copy); the refusal says why.
+    LoopbackOnly(&'static str),
 }
+
+/// The metrics listener's refusal of a remote client when it has no cluster connection.
+pub const NO_CLUSTER: &str = "without a cluster connection, only loopback clients may read this";
+
+/// The webhook port's refusal of a remote client of `/metrics` or `/report`: both describe
+/// every namespace, and any pod reaches that port.
+pub const WEBHOOK_PORT: &str = "on the webhook port only loopback clients may read this; serve it with --metrics-listen, which asks the apiserver who may";
 
 /// Delegated checks and what they decided lately.
 pub struct Delegated {
@@ -163,16 +172,13 @@ fn refuse(status: StatusCode, message: &str) -> Response {
 pub async fn require(State(auth): State<MetricsAuth>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     match &auth {
-        MetricsAuth::LoopbackOnly => {
+        MetricsAuth::LoopbackOnly(why) => {
             let loopback = request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
             if !loopback {
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "without a cluster connection, only loopback clients may read this",
-                );
+                return refuse(StatusCode::FORBIDDEN, why);
             }
         }
         MetricsAuth::Delegated(delegated) => {

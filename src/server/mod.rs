@@ -255,7 +255,7 @@ async fn spawn_side_listeners(
         tracing::info!(address = %listener.local_addr()?, "serving /metrics and /report over HTTPS, for authorized callers");
         let auth = match client {
             Some(client) => auth::MetricsAuth::Delegated(auth::Delegated::new(client.clone())),
-            None => auth::MetricsAuth::LoopbackOnly,
+            None => auth::MetricsAuth::LoopbackOnly(auth::NO_CLUSTER),
         };
         let app = routes::metrics_router(state.clone(), auth);
         let metrics_args = MetricsListener {

@@ -217,7 +217,8 @@ async fn admission_limits(
 }
 
 /// The webhook port's routes: the two webhooks and the health probes, and `/metrics` and
-/// `/report` when they have no listener of their own (`with_metrics`).
+/// `/report` when they have no listener of their own (`with_metrics`), for loopback clients
+/// only: both describe every namespace, and any pod reaches this port.
 ///
 /// The webhooks answer at `/mutate` and `/validate`, and at `/mutate/<token>` and
 /// `/validate/<token>` for the webhook token ([`super::callers`], checked first).
@@ -246,9 +247,14 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if with_metrics {
-        router = router
+        let local = Router::new()
             .route("/metrics", get(metrics))
-            .route("/report", get(report));
+            .route("/report", get(report))
+            .layer(axum::middleware::from_fn_with_state(
+                super::auth::MetricsAuth::LoopbackOnly(super::auth::WEBHOOK_PORT),
+                super::auth::require,
+            ));
+        router = router.merge(local);
     }
     router
         .fallback(not_found)

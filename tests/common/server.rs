@@ -196,17 +196,16 @@ pub fn secure_server(extra: &[&str]) -> (Server, tempfile::TempDir, SecretVolume
 
 /// Starts `stateful-guard serve --listen 127.0.0.1:0 ...` and waits until it serves.
 pub fn start(args: &[&str], ca: Vec<u8>, server_name: &str) -> Server {
+    // Loopback, unless the test names its own address.
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--cluster",
-            "off",
-        ])
+        .args(["serve", "--log-format", "json", "--cluster", "off"])
+        .args(listen)
         .args(args)
         // The allocator's settings the image runs with, as the memory bounds assume.
         .envs(super::image_env())
