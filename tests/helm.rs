@@ -232,6 +232,8 @@ fn everything() -> Vec<&'static str> {
         "--set",
         "webhook.failurePolicy.validating=Fail,webhook.timeoutSeconds=10",
         "--set",
+        "webhook.token=tok-0123456789abcdefghijklmnopqrstuvwxyz",
+        "--set",
         "webhook.namespaceSelector.excludeNamespaces={legacy}",
         "--set",
         "webhook.namespaceSelector.matchExpressions[0].key=team,webhook.namespaceSelector.matchExpressions[0].operator=Exists",
@@ -388,6 +390,13 @@ fn the_values_schema_rejects_bad_values() {
         (vec!["--set", "certificates.mode=secret"], "secret"),
         (vec!["--set", "replicas=two"], "replicas"),
         (vec!["--set", "backgroundAudit.interval=often"], "interval"),
+        (
+            vec![
+                "--set",
+                "certificates.mode=cert-manager,webhook.token=too-short",
+            ],
+            "token",
+        ),
     ] {
         let stderr = refusal(&args);
         assert!(
@@ -396,6 +405,20 @@ fn the_values_schema_rejects_bad_values() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The bootstrap keeps its own token: one given with it is a clear error, not a second token
+/// the webhook would never require.
+#[test]
+fn a_webhook_token_with_the_bootstrap_is_refused() {
+    let stderr = refusal(&[
+        "--set",
+        "webhook.token=0123456789abcdefghijklmnopqrstuvwxyz",
+    ]);
+    assert!(
+        stderr.contains("webhook.token is for certificates.mode=cert-manager or secret"),
+        "{stderr}"
+    );
 }
 
 /// The background audit's interval reaches the webhook's arguments; `0` turns it off, and with it
@@ -455,6 +478,32 @@ fn every_value_reaches_the_objects_it_is_documented_to_change() {
         container["resources"],
         json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}})
     );
+    // The token: a Secret, mounted where --webhook-token-file reads it.
+    let token_secret = of_kind(&objects, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "stateful-guard-webhook-token")
+        .expect("the token's Secret");
+    assert_eq!(
+        token_secret["stringData"]["token"],
+        "tok-0123456789abcdefghijklmnopqrstuvwxyz"
+    );
+    assert!(container["args"].as_array().unwrap().contains(&json!(
+        "--webhook-token-file=/etc/stateful-guard/webhook-token/token"
+    )));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "stateful-guard-webhook-token")
+        .expect("the token's Secret is mounted");
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == volume["name"]
+                && m["mountPath"] == "/etc/stateful-guard/webhook-token")
+    );
     for (kind, policy) in [
         ("MutatingWebhookConfiguration", "Ignore"),
         ("ValidatingWebhookConfiguration", "Fail"),
@@ -463,6 +512,16 @@ fn every_value_reaches_the_objects_it_is_documented_to_change() {
         assert_eq!(hook["failurePolicy"], policy, "{kind}");
         assert_eq!(hook["timeoutSeconds"], 10);
         assert_eq!(hook["clientConfig"]["caBundle"], "Q0E=");
+        let endpoint = if kind.starts_with("Mutating") {
+            "mutate"
+        } else {
+            "validate"
+        };
+        assert_eq!(
+            hook["clientConfig"]["service"]["path"],
+            format!("/{endpoint}/tok-0123456789abcdefghijklmnopqrstuvwxyz"),
+            "the webhook token in both paths"
+        );
         assert_eq!(
             hook["namespaceSelector"]["matchExpressions"],
             json!([

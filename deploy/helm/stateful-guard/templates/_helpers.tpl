@@ -64,7 +64,7 @@ namespaceSelector:
 Both webhooks' clientConfig; the caBundle is the user's in mode `secret`. In mode `bootstrap`
 the webhook sets the caBundle and the path (`/mutate/<token>`, see docs/operations.md "Who may
 call") itself: neither is rendered, so that no apply, server-side apply, Helm upgrade or GitOps
-sync claims or resets them.
+sync claims or resets them. In the other modes the path carries `webhook.token`, if given.
 */}}
 {{- define "stateful-guard.clientConfig" -}}
 clientConfig:
@@ -72,7 +72,7 @@ clientConfig:
     name: stateful-guard
     namespace: {{ .context.Release.Namespace }}
     {{- if ne .context.Values.certificates.mode "bootstrap" }}
-    path: {{ .path }}
+    path: {{ .path }}{{ with .context.Values.webhook.token }}/{{ . }}{{ end }}
     {{- end }}
     port: 443
   {{- if eq .context.Values.certificates.mode "secret" }}
