@@ -225,9 +225,9 @@ pub struct ServeArgs {
     pub client_names: Vec<String>,
 
     /// Answer reviews only at /mutate/TOKEN and /validate/TOKEN, TOKEN being this file's
-    /// content (at least 32 characters of A-Z a-z 0-9 - _), re-read every --reload-interval:
-    /// the webhook configurations' paths must name it. --cert-bootstrap makes and sets one
-    /// itself.
+    /// content (32 to 253 of a-z 0-9, e.g. `openssl rand -hex 32`), re-read every
+    /// --reload-interval: the webhook configurations' paths must name it. --cert-bootstrap
+    /// makes and sets one itself.
     #[arg(long, env = "SG_WEBHOOK_TOKEN_FILE", conflicts_with = "cert_bootstrap")]
     pub webhook_token_file: Option<PathBuf>,
 

@@ -624,7 +624,7 @@ fn certificate_bootstrap(i: &mut Installed) {
             .to_owned()
     };
     let token = webhook_token(&i.api);
-    assert_eq!(token.len(), 43, "32 random bytes, base64url");
+    assert_eq!(token.len(), 64, "32 random bytes, in hex");
     assert_eq!(
         path(&i.api, "mutatingwebhookconfiguration"),
         format!("/mutate/{token}")

@@ -259,6 +259,20 @@ fn ca_bundle_and_token_go_into_every_webhook_once() {
     );
 }
 
+/// k8s.io/apimachinery's IsDNS1123Subdomain: at most 253 characters, dot-separated labels of
+/// `a-z 0-9 -` that start and end with a letter or digit.
+fn is_rfc1123_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
 #[test]
 fn a_secret_from_before_tokens_gets_one_and_keeps_its_certificates() {
     let s = settings();
@@ -276,6 +290,13 @@ fn a_secret_from_before_tokens_gets_one_and_keeps_its_certificates() {
         panic!("a token is added")
     };
     assert!(bootstrap::is_token(&upgraded.webhook_token));
+    // The apiserver takes a service path only when each segment is a lowercase RFC 1123
+    // subdomain (ValidateWebhookService): a token it refused would leave the webhooks on the
+    // old path for good.
+    let path = bootstrap::webhook_path(Some("/mutate"), "mutate", &upgraded.webhook_token);
+    for segment in path.trim_start_matches('/').split('/') {
+        assert!(is_rfc1123_subdomain(segment), "{segment} in {path}");
+    }
     assert_ne!(
         upgraded.webhook_token, first.webhook_token,
         "a new random one"

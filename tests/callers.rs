@@ -227,7 +227,7 @@ async fn review_at(server: &Server, path: &str, body: &[u8]) -> (StatusCode, ser
 async fn with_a_webhook_token_only_its_path_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
-    let first = "a".repeat(20) + "-first-token-0123456789";
+    let first = "a".repeat(20) + "first0token0123456789";
     std::fs::write(&token_file, format!("{first}\n")).unwrap();
     let (server, _certs, _secret) =
         secure_server(&["--webhook-token-file", token_file.to_str().unwrap()]);
@@ -253,7 +253,7 @@ async fn with_a_webhook_token_only_its_path_is_answered() {
         "{metrics}"
     );
     // A new token: served within the reload interval, and the old one refused.
-    let second = "b".repeat(20) + "-second-token-012345678";
+    let second = "b".repeat(20) + "second0token012345678";
     std::fs::write(&token_file, &second).unwrap();
     let mut answered = false;
     for _ in 0..100 {
@@ -297,7 +297,7 @@ fn a_weak_webhook_token_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(token_file.to_str().unwrap()) && stderr.contains("at least 32"),
+        stderr.contains(token_file.to_str().unwrap()) && stderr.contains("32 to 253"),
         "{stderr}"
     );
 }

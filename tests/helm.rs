@@ -232,7 +232,7 @@ fn everything() -> Vec<&'static str> {
         "--set",
         "webhook.failurePolicy.validating=Fail,webhook.timeoutSeconds=10",
         "--set",
-        "webhook.token=tok-0123456789abcdefghijklmnopqrstuvwxyz",
+        "webhook.token=tok0123456789abcdefghijklmnopqrstuvwxyz",
         "--set",
         "webhook.namespaceSelector.excludeNamespaces={legacy}",
         "--set",
@@ -393,7 +393,7 @@ fn the_values_schema_rejects_bad_values() {
         (
             vec![
                 "--set",
-                "certificates.mode=cert-manager,webhook.token=too-short",
+                "certificates.mode=cert-manager,webhook.token=0123456789ABCDEF0123456789abcdef",
             ],
             "token",
         ),
@@ -485,7 +485,7 @@ fn every_value_reaches_the_objects_it_is_documented_to_change() {
         .expect("the token's Secret");
     assert_eq!(
         token_secret["stringData"]["token"],
-        "tok-0123456789abcdefghijklmnopqrstuvwxyz"
+        "tok0123456789abcdefghijklmnopqrstuvwxyz"
     );
     assert!(container["args"].as_array().unwrap().contains(&json!(
         "--webhook-token-file=/etc/stateful-guard/webhook-token/token"
@@ -519,7 +519,7 @@ fn every_value_reaches_the_objects_it_is_documented_to_change() {
         };
         assert_eq!(
             hook["clientConfig"]["service"]["path"],
-            format!("/{endpoint}/tok-0123456789abcdefghijklmnopqrstuvwxyz"),
+            format!("/{endpoint}/tok0123456789abcdefghijklmnopqrstuvwxyz"),
             "the webhook token in both paths"
         );
         assert_eq!(

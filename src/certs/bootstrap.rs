@@ -49,7 +49,7 @@ pub struct Material {
     pub ca_key: String,
     pub cert: String,
     pub key: String,
-    /// The path segment after `/mutate/` and `/validate/` (43 characters of base64url).
+    /// The path segment after `/mutate/` and `/validate/` (64 lowercase hex digits).
     pub webhook_token: String,
 }
 
@@ -84,25 +84,24 @@ pub enum BootstrapError {
 
 const KEYS: [&str; 5] = ["ca.crt", "ca.key", "tls.crt", "tls.key", "webhook-token"];
 
-/// 32 random bytes, base64url: a path segment nobody guesses.
+/// 32 random bytes as 64 lowercase hex digits: a path segment nobody guesses, and one the
+/// apiserver accepts (each segment of a webhook's service path must be a lowercase RFC 1123
+/// subdomain, so base64's capitals and `_` would be refused).
 fn new_token() -> Result<String, BootstrapError> {
     let mut bytes = [0u8; 32];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| BootstrapError::Random)?;
-    Ok(base64::Engine::encode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        bytes,
-    ))
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A token [`new_token`] could have made (a Secret from before tokens, or edited, has none).
 pub fn is_token(token: &str) -> bool {
-    token.len() == 43
+    token.len() == 64
         && token
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Reads the material from a Secret; `None` when a certificate's key is missing or not UTF-8

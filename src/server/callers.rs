@@ -138,25 +138,26 @@ pub async fn require(
     }
 }
 
-/// Reads a webhook token from `path` (`--webhook-token-file`): at least 32 characters of
-/// `A-Z a-z 0-9 - _`, surrounding whitespace ignored.
+/// Reads a webhook token from `path` (`--webhook-token-file`): 32 to 253 of `a-z 0-9`
+/// (each segment of a webhook's service path must be a lowercase RFC 1123 subdomain, or the
+/// apiserver refuses the webhook configuration), surrounding whitespace ignored.
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the webhook token {}", path.display()))?;
     let token = text.trim();
-    if token.len() < 32 {
+    if !(32..=253).contains(&token.len()) {
         bail!(
-            "the webhook token in {} has {} characters; it needs at least 32",
+            "the webhook token in {} has {} characters; it needs 32 to 253",
             path.display(),
             token.len()
         );
     }
     if let Some(c) = token
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
     {
         bail!(
-            "the webhook token in {} has {c:?}; only A-Z a-z 0-9 - _ go into a path",
+            "the webhook token in {} has {c:?}; only a-z and 0-9 go into a webhook's path (e.g. `openssl rand -hex 32`)",
             path.display()
         );
     }
@@ -189,7 +190,7 @@ pub async fn watch_token_file(callers: Arc<Callers>, path: PathBuf, interval: Du
 mod tests {
     use super::*;
 
-    const TOKEN: &str = "0123456789abcdefghijABCDEFGHIJ-_0123456789";
+    const TOKEN: &str = "0123456789abcdefghij0123456789abcdefghij0123456789abcdef01234567";
 
     #[test]
     fn with_a_token_only_its_paths_are_the_apiserver() {
