@@ -220,6 +220,9 @@ pub async fn write(
         };
         match result {
             Ok(_) => changed += 1,
+            // A namespace being deleted, or gone since the scan: nothing to report there, and
+            // the other namespaces' reports still to write.
+            Err(kube::Error::Api(e)) if namespace_going(&e) => {}
             Err(kube::Error::Api(e)) if e.code == 403 => return Ok(Written::Forbidden),
             // Created or changed meanwhile (another writer a moment ago): the next round.
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -237,6 +240,17 @@ pub async fn write(
         }
     }
     Ok(Written::Current { changed })
+}
+
+/// The apiserver refused a write because its namespace is being deleted (NamespaceLifecycle:
+/// a 403 whose cause is `NamespaceTerminating`, not RBAC's) or is gone (404).
+fn namespace_going(status: &kube::core::Status) -> bool {
+    let terminating = status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+        || status.message.contains("because it is being terminated");
+    (status.code == 403 && terminating) || status.code == 404
 }
 
 fn annotation(meta: &ObjectMeta) -> Option<String> {
@@ -320,6 +334,72 @@ mod tests {
         assert_eq!(b["results"].as_array().unwrap().len(), MAX_RESULTS);
         assert_eq!(*omitted, 301 - MAX_RESULTS);
         assert_eq!(b["summary"]["warn"], 300, "the summary counts every result");
+    }
+
+    /// The requests `write` sends, answered as kube-apiserver answers them (kube's mock client):
+    /// a namespace being deleted refuses the create with NamespaceLifecycle's 403; the next
+    /// namespace's report is still written, and nothing is blamed on RBAC.
+    #[tokio::test]
+    async fn a_namespace_being_deleted_does_not_stop_the_others_reports() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let report = Report {
+            objects: vec![object("a-leaving", "db", 1), object("b", "db", 1)],
+            summary: Summary::default(),
+        };
+        let apiserver = async move {
+            let mut created = Vec::new();
+            let reply = |status: u16, body: serde_json::Value| {
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap()
+            };
+            let (request, send) = handle.next_request().await.expect("the list");
+            assert_eq!(request.method(), http::Method::GET);
+            send.send_response(reply(
+                200,
+                serde_json::json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReportList", "metadata": {}, "items": []}),
+            ));
+            for namespace in ["a-leaving", "b"] {
+                let (request, send) = handle.next_request().await.expect("a create");
+                assert_eq!(request.method(), http::Method::POST);
+                assert!(
+                    request
+                        .uri()
+                        .path()
+                        .contains(&format!("/namespaces/{namespace}/"))
+                );
+                created.push(namespace);
+                if namespace == "a-leaving" {
+                    send.send_response(reply(403, serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "policyreports.wgpolicyk8s.io \"stateful-guard\" is forbidden: unable to create new content in namespace a-leaving because it is being terminated",
+                        "reason": "Forbidden",
+                        "details": {"name": "stateful-guard", "group": "wgpolicyk8s.io", "kind": "policyreports",
+                            "causes": [{"reason": "NamespaceTerminating", "message": "namespace a-leaving is being terminated", "field": "metadata.namespace"}]},
+                        "code": 403
+                    })));
+                } else {
+                    let body = request.into_body().collect_bytes().await.unwrap();
+                    let mut object: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    object["metadata"]["resourceVersion"] = "1".into();
+                    send.send_response(reply(201, object));
+                }
+            }
+            created
+        };
+        // The client is dropped once the writer is done, so the mock apiserver sees the end
+        // of its requests instead of waiting for one that never comes.
+        let writing = async move { write(&client, &report, &[]).await };
+        let (written, created) = tokio::join!(writing, apiserver);
+        assert_eq!(created, ["a-leaving", "b"]);
+        assert!(
+            matches!(written, Ok(Written::Current { changed: 1 })),
+            "{written:?}"
+        );
     }
 
     fn claim(
