@@ -15,13 +15,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::audit::lease::Leadership;
 use crate::claim_sizes::{bytes, storage};
 use crate::cluster::cache::ClusterCache;
+use crate::cluster::cached::ClaimTemplates;
 use crate::metrics::{ClaimLabels, Metrics};
 
 /// How often the claims are looked at: a claim is asked for its new size within seconds of the
@@ -192,7 +193,7 @@ pub async fn run(
         let mut shown = Vec::new();
         for (namespace, owner) in cache.grown_statefulsets() {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-            for ordinal in 0..owner.replicas.max(0) {
+            for ordinal in owner.ordinals() {
                 for (template, size) in &owner.sizes {
                     let claim = format!("{template}-{}-{ordinal}", owner.statefulset);
                     let key = (namespace.clone(), claim.clone());
@@ -239,15 +240,7 @@ pub async fn run(
                         }
                     }
                     if entry.state.as_ref() != Some(&state) {
-                        report(
-                            &recorder,
-                            &namespace,
-                            &owner.statefulset,
-                            &claim,
-                            size,
-                            &state,
-                        )
-                        .await;
+                        report(&recorder, &namespace, &owner, &claim, size, &state).await;
                         entry.state = Some(state);
                     }
                 }
@@ -273,15 +266,32 @@ pub async fn run(
     }
 }
 
+/// The apiserver's limit on an Event's note, in bytes (`NoteLengthLimit`).
+const NOTE_BYTES: usize = 1024;
+
+/// `s` cut to at most `max` bytes, at a character boundary (the apiserver counts a note's
+/// bytes, and a reason from a third party's denial may hold any character).
+fn cut_to_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// An Event on the StatefulSet for a claim whose state changed.
 async fn report(
     recorder: &Recorder,
     namespace: &str,
-    statefulset: &str,
+    owner: &ClaimTemplates,
     claim: &str,
     size: &str,
     state: &ClaimState,
 ) {
+    let statefulset = owner.statefulset.as_str();
     let (type_, reason, note) = match state {
         ClaimState::Pending(why) => (
             EventType::Normal,
@@ -304,19 +314,30 @@ async fn report(
             format!("claim {claim} cannot be resized to {size}: {why} (retried with backoff)"),
         ),
     };
-    let reference = k8s_openapi::api::core::v1::ObjectReference {
+    // Regarding the StatefulSet, with its uid (`kubectl describe` selects Events by uid);
+    // related to the claim, which also keeps one claim's Events apart from another's (kube's
+    // Recorder merges Events with the same key into a series, and a series keeps its first note).
+    let reference = ObjectReference {
         api_version: Some("apps/v1".into()),
         kind: Some("StatefulSet".into()),
         name: Some(statefulset.into()),
+        namespace: Some(namespace.into()),
+        uid: owner.uid.clone(),
+        ..Default::default()
+    };
+    let related = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        name: Some(claim.into()),
         namespace: Some(namespace.into()),
         ..Default::default()
     };
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.chars().take(1024).collect()),
+        note: Some(cut_to_bytes(&note, NOTE_BYTES).to_owned()),
         action: "Resize".into(),
-        secondary: None,
+        secondary: Some(related),
     };
     if let Err(error) = recorder.publish(&event, &reference).await {
         tracing::warn!(%error, statefulset, claim, "cannot record an Event");
@@ -435,6 +456,52 @@ mod tests {
             grow.await.unwrap().unwrap(),
             ClaimState::Failed(message.into())
         );
+    }
+
+    /// The Event `kubectl describe statefulset` shows: regarding the StatefulSet by uid, related
+    /// to the claim, its note within the apiserver's 1024 bytes whatever the reason's characters.
+    #[tokio::test]
+    async fn an_event_names_the_statefulset_by_uid_and_the_claim() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let recorder = Recorder::new(
+            kube::Client::new(service, "default"),
+            Reporter {
+                controller: "stateful-guard".into(),
+                instance: Some("pod-1".into()),
+            },
+        );
+        let owner = ClaimTemplates {
+            statefulset: "db".into(),
+            templates: vec!["data".into()],
+            sizes: vec![("data".into(), "2Gi".into())],
+            replicas: 1,
+            start: 0,
+            uid: Some("u-1".into()),
+        };
+        let why = "é".repeat(2000);
+        let state = ClaimState::Failed(why);
+        let publish = async move {
+            report(&recorder, "grow", &owner, "data-db-0", "2Gi", &state).await;
+        };
+        let apiserver = async move {
+            answer(
+                &mut handle,
+                http::Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/grow/events",
+                201,
+                serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "grow"}, "eventTime": "2026-12-06T00:00:00.000000Z"}),
+            )
+            .await
+        };
+        let ((), event) = tokio::join!(publish, apiserver);
+        assert_eq!(event["regarding"]["kind"], "StatefulSet");
+        assert_eq!(event["regarding"]["uid"], "u-1");
+        assert_eq!(event["related"]["kind"], "PersistentVolumeClaim");
+        assert_eq!(event["related"]["name"], "data-db-0");
+        assert_eq!(event["reason"], "ClaimGrowthFailed");
+        let note = event["note"].as_str().unwrap();
+        assert!(note.len() <= 1024, "{} bytes", note.len());
+        assert!(note.starts_with("claim data-db-0 cannot be resized to 2Gi: é"));
     }
 
     #[tokio::test]

@@ -67,8 +67,20 @@ pub struct ClaimTemplates {
     pub templates: Vec<String>,
     /// The sizes `volume-growth` recorded for its claim templates (template, size), if any.
     pub sizes: Vec<(String, String)>,
-    /// Its replicas: the ordinals whose claims exist.
+    /// Its replicas: the ordinals `start..start + replicas` whose claims exist.
     pub replicas: i32,
+    /// Its first ordinal (`spec.ordinals.start`, 0 unless set).
+    pub start: i32,
+    /// Its uid, for the Events about it (`kubectl describe` finds them by uid).
+    pub uid: Option<String>,
+}
+
+impl ClaimTemplates {
+    /// The ordinals of its pods and so of its claims (`<template>-<statefulset>-<ordinal>`): from
+    /// `spec.ordinals.start`, as many as its replicas.
+    pub fn ordinals(&self) -> std::ops::Range<i32> {
+        self.start..self.start.saturating_add(self.replicas.max(0))
+    }
 }
 
 impl From<StatefulSet> for ClaimTemplates {
@@ -76,6 +88,8 @@ impl From<StatefulSet> for ClaimTemplates {
         Self {
             sizes: crate::claim_sizes::recorded_sizes(&sts.metadata),
             replicas: sts.spec.replicas.unwrap_or(1),
+            start: sts.spec.ordinals.and_then(|o| o.start).unwrap_or(0).max(0),
+            uid: sts.metadata.uid,
             statefulset: sts.metadata.name.unwrap_or_default(),
             templates: sts
                 .spec
@@ -203,7 +217,30 @@ mod tests {
                 templates: vec!["www".into(), "logs".into()],
                 sizes: vec![],
                 replicas: 1,
+                start: 0,
+                uid: None,
             }
         );
+    }
+
+    /// The controller names claims from `spec.ordinals.start` (beta and on by default from 1.27).
+    #[test]
+    fn claims_are_counted_from_the_first_ordinal() {
+        let sts: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db", "uid": "u-1"},
+            "spec": {"selector": {}, "serviceName": "db", "replicas": 2, "ordinals": {"start": 3},
+                     "template": {"spec": {"containers": []}}}
+        }))
+        .unwrap();
+        let owner = ClaimTemplates::from(sts);
+        assert_eq!(owner.ordinals(), 3..5);
+        assert_eq!(owner.uid.as_deref(), Some("u-1"));
+        let none: StatefulSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db"},
+            "spec": {"selector": {}, "serviceName": "db", "replicas": 0,
+                     "template": {"spec": {"containers": []}}}
+        }))
+        .unwrap();
+        assert!(ClaimTemplates::from(none).ordinals().is_empty());
     }
 }
