@@ -224,10 +224,10 @@ pub struct ServeArgs {
     )]
     pub client_names: Vec<String>,
 
-    /// Answer reviews only at /mutate/TOKEN and /validate/TOKEN, TOKEN being this file's
-    /// content (32 to 253 of a-z 0-9, e.g. `openssl rand -hex 32`), re-read every
-    /// --reload-interval: the webhook configurations' paths must name it. --cert-bootstrap
-    /// makes and sets one itself.
+    /// Answer reviews only at /mutate/TOKEN and /validate/TOKEN, TOKEN being one of this
+    /// file's (1 to 4, whitespace-separated, each 32 to 253 of a-z 0-9, e.g. `openssl rand -hex
+    /// 32`; two while one replaces the other), re-read every --reload-interval: the webhook
+    /// configurations' paths must name one. --cert-bootstrap makes and sets one itself.
     #[arg(long, env = "SG_WEBHOOK_TOKEN_FILE", conflicts_with = "cert_bootstrap")]
     pub webhook_token_file: Option<PathBuf>,
 

@@ -649,18 +649,37 @@ fn certificate_bootstrap(i: &mut Installed) {
     eventually(20, "caBundle put back", || {
         ca_bundle(&i.api, "mutatingwebhookconfiguration") == mutating
     });
-    // So is the path: a re-apply of the rendered manifests says `/validate`.
-    i.api.ok(
-        &[
-            "patch",
-            "validatingwebhookconfiguration",
-            "stateful-guard",
-            "--type=json",
-            "-p",
-            r#"[{"op": "replace", "path": "/webhooks/0/clientConfig/service/path", "value": "/validate"}]"#,
-        ],
-        None,
+    // So is the path when a `replace` of the rendered manifests (which leave it out) drops it.
+    let remove_path = r#"[{"op": "remove", "path": "/webhooks/0/clientConfig/service/path"}]"#;
+    let patch = |p: &str| {
+        i.api.ok(
+            &[
+                "patch",
+                "validatingwebhookconfiguration",
+                "stateful-guard",
+                "--type=json",
+                "-p",
+                p,
+            ],
+            None,
+        )
+    };
+    patch(remove_path);
+    eventually(20, "path put back", || {
+        path(&i.api, "validatingwebhookconfiguration") == format!("/validate/{token}")
+    });
+    // A path someone else set (a rollback's manifests say `/validate`) is left as it is, and
+    // said; removed again, it is ours again.
+    patch(
+        r#"[{"op": "replace", "path": "/webhooks/0/clientConfig/service/path", "value": "/validate"}]"#,
     );
+    i.webhook.as_ref().unwrap().log.expect(
+        "a path this replica did not set",
+        Duration::from_secs(20),
+        "a foreign path is reported",
+    );
+    assert_eq!(path(&i.api, "validatingwebhookconfiguration"), "/validate");
+    patch(remove_path);
     eventually(20, "path put back", || {
         path(&i.api, "validatingwebhookconfiguration") == format!("/validate/{token}")
     });

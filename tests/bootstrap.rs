@@ -220,8 +220,11 @@ fn ca_bundle_and_token_go_into_every_webhook_once() {
     let trust = Trust {
         ca_bundle: b"CA",
         token: "tok",
+        previous: None,
     };
-    let updated = bootstrap::with_trust_mutating(config, trust).expect("caBundle was empty");
+    let done = bootstrap::with_trust_mutating(config, trust);
+    assert!(done.foreign.is_none());
+    let updated = done.updated.expect("caBundle and path were empty");
     for hook in updated.webhooks.as_ref().unwrap() {
         assert_eq!(hook.client_config.ca_bundle.as_ref().unwrap().0, b"CA");
     }
@@ -230,32 +233,72 @@ fn ca_bundle_and_token_go_into_every_webhook_once() {
             .iter()
             .all(|p| p.as_deref() == Some("/mutate/tok"))
     );
+    let again = bootstrap::with_trust_mutating(updated.clone(), trust);
     assert!(
-        bootstrap::with_trust_mutating(updated.clone(), trust).is_none(),
+        again.updated.is_none() && again.foreign.is_none(),
         "nothing to update twice"
     );
-    // A new token replaces the old one in the path; the CA stays.
+    // A new token (the old one's key deleted from the Secret) moves the path the replica had
+    // set; the CA stays.
     let renewed = bootstrap::with_trust_mutating(
-        updated,
+        updated.clone(),
         Trust {
-            ca_bundle: b"CA",
             token: "new",
+            previous: Some("tok"),
+            ..trust
         },
     )
+    .updated
     .expect("the token changed");
     assert!(
         paths(&renewed)
             .iter()
             .all(|p| p.as_deref() == Some("/mutate/new"))
     );
-    // A path reset by a re-apply of an older manifest keeps its endpoint.
-    assert_eq!(
-        bootstrap::webhook_path(Some("/validate"), "mutate", "t"),
-        "/validate/t"
-    );
-    assert_eq!(
-        bootstrap::webhook_path(Some("/"), "validate", "t"),
-        "/validate/t"
+}
+
+/// Only a path that is missing (the manifests leave it out; a `replace` drops it) or that names
+/// the token this replica replaced is rewritten. A path someone else set is left as it is and
+/// reported: after a rollback to a release whose manifests say `/mutate`, or a switch to the
+/// chart's `webhook.token`, a replica still running must not put back a path the others do not
+/// answer.
+#[test]
+fn a_path_someone_else_set_is_left_as_it_is() {
+    let trust = Trust {
+        ca_bundle: b"CA",
+        token: "tok",
+        previous: Some("old"),
+    };
+    for (configured, expected) in [
+        (None, Ok(Some("/validate/tok".to_owned()))),
+        (Some("/"), Ok(Some("/validate/tok".to_owned()))),
+        (Some("/validate/tok"), Ok(None)),
+        (Some("/validate/old"), Ok(Some("/validate/tok".to_owned()))),
+        (Some("/validate"), Err("/validate".to_owned())),
+        (
+            Some("/validate/users-own-token"),
+            Err("/validate/users-own-token".to_owned()),
+        ),
+        (Some("/mutate/tok"), Err("/mutate/tok".to_owned())),
+    ] {
+        assert_eq!(
+            bootstrap::webhook_path(configured, "validate", trust),
+            expected,
+            "{configured:?}"
+        );
+    }
+    // In a configuration: the caBundle is still given, the path kept and reported.
+    let mut config = base_mutating();
+    for hook in config.webhooks.iter_mut().flatten() {
+        hook.client_config.service.as_mut().unwrap().path = Some("/mutate".into());
+    }
+    let done = bootstrap::with_trust_mutating(config, trust);
+    assert_eq!(done.foreign.as_deref(), Some("/mutate"));
+    let updated = done.updated.expect("the caBundle");
+    assert!(
+        paths(&updated)
+            .iter()
+            .all(|p| p.as_deref() == Some("/mutate"))
     );
 }
 
@@ -293,7 +336,9 @@ fn a_secret_from_before_tokens_gets_one_and_keeps_its_certificates() {
     // The apiserver takes a service path only when each segment is a lowercase RFC 1123
     // subdomain (ValidateWebhookService): a token it refused would leave the webhooks on the
     // old path for good.
-    let path = bootstrap::webhook_path(Some("/mutate"), "mutate", &upgraded.webhook_token);
+    let path = bootstrap::webhook_path(None, "mutate", upgraded.trust())
+        .unwrap()
+        .unwrap();
     for segment in path.trim_start_matches('/').split('/') {
         assert!(is_rfc1123_subdomain(segment), "{segment} in {path}");
     }

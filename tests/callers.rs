@@ -270,6 +270,25 @@ async fn with_a_webhook_token_only_its_path_is_answered() {
     assert!(answered, "the new token is served: {}", server.logs());
     let (status, _) = review_at(&server, &format!("/mutate/{first}"), &review).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "the old token no longer is");
+    // Replacing it without a refused review: the next token is added to the file first, taken
+    // while the paths still name the current one, then the paths move and the old one goes.
+    let third = "c".repeat(20) + "third0token0123456789";
+    std::fs::write(&token_file, format!("{second}\n{third}\n")).unwrap();
+    let mut both = false;
+    for _ in 0..100 {
+        if review_at(&server, &format!("/mutate/{third}"), &review)
+            .await
+            .0
+            == StatusCode::OK
+        {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(both, "the next token is taken: {}", server.logs());
+    let (status, _) = review_at(&server, &format!("/mutate/{second}"), &review).await;
+    assert_eq!(status, StatusCode::OK, "and the current one still is");
     // A broken file keeps the last good token, loudly.
     std::fs::write(&token_file, "short").unwrap();
     assert!(server.wait_for_log(

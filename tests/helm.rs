@@ -232,7 +232,7 @@ fn everything() -> Vec<&'static str> {
         "--set",
         "webhook.failurePolicy.validating=Fail,webhook.timeoutSeconds=10",
         "--set",
-        "webhook.token=tok0123456789abcdefghijklmnopqrstuvwxyz",
+        "webhook.token=tok0123456789abcdefghijklmnopqrstuvwxyz,webhook.nextToken=next0123456789abcdefghijklmnopqrstuvwxyz",
         "--set",
         "webhook.namespaceSelector.excludeNamespaces={legacy}",
         "--set",
@@ -485,7 +485,8 @@ fn every_value_reaches_the_objects_it_is_documented_to_change() {
         .expect("the token's Secret");
     assert_eq!(
         token_secret["stringData"]["token"],
-        "tok0123456789abcdefghijklmnopqrstuvwxyz"
+        "tok0123456789abcdefghijklmnopqrstuvwxyz\nnext0123456789abcdefghijklmnopqrstuvwxyz",
+        "the current token, then the next, both taken"
     );
     assert!(container["args"].as_array().unwrap().contains(&json!(
         "--webhook-token-file=/etc/stateful-guard/webhook-token/token"

@@ -243,14 +243,21 @@ pub async fn write(
 }
 
 /// The apiserver refused a write because its namespace is being deleted (NamespaceLifecycle:
-/// a 403 whose cause is `NamespaceTerminating`, not RBAC's) or is gone (404).
+/// a 403 whose cause is `NamespaceTerminating`, not RBAC's) or is gone (a 404 for the
+/// namespace, not for the resource: a CRD removed meanwhile is the next round's `NoCrd`).
 fn namespace_going(status: &kube::core::Status) -> bool {
     let terminating = status
         .details
         .as_ref()
         .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
         || status.message.contains("because it is being terminated");
-    (status.code == 403 && terminating) || status.code == 404
+    let gone = status.code == 404
+        && (status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.kind == "namespaces")
+            || status.message.starts_with("namespaces \""));
+    (status.code == 403 && terminating) || gone
 }
 
 fn annotation(meta: &ObjectMeta) -> Option<String> {

@@ -59,6 +59,8 @@ pub struct Material {
 pub struct Trust<'a> {
     pub ca_bundle: &'a [u8],
     pub token: &'a str,
+    /// A token this replica served before this one: paths that name it are moved to `token`.
+    pub previous: Option<&'a str>,
 }
 
 impl Material {
@@ -66,6 +68,7 @@ impl Material {
         Trust {
             ca_bundle: self.ca_bundle.as_bytes(),
             token: &self.webhook_token,
+            previous: None,
         }
     }
 }
@@ -340,44 +343,82 @@ pub async fn ensure(api: &impl SecretApi, s: &Settings) -> Result<Material, Boot
     Err(BootstrapError::Contended(ATTEMPTS))
 }
 
-/// Makes every webhook of a MutatingWebhookConfiguration carry `trust`; `None` if all do.
+/// A webhook configuration given what it lacked of a [`Trust`].
+#[derive(Debug)]
+pub struct Reconciled<T> {
+    /// The configuration with the caBundle and paths it lacked; `None` when it lacked nothing
+    /// it may be given.
+    pub updated: Option<T>,
+    /// A path someone else set (an older release's `/mutate` after a rollback, the token of an
+    /// install without the bootstrap): left as it is, and the apiserver does not call us there.
+    pub foreign: Option<String>,
+}
+
+/// Makes every webhook of a MutatingWebhookConfiguration carry `trust`, as far as it may.
 pub fn with_trust_mutating(
     mut config: MutatingWebhookConfiguration,
     trust: Trust<'_>,
-) -> Option<MutatingWebhookConfiguration> {
+) -> Reconciled<MutatingWebhookConfiguration> {
     let hooks = config.webhooks.iter_mut().flatten();
-    set_client_configs(hooks.map(|h| &mut h.client_config), "mutate", trust).then_some(config)
+    let (changed, foreign) =
+        set_client_configs(hooks.map(|h| &mut h.client_config), "mutate", trust);
+    Reconciled {
+        updated: changed.then_some(config),
+        foreign,
+    }
 }
 
-/// Makes every webhook of a ValidatingWebhookConfiguration carry `trust`; `None` if all do.
+/// Makes every webhook of a ValidatingWebhookConfiguration carry `trust`, as far as it may.
 pub fn with_trust_validating(
     mut config: ValidatingWebhookConfiguration,
     trust: Trust<'_>,
-) -> Option<ValidatingWebhookConfiguration> {
+) -> Reconciled<ValidatingWebhookConfiguration> {
     let hooks = config.webhooks.iter_mut().flatten();
-    set_client_configs(hooks.map(|h| &mut h.client_config), "validate", trust).then_some(config)
+    let (changed, foreign) =
+        set_client_configs(hooks.map(|h| &mut h.client_config), "validate", trust);
+    Reconciled {
+        updated: changed.then_some(config),
+        foreign,
+    }
 }
 
-/// The path the apiserver calls for a webhook configured with `configured`: its first segment
-/// (`/mutate`, `/mutate/<an older token>`), or `endpoint` when it has none (the rendered
-/// manifests leave the path to the bootstrap, so that no apply, server-side apply or GitOps
-/// sync claims or resets it), then the token.
-pub fn webhook_path(configured: Option<&str>, endpoint: &str, token: &str) -> String {
-    let first = configured
-        .and_then(|p| p.trim_start_matches('/').split('/').next())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(endpoint);
-    format!("/{first}/{token}")
+/// What to do with the path of the webhook at `endpoint` (`mutate`, `validate`), configured as
+/// `configured`, for `trust`: `Ok(None)` when it is ours; `Ok(Some(path))` to set when it has
+/// none (the rendered manifests leave it to the bootstrap, so that no apply, server-side apply
+/// or GitOps sync claims it; a `replace` drops it) or names the token this replica replaced;
+/// `Err(configured)` when someone else set it. Only a path that is missing or was ours is ever
+/// rewritten: after a rollback to a release without tokens (its manifests say `/mutate`), or a
+/// switch to `webhook.token`, a replica of this release that is still running must not put
+/// back a path that the remaining replicas do not answer.
+pub fn webhook_path(
+    configured: Option<&str>,
+    endpoint: &str,
+    trust: Trust<'_>,
+) -> Result<Option<String>, String> {
+    let ours = format!("/{endpoint}/{}", trust.token);
+    match configured {
+        Some(path) if path == ours => Ok(None),
+        None | Some("" | "/") => Ok(Some(ours)),
+        Some(path)
+            if trust
+                .previous
+                .is_some_and(|old| path == format!("/{endpoint}/{old}")) =>
+        {
+            Ok(Some(ours))
+        }
+        Some(path) => Err(path.to_owned()),
+    }
 }
 
-/// Sets `caBundle` and, for a Service, the tokened path on each client config; whether any
-/// changed.
+/// Sets `caBundle` and, for a Service, the tokened path on each client config where
+/// [`webhook_path`] allows; whether any changed, and a path left as someone else set it.
 fn set_client_configs<'a>(
     configs: impl Iterator<Item = &'a mut WebhookClientConfig>,
     endpoint: &str,
     trust: Trust<'_>,
-) -> bool {
+) -> (bool, Option<String>) {
     let mut changed = false;
+    let mut foreign = None;
     for config in configs {
         if config
             .ca_bundle
@@ -388,14 +429,17 @@ fn set_client_configs<'a>(
             changed = true;
         }
         if let Some(service) = config.service.as_mut() {
-            let path = webhook_path(service.path.as_deref(), endpoint, trust.token);
-            if service.path.as_deref() != Some(path.as_str()) {
-                service.path = Some(path);
-                changed = true;
+            match webhook_path(service.path.as_deref(), endpoint, trust) {
+                Ok(None) => {}
+                Ok(Some(path)) => {
+                    service.path = Some(path);
+                    changed = true;
+                }
+                Err(path) => foreign = Some(path),
             }
         }
     }
-    changed
+    (changed, foreign)
 }
 
 /// Whether both webhook configurations named `name` carry `trust` already (two GETs).
@@ -406,34 +450,37 @@ pub async fn webhooks_carry(
 ) -> Result<bool, kube::Error> {
     let mutating: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     let validating: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
-    Ok(
-        with_trust_mutating(mutating.get(name).await?, trust).is_none()
-            && with_trust_validating(validating.get(name).await?, trust).is_none(),
-    )
+    let carries = |updated: bool, foreign: &Option<String>| !updated && foreign.is_none();
+    let m = with_trust_mutating(mutating.get(name).await?, trust);
+    let v = with_trust_validating(validating.get(name).await?, trust);
+    Ok(carries(m.updated.is_some(), &m.foreign) && carries(v.updated.is_some(), &v.foreign))
 }
 
 /// Puts the CA bundle and the tokened paths into both webhook configurations named `name`
-/// (get, then replace with the resourceVersion read; retried on conflict).
+/// (get, then replace with the resourceVersion read; retried on conflict). `Ok(Some(path))`:
+/// a path someone else set, left as it is (the apiserver does not call us there).
 pub async fn trust_webhooks(
     client: &kube::Client,
     name: &str,
     trust: Trust<'_>,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let mutating: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     let validating: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
     for attempt in 0..5 {
         let result = async {
-            if let Some(updated) = with_trust_mutating(mutating.get(name).await?, trust) {
+            let m = with_trust_mutating(mutating.get(name).await?, trust);
+            if let Some(updated) = m.updated {
                 mutating
                     .replace(name, &Default::default(), &updated)
                     .await?;
             }
-            if let Some(updated) = with_trust_validating(validating.get(name).await?, trust) {
+            let v = with_trust_validating(validating.get(name).await?, trust);
+            if let Some(updated) = v.updated {
                 validating
                     .replace(name, &Default::default(), &updated)
                     .await?;
             }
-            Ok::<(), kube::Error>(())
+            Ok::<_, kube::Error>(m.foreign.or(v.foreign))
         }
         .await;
         match result {
@@ -441,5 +488,5 @@ pub async fn trust_webhooks(
             other => return other,
         }
     }
-    Ok(())
+    Ok(None)
 }

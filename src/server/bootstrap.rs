@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::certs::bootstrap::{self, Material, Settings};
+use crate::certs::bootstrap::{self, Material, Settings, Trust};
 use crate::cli::ServeArgs;
 use crate::server::callers::Callers;
 use crate::server::tls::CertFiles;
@@ -21,6 +21,8 @@ pub struct Bootstrap {
     interval: Duration,
     /// How often the webhook configurations' caBundle is checked (and put back).
     bundle_interval: Duration,
+    /// The path someone else set that was last warned about (said once, not every tick).
+    foreign_said: std::sync::Mutex<Option<String>>,
 }
 
 /// Every call to the API here gets this long; a hung call is retried at the next tick.
@@ -41,6 +43,7 @@ impl Bootstrap {
             webhook_name: args.webhook_name.clone(),
             interval: args.cert_check_interval,
             bundle_interval: args.reload_interval.max(Duration::from_secs(1)),
+            foreign_said: Default::default(),
         }
     }
 
@@ -56,13 +59,27 @@ impl Bootstrap {
         kube::Api::namespaced(client.clone(), &self.settings.namespace)
     }
 
-    /// Makes both webhook configurations carry `material`'s CA bundle and token; whether they
-    /// do now (the apiserver can verify us, and calls the path we answer). A missing
-    /// configuration or an unanswered call is not.
-    async fn inject(&self, client: &kube::Client, material: &Material) -> bool {
-        let call = bootstrap::trust_webhooks(client, &self.webhook_name, material.trust());
+    /// Makes both webhook configurations carry `trust`'s CA bundle and token; whether they do
+    /// now (the apiserver can verify us, and calls the path we answer). A missing configuration,
+    /// an unanswered call or a path someone else set (said once, loudly) is not.
+    async fn inject(&self, client: &kube::Client, trust: Trust<'_>) -> bool {
+        let call = bootstrap::trust_webhooks(client, &self.webhook_name, trust);
         match tokio::time::timeout(API_CALL_BUDGET, call).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(None)) => {
+                *self.foreign_said.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                true
+            }
+            Ok(Ok(Some(path))) => {
+                let mut said = self.foreign_said.lock().unwrap_or_else(|e| e.into_inner());
+                if said.as_deref() != Some(path.as_str()) {
+                    tracing::warn!(
+                        %path,
+                        "the webhook configurations call a path this replica did not set (a rollback to a release without the webhook token, or webhook.token?): left as it is; not ready while the apiserver does not call this replica's token"
+                    );
+                    *said = Some(path);
+                }
+                false
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot set the webhooks' caBundle and path; will retry");
                 false
@@ -74,10 +91,10 @@ impl Bootstrap {
         }
     }
 
-    /// Whether both webhook configurations carry `material` already; `None` when the API did
-    /// not say.
-    async fn carried(&self, client: &kube::Client, material: &Material) -> Option<bool> {
-        let call = bootstrap::webhooks_carry(client, &self.webhook_name, material.trust());
+    /// Whether both webhook configurations carry `trust` already; `None` when the API did not
+    /// say.
+    async fn carried(&self, client: &kube::Client, trust: Trust<'_>) -> Option<bool> {
+        let call = bootstrap::webhooks_carry(client, &self.webhook_name, trust);
         match tokio::time::timeout(API_CALL_BUDGET, call).await {
             Ok(Ok(carried)) => Some(carried),
             Ok(Err(error)) => {
@@ -181,8 +198,8 @@ impl Bootstrap {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));
         };
-        callers.set_token(&material.webhook_token);
-        self.inject(client, &material).await;
+        callers.set_tokens(std::slice::from_ref(&material.webhook_token));
+        self.inject(client, material.trust()).await;
         write(&self.cert_dir, &material)?;
         Ok(material)
     }
@@ -208,8 +225,11 @@ impl Bootstrap {
     ) {
         let api = self.secrets(&client);
         let mut since_check = Duration::ZERO;
+        // The token this replica served before the current one, if it changed (its key was
+        // deleted from the Secret): paths naming it are moved to the new one.
+        let mut previous: Option<String> = None;
         let mut trusted = match &material {
-            Some(m) => self.inject(&client, m).await,
+            Some(m) => self.inject(&client, m.trust()).await,
             None => false,
         };
         loop {
@@ -217,18 +237,18 @@ impl Bootstrap {
             if ready.swap(now_ready, Ordering::AcqRel) != now_ready {
                 if now_ready {
                     tracing::info!(
-                        "ready: the webhook configurations trust the served certificate"
+                        "ready: the webhook configurations trust the served certificate and call the webhook token's paths"
                     );
                 } else {
                     tracing::warn!(
-                        "not ready: the webhook configurations do not trust the served certificate (yet)"
+                        "not ready: the webhook configurations do not trust the served certificate or do not call the webhook token's paths (yet)"
                     );
                 }
             }
             tokio::time::sleep(self.bundle_interval).await;
             since_check += self.bundle_interval;
             let carried = match &material {
-                Some(m) => self.carried(&client, m).await,
+                Some(m) => self.carried(&client, trust(m, &previous)).await,
                 None => None,
             };
             if material.is_none() || since_check >= self.interval || carried == Some(false) {
@@ -237,10 +257,15 @@ impl Bootstrap {
                     .await
                 {
                     Ok(Ok(fresh)) => {
+                        if let Some(old) = &material
+                            && old.webhook_token != fresh.webhook_token
+                        {
+                            previous = Some(old.webhook_token.clone());
+                        }
                         // The token before the paths name it; the CA before the certificate
                         // it signs.
-                        callers.set_token(&fresh.webhook_token);
-                        trusted = self.inject(&client, &fresh).await;
+                        callers.set_tokens(std::slice::from_ref(&fresh.webhook_token));
+                        trusted = self.inject(&client, trust(&fresh, &previous)).await;
                         match write(&self.cert_dir, &fresh) {
                             Ok(true) => {
                                 tracing::info!("serving certificate updated from the Secret")
@@ -263,11 +288,26 @@ impl Bootstrap {
                     }
                     Err(_) => tracing::warn!("certificate check timed out; will retry"),
                 }
+                if carried == Some(false) {
+                    // The configurations differ from what this replica holds and the Secret
+                    // could not be read: putting back its copy could undo another replica's
+                    // newer CA or token. Not ready until the next tick reads the Secret.
+                    trusted = false;
+                    continue;
+                }
             }
             if let Some(m) = &material {
-                trusted = carried == Some(true) || self.inject(&client, m).await;
+                trusted = carried == Some(true) || self.inject(&client, trust(m, &previous)).await;
             }
         }
+    }
+}
+
+/// What `m` asks of the webhook configurations, moving paths that name `previous`.
+fn trust<'a>(m: &'a Material, previous: &'a Option<String>) -> Trust<'a> {
+    Trust {
+        previous: previous.as_deref(),
+        ..m.trust()
     }
 }
 

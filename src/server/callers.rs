@@ -52,9 +52,9 @@ pub enum Refused {
 pub struct Callers {
     /// `--client-ca`: the handshake let only the apiserver in.
     certificates: bool,
-    /// `None`: no token required. `Some`: the token the paths must carry, unknown (`None`
-    /// inside) until the bootstrap has read it.
-    token: Option<ArcSwapOption<Box<str>>>,
+    /// `None`: no token required. `Some`: the tokens a path may carry (the current one, and
+    /// while one is being replaced, the next), unknown (`None` inside) until read.
+    tokens: Option<ArcSwapOption<Vec<String>>>,
 }
 
 impl Callers {
@@ -62,27 +62,31 @@ impl Callers {
     pub fn without_token(certificates: bool) -> Self {
         Self {
             certificates,
-            token: None,
+            tokens: None,
         }
     }
 
-    /// A token is required, and known once [`Callers::set_token`] is called.
+    /// A token is required, and known once [`Callers::set_tokens`] is called.
     pub fn with_token(certificates: bool) -> Self {
         Self {
             certificates,
-            token: Some(ArcSwapOption::empty()),
+            tokens: Some(ArcSwapOption::empty()),
         }
     }
 
-    /// The token the webhook configurations' paths carry from now on.
-    pub fn set_token(&self, token: &str) {
-        if let Some(slot) = &self.token
-            && slot.load().as_deref().map(|t| &**t) != Some(token)
+    /// The tokens the webhook configurations' paths may carry from now on (any other is
+    /// refused).
+    pub fn set_tokens(&self, tokens: &[String]) {
+        if let Some(slot) = &self.tokens
+            && slot.load().as_deref().map(Vec::as_slice) != Some(tokens)
         {
             if slot.load().is_some() {
-                tracing::info!("the webhook token changed; the old one is refused from now on");
+                tracing::info!(
+                    accepted = tokens.len(),
+                    "the webhook tokens changed; any other is refused from now on"
+                );
             }
-            slot.store(Some(Arc::new(token.into())));
+            slot.store(Some(Arc::new(tokens.to_vec())));
         }
     }
 
@@ -91,18 +95,22 @@ impl Callers {
         if self.certificates {
             return Ok(Caller::Apiserver);
         }
-        let Some(slot) = &self.token else {
+        let Some(slot) = &self.tokens else {
             return Ok(Caller::Anyone);
         };
-        let Some(token) = slot.load_full() else {
+        let Some(tokens) = slot.load_full() else {
             return Err(Refused::TokenUnknown);
         };
         let given = path
             .trim_start_matches('/')
             .split_once('/')
             .map_or("", |(_, rest)| rest);
-        // Constant time: the answer's timing says nothing of how much of a guess was right.
-        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        // Constant time, and every token compared: the answer's timing says nothing of how
+        // much of a guess was right.
+        let matched = tokens.iter().fold(subtle::Choice::from(0), |any, token| {
+            any | given.as_bytes().ct_eq(token.as_bytes())
+        });
+        if bool::from(matched) {
             Ok(Caller::Apiserver)
         } else {
             Err(Refused::WrongToken)
@@ -138,42 +146,55 @@ pub async fn require(
     }
 }
 
-/// Reads a webhook token from `path` (`--webhook-token-file`): 32 to 253 of `a-z 0-9`
-/// (each segment of a webhook's service path must be a lowercase RFC 1123 subdomain, or the
-/// apiserver refuses the webhook configuration), surrounding whitespace ignored.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
+/// At most this many tokens in `--webhook-token-file`.
+const MAX_TOKENS: usize = 4;
+
+/// Reads the webhook tokens from `path` (`--webhook-token-file`): one to four, separated by
+/// whitespace, each 32 to 253 of `a-z 0-9` (each segment of a webhook's service path must be a
+/// lowercase RFC 1123 subdomain, or the apiserver refuses the webhook configuration). More
+/// than one while a token is replaced: the next is accepted before the paths name it.
+pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the webhook token {}", path.display()))?;
-    let token = text.trim();
-    if !(32..=253).contains(&token.len()) {
+    let tokens: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    if tokens.is_empty() || tokens.len() > MAX_TOKENS {
         bail!(
-            "the webhook token in {} has {} characters; it needs 32 to 253",
+            "{} holds {} webhook tokens; it needs 1 to {MAX_TOKENS}",
             path.display(),
-            token.len()
+            tokens.len()
         );
     }
-    if let Some(c) = token
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
-    {
-        bail!(
-            "the webhook token in {} has {c:?}; only a-z and 0-9 go into a webhook's path (e.g. `openssl rand -hex 32`)",
-            path.display()
-        );
+    for token in &tokens {
+        if !(32..=253).contains(&token.len()) {
+            bail!(
+                "a webhook token in {} has {} characters; it needs 32 to 253",
+                path.display(),
+                token.len()
+            );
+        }
+        if let Some(c) = token
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+        {
+            bail!(
+                "a webhook token in {} has {c:?}; only a-z and 0-9 go into a webhook's path (e.g. `openssl rand -hex 32`)",
+                path.display()
+            );
+        }
     }
-    Ok(token.to_owned())
+    Ok(tokens)
 }
 
-/// Re-reads `--webhook-token-file` every `interval`: a new token is served from then on; a
-/// broken file keeps the last good one, loudly.
+/// Re-reads `--webhook-token-file` every `interval`: new tokens are served from then on; a
+/// broken file keeps the last good ones, loudly.
 pub async fn watch_token_file(callers: Arc<Callers>, path: PathBuf, interval: Duration) {
     let mut last_error = None;
     loop {
         tokio::time::sleep(interval).await;
-        match read_token(&path) {
-            Ok(token) => {
+        match read_tokens(&path) {
+            Ok(tokens) => {
                 last_error = None;
-                callers.set_token(&token);
+                callers.set_tokens(&tokens);
             }
             Err(error) => {
                 let error = format!("{error:#}");
@@ -196,7 +217,7 @@ mod tests {
     fn with_a_token_only_its_paths_are_the_apiserver() {
         let callers = Callers::with_token(false);
         assert_eq!(callers.caller("/mutate"), Err(Refused::TokenUnknown));
-        callers.set_token(TOKEN);
+        callers.set_tokens(&[TOKEN.to_owned()]);
         for path in ["/mutate", "/validate", "/mutate/", "/mutate/wrong"] {
             assert_eq!(callers.caller(path), Err(Refused::WrongToken), "{path}");
         }
@@ -211,8 +232,10 @@ mod tests {
             callers.caller(&format!("/validate/{TOKEN}")),
             Ok(Caller::Apiserver)
         );
-        // A new token replaces the old one.
-        callers.set_token("another");
+        // A new token replaces the old one; while it is replaced, both are taken.
+        callers.set_tokens(&["another".to_owned(), "next".to_owned()]);
+        assert_eq!(callers.caller("/mutate/next"), Ok(Caller::Apiserver));
+        callers.set_tokens(&["another".to_owned()]);
         assert_eq!(
             callers.caller(&format!("/mutate/{TOKEN}")),
             Err(Refused::WrongToken)

@@ -350,7 +350,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     if let Some(path) = &args.webhook_token_file {
-        callers.set_token(&callers::read_token(path)?);
+        callers.set_tokens(&callers::read_tokens(path)?);
         tokio::spawn(callers::watch_token_file(
             callers.clone(),
             path.clone(),
