@@ -219,6 +219,22 @@ async fn review_at(server: &Server, path: &str, body: &[u8]) -> (StatusCode, ser
     (status, serde_json::from_slice(&body).unwrap())
 }
 
+/// Whether `/mutate/<token>` gets `review` answered within 10 s (the token file is re-read
+/// every 100 ms).
+async fn answered_within_10s(server: &Server, token: &str, review: &[u8]) -> bool {
+    for _ in 0..100 {
+        if review_at(server, &format!("/mutate/{token}"), review)
+            .await
+            .0
+            == StatusCode::OK
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// With a webhook token, a tenant who reaches the port learns nothing from a crafted review: it
 /// is refused before it is read, and counted. The apiserver, calling the path its webhook
 /// configuration names (with its `?timeout=`), is answered; a new token in the file takes over
@@ -255,38 +271,22 @@ async fn with_a_webhook_token_only_its_path_is_answered() {
     // A new token: served within the reload interval, and the old one refused.
     let second = "b".repeat(20) + "second0token012345678";
     std::fs::write(&token_file, &second).unwrap();
-    let mut answered = false;
-    for _ in 0..100 {
-        if review_at(&server, &format!("/mutate/{second}"), &review)
-            .await
-            .0
-            == StatusCode::OK
-        {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(answered, "the new token is served: {}", server.logs());
+    assert!(
+        answered_within_10s(&server, &second, &review).await,
+        "the new token is served: {}",
+        server.logs()
+    );
     let (status, _) = review_at(&server, &format!("/mutate/{first}"), &review).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "the old token no longer is");
     // Replacing it without a refused review: the next token is added to the file first, taken
     // while the paths still name the current one, then the paths move and the old one goes.
     let third = "c".repeat(20) + "third0token0123456789";
     std::fs::write(&token_file, format!("{second}\n{third}\n")).unwrap();
-    let mut both = false;
-    for _ in 0..100 {
-        if review_at(&server, &format!("/mutate/{third}"), &review)
-            .await
-            .0
-            == StatusCode::OK
-        {
-            both = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(both, "the next token is taken: {}", server.logs());
+    assert!(
+        answered_within_10s(&server, &third, &review).await,
+        "the next token is taken: {}",
+        server.logs()
+    );
     let (status, _) = review_at(&server, &format!("/mutate/{second}"), &review).await;
     assert_eq!(status, StatusCode::OK, "and the current one still is");
     // A broken file keeps the last good token, loudly.
