@@ -624,7 +624,10 @@ fn certificate_bootstrap(i: &mut Installed) {
             .to_owned()
     };
     let token = webhook_token(&i.api);
-    assert_eq!(token.len(), 64, "32 random bytes, in hex");
+    assert!(
+        token.len() == 66 && token.starts_with("sg"),
+        "sg and 32 random bytes in hex: {token}"
+    );
     assert_eq!(
         path(&i.api, "mutatingwebhookconfiguration"),
         format!("/mutate/{token}")

@@ -274,6 +274,16 @@ fn a_path_someone_else_set_is_left_as_it_is() {
         (Some("/"), Ok(Some("/validate/tok".to_owned()))),
         (Some("/validate/tok"), Ok(None)),
         (Some("/validate/old"), Ok(Some("/validate/tok".to_owned()))),
+        // A bootstrap's token from a Secret deleted while no replica ran: still the
+        // bootstrap's to move.
+        (
+            Some(format!("/validate/sg{}", "0".repeat(64)).as_str()),
+            Ok(Some("/validate/tok".to_owned())),
+        ),
+        (
+            Some(format!("/validate/{}", "0".repeat(64)).as_str()),
+            Err(format!("/validate/{}", "0".repeat(64))),
+        ),
         (Some("/validate"), Err("/validate".to_owned())),
         (
             Some("/validate/users-own-token"),

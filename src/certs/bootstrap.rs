@@ -49,7 +49,7 @@ pub struct Material {
     pub ca_key: String,
     pub cert: String,
     pub key: String,
-    /// The path segment after `/mutate/` and `/validate/` (64 lowercase hex digits).
+    /// The path segment after `/mutate/` and `/validate/` (`sg` and 64 lowercase hex digits).
     pub webhook_token: String,
 }
 
@@ -87,8 +87,13 @@ pub enum BootstrapError {
 
 const KEYS: [&str; 5] = ["ca.crt", "ca.key", "tls.crt", "tls.key", "webhook-token"];
 
-/// 32 random bytes as 64 lowercase hex digits: a path segment nobody guesses, and one the
-/// apiserver accepts (each segment of a webhook's service path must be a lowercase RFC 1123
+/// What every token the bootstrap makes starts with: a path naming one that is not this
+/// replica's (the Secret was deleted and made again while no replica ran) is still the
+/// bootstrap's to move, unlike `/mutate` or a token of the user's own.
+const TOKEN_PREFIX: &str = "sg";
+
+/// `sg` and 32 random bytes as 64 lowercase hex digits: a path segment nobody guesses, and one
+/// the apiserver accepts (each segment of a webhook's service path must be a lowercase RFC 1123
 /// subdomain, so base64's capitals and `_` would be refused).
 fn new_token() -> Result<String, BootstrapError> {
     let mut bytes = [0u8; 32];
@@ -96,15 +101,18 @@ fn new_token() -> Result<String, BootstrapError> {
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| BootstrapError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{TOKEN_PREFIX}{hex}"))
 }
 
 /// A token [`new_token`] could have made (a Secret from before tokens, or edited, has none).
 pub fn is_token(token: &str) -> bool {
-    token.len() == 64
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    token.strip_prefix(TOKEN_PREFIX).is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Reads the material from a Secret; `None` when a certificate's key is missing or not UTF-8
@@ -385,11 +393,12 @@ pub fn with_trust_validating(
 /// What to do with the path of the webhook at `endpoint` (`mutate`, `validate`), configured as
 /// `configured`, for `trust`: `Ok(None)` when it is ours; `Ok(Some(path))` to set when it has
 /// none (the rendered manifests leave it to the bootstrap, so that no apply, server-side apply
-/// or GitOps sync claims it; a `replace` drops it) or names the token this replica replaced;
-/// `Err(configured)` when someone else set it. Only a path that is missing or was ours is ever
-/// rewritten: after a rollback to a release without tokens (its manifests say `/mutate`), or a
-/// switch to `webhook.token`, a replica of this release that is still running must not put
-/// back a path that the remaining replicas do not answer.
+/// or GitOps sync claims it; a `replace` drops it) or names a bootstrap's token (the one this
+/// replica replaced, or one of a Secret deleted since); `Err(configured)` when someone else set
+/// it. Only a path that is missing or was the bootstrap's is ever rewritten: after a rollback to
+/// a release without tokens (its manifests say `/mutate`), or a switch to `webhook.token`, a
+/// replica of this release that is still running must not put back a path that the remaining
+/// replicas do not answer.
 pub fn webhook_path(
     configured: Option<&str>,
     endpoint: &str,
@@ -400,9 +409,11 @@ pub fn webhook_path(
         Some(path) if path == ours => Ok(None),
         None | Some("" | "/") => Ok(Some(ours)),
         Some(path)
-            if trust
-                .previous
-                .is_some_and(|old| path == format!("/{endpoint}/{old}")) =>
+            if path
+                .strip_prefix('/')
+                .and_then(|p| p.strip_prefix(endpoint))
+                .and_then(|p| p.strip_prefix('/'))
+                .is_some_and(|token| is_token(token) || trust.previous == Some(token)) =>
         {
             Ok(Some(ours))
         }

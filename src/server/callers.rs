@@ -165,6 +165,12 @@ pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<String>> {
         );
     }
     for token in &tokens {
+        if crate::certs::bootstrap::is_token(token) {
+            bail!(
+                "a webhook token in {} has the form of the bootstrap's own (`sg` and 64 hex digits), which a bootstrap still running would take the paths back from; make another (e.g. `openssl rand -hex 32`)",
+                path.display()
+            );
+        }
         if !(32..=253).contains(&token.len()) {
             bail!(
                 "a webhook token in {} has {} characters; it needs 32 to 253",
@@ -241,6 +247,38 @@ mod tests {
             Err(Refused::WrongToken)
         );
         assert_eq!(callers.caller("/mutate/another"), Ok(Caller::Apiserver));
+    }
+
+    #[test]
+    fn a_token_file_is_read_with_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let read = |content: &str| {
+            std::fs::write(&file, content).unwrap();
+            read_tokens(&file).map_err(|e| format!("{e:#}"))
+        };
+        let good = "0123456789abcdef".repeat(3);
+        assert_eq!(read(&format!("{good}\n")), Ok(vec![good.clone()]));
+        assert_eq!(
+            read(&format!("{good} next{good}\n")),
+            Ok(vec![good.clone(), format!("next{good}")])
+        );
+        for (content, says) in [
+            ("", "1 to 4"),
+            ("short", "32 to 253"),
+            (&format!("{good}X") as &str, "only a-z and 0-9"),
+            (
+                &format!("sg{}", "0".repeat(64)) as &str,
+                "the bootstrap's own",
+            ),
+            (
+                &format!("{good} {good} {good} {good} {good}") as &str,
+                "1 to 4",
+            ),
+        ] {
+            let error = read(content).unwrap_err();
+            assert!(error.contains(says), "{content}: {error}");
+        }
     }
 
     #[test]
